@@ -1,0 +1,5 @@
+"""`python -m ivx` entry point."""
+
+from ivx.cli import main
+
+main()
