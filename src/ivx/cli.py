@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -14,17 +16,146 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Modules that add their own commands with `register(app)`; imported lazily-cheap (no torch at import).
-_COMMAND_MODULES: tuple[str, ...] = ()
+# Modules that add their own commands with `register(app)` (no torch at import time).
+_COMMAND_MODULES: tuple[str, ...] = ("ivx.toy.cli", "ivx.hub")
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _user_errors(fn):  # type: ignore[no-untyped-def]
+    """Turn user errors (bad config, unknown model) into clean messages and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        from ivx.config import ConfigError
+
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                _err(problem.format())
+            _err(f"{len(exc.problems)} problem(s) found; nothing was run.")
+            raise typer.Exit(2) from None
+        except Exception as exc:
+            from ivx.models import ModelLoadError
+            from ivx.positions import PositionError
+            from ivx.vectors import VectorError
+
+            if isinstance(exc, ModelLoadError | PositionError | VectorError):
+                _err(f"error: {exc}")
+                raise typer.Exit(2) from None
+            raise
+
+    return wrapper
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config field, e.g. --set seed=3 --set corrupt.samples=2."),
+]
+
+
+@app.command()
+@_user_errors
+def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+    """Check a config (schema, files, model-aware checks) and print the plan size."""
+    from ivx import experiment
+
+    prep = experiment.prepare(config, tuple(set_ or ()))
+    exp = prep.cfg.experiment
+    samples = exp.corrupt.samples if exp.corrupt and exp.corrupt.kind == "noise" else 1
+    info = prep.lm.info
+    typer.echo(f"{config}: ok")
+    typer.echo(f"  model      {exp.model.name} ({info.model_type}, {info.n_layers} layers, d_model {info.d_model})")
+    typer.echo(f"  prompts    {len(prep.prompts)}")
+    typer.echo(f"  sweep      " + (", ".join(f"{k}={v}" for k, v in exp.sweep.items()) or "none"))
+    typer.echo(f"  cells      {len(prep.plan.cells)} ({len(prep.plan.cells) * samples} forward rows)")
+
+
+@app.command()
+@_user_errors
+def run(
+    config: Annotated[Path | None, typer.Argument(help="Experiment YAML file.", show_default=False)] = None,
+    set_: SetOpt = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Root directory for the run (overrides output.root).")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted run directory; computes only missing cells.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
+) -> None:
+    """Run an experiment; the last line printed is the run directory."""
+    from ivx import experiment
+
+    if config is None and resume is None:
+        _err("error: give a CONFIG file, or --resume RUN_DIR")
+        raise typer.Exit(2)
+    if resume is not None and not (resume / "manifest.json").is_file():
+        _err(f"error: {resume} is not an ivx run directory (no manifest.json)")
+        raise typer.Exit(2)
+    try:
+        run_dir = experiment.run(
+            config or Path(), tuple(set_ or ()), str(out) if out else None, resume, progress=not quiet
+        )
+    except (KeyboardInterrupt, RuntimeError, OSError) as exc:
+        _err(f"error: run failed: {type(exc).__name__}: {exc} (the run directory is marked failed; "
+             "`ivx run --resume RUN_DIR` continues it)")
+        raise typer.Exit(1) from None
+    if not quiet:
+        import json
+
+        summary = json.loads((run_dir / "summary.json").read_text())
+        if "trace" in summary:
+            from ivx import tracing
+
+            _err(tracing.table_text(summary["trace"]))
+    typer.echo(str(run_dir))
+
+
+@app.command()
+@_user_errors
+def components(
+    model: Annotated[str, typer.Argument(help="Model: hub id, local directory or ivx-toy.")],
+    revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
+) -> None:
+    """List the components, layers and heads of a model, with shapes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ivx import components as comps
+    from ivx import models
+
+    lm = models.load(model, revision)
+    info = lm.info
+    console = Console()
+    console.print(
+        f"[bold]{model}[/]  {info.model_type} (layout {info.layout}): {info.n_layers} layers, "
+        f"d_model {info.d_model}, {info.n_heads} heads ({info.n_kv_heads} key/value), head_dim "
+        f"{info.head_dim}, d_mlp {info.d_mlp}, vocab {info.vocab_size}"
+    )
+    table = Table("component", "module (layer N)", "hook", "shape")
+    for row in comps.table(lm.model, info):
+        table.add_row(str(row["name"]), str(row["module"]), str(row["hook"]), str(row["shape"]))
+    console.print(table)
 
 
 def _register_all() -> None:
     for name in _COMMAND_MODULES:
-        module = importlib.import_module(name)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
         module.register(app)
+
+
+_register_all()
 
 
 def main() -> None:
     """Console-script entry point."""
-    _register_all()
     app()

@@ -1,0 +1,314 @@
+"""Load an experiment YAML file into a validated `Experiment`, reporting every problem at once.
+
+Each problem carries the file, the line of the offending YAML node and the dotted path of the
+field, so the CLI can print `file:line  dotted.path  message` lines. Library callers get the
+structured `ConfigError.problems`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ivx.schema import Experiment, PromptFile, PromptRecord, is_ref
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: where it is and what is wrong."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def format(self) -> str:
+        """Render as `file:line  dotted.path  message`."""
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}  {self.path or '<root>'}  {self.message}"
+
+
+class ConfigError(Exception):
+    """Raised with every problem found in a config (never just the first)."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(p.format() for p in problems))
+        self.problems = problems
+
+
+@dataclass
+class LoadedConfig:
+    """A validated experiment plus what is needed to report later problems against the file."""
+
+    experiment: Experiment
+    path: Path
+    raw: dict[str, Any]
+    text: str
+    lines: dict[tuple, int] = field(default_factory=dict)
+    records: list[PromptRecord] = field(default_factory=list)
+    records_file: Path | None = None
+
+    def line_of(self, path: tuple) -> int | None:
+        """Line of the YAML node at `path`, or of its closest ancestor."""
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get((), None)
+
+    def problem(self, path: tuple, message: str) -> Problem:
+        """A `Problem` located at the YAML node `path`."""
+        return Problem(str(self.path), self.line_of(path), _dotted(path), message)
+
+
+def _dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], dupes: list) -> None:
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                dupes.append((path + (key,), key_node.start_mark.line + 1))
+            seen.add(key)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), lines, dupes)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), lines, dupes)
+
+
+def _apply_override(raw: dict, assignment: str) -> tuple[tuple, str | None]:
+    """Apply one `--set a.b.c=value` (value parsed as YAML); return the path and any error."""
+    if "=" not in assignment:
+        return (), f"--set {assignment!r} must look like key.path=value"
+    key, _, text = assignment.partition("=")
+    parts: list[str | int] = [int(p) if p.lstrip("-").isdigit() else p for p in key.split(".")]
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError as exc:
+        return tuple(parts), f"--set value {text!r} is not valid YAML: {exc}"
+    node: Any = raw
+    for part in parts[:-1]:
+        if isinstance(node, dict):
+            node = node.setdefault(part, {})
+        elif isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
+            node = node[part]
+        else:
+            return tuple(parts), f"--set {key}: cannot descend into {part!r}"
+    last = parts[-1]
+    if isinstance(node, dict):
+        node[last] = value
+    elif isinstance(node, list) and isinstance(last, int) and -len(node) <= last < len(node):
+        node[last] = value
+    else:
+        return tuple(parts), f"--set {key}: cannot set {last!r}"
+    return tuple(parts), None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, list, dict, Annotated)."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if origin is None:
+        return []
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out.extend(_models_in(arg))
+    if origin in (typing.Union, types.UnionType, list, dict, typing.Annotated):
+        return out
+    return out
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """Field names allowed at the mapping that contains the last element of `loc`."""
+    models: list[type[BaseModel]] = [Experiment]
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        nxt: list[type[BaseModel]] = []
+        for model in models:
+            info = model.model_fields.get(part)
+            if info is not None:
+                nxt.extend(_models_in(info.annotation))
+        models = nxt
+    keys: list[str] = []
+    for model in models:
+        keys.extend(model.model_fields)
+    return keys
+
+
+def _clean_loc(loc: tuple, raw: Any) -> tuple:
+    """Drop pydantic's union/tag markers from an error location, keeping real YAML keys."""
+    out: list[Any] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part not in node:
+            # a missing or extra key: keep it only if it is a plausible field name
+            if part.isidentifier() and ("[" not in part):
+                out.append(part)
+            node = None
+        else:
+            continue
+    return tuple(out)
+
+
+def _messages(exc: ValidationError, raw: dict, where: LoadedConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[tuple] = set()
+    for err in exc.errors():
+        loc = _clean_loc(tuple(err["loc"]), raw)
+        kind = err["type"]
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(loc)
+            near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            message = f"unknown key {loc[-1]!r}; {hint}allowed: {', '.join(allowed)}"
+        elif kind == "missing":
+            message = f"required field {loc[-1]!r} is missing"
+        elif kind == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",")]
+            near = difflib.get_close_matches(str(err.get("input")), options, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            message = f"{err.get('input')!r} is not allowed{hint}; expected {expected}"
+        elif "input" in err and kind not in ("value_error", "assertion_error"):
+            message = f"{message} (got {err['input']!r})"
+        key = (loc, message)
+        if key in seen:
+            continue
+        seen.add(key)
+        problems.append(where.problem(loc, message))
+    return problems
+
+
+def _check_refs(cfg: LoadedConfig) -> list[Problem]:
+    """Every `$axis` must name a sweep axis; every sweep axis must be used."""
+    sweep = cfg.raw.get("sweep") if isinstance(cfg.raw.get("sweep"), dict) else {}
+    problems: list[Problem] = []
+    used: set[str] = set()
+    axes = list(sweep)
+
+    def visit(value: Any, path: tuple) -> None:
+        if is_ref(value):
+            name = value[1:]
+            used.add(name)
+            if name not in sweep:
+                near = difflib.get_close_matches(name, axes, n=1)
+                hint = f"did you mean ${near[0]}? " if near else ""
+                problems.append(
+                    cfg.problem(path, f"unknown sweep axis {value!r}; {hint}sweep axes: {axes or 'none'}")
+                )
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                visit(item, path + (i,))
+
+    interventions = cfg.raw.get("interventions")
+    for i, iv in enumerate(interventions if isinstance(interventions, list) else []):
+        if isinstance(iv, dict):
+            for key, value in iv.items():
+                visit(value, ("interventions", i, key))
+    for axis in sweep:
+        if axis not in used:
+            problems.append(
+                cfg.problem(("sweep", axis), f"sweep axis {axis!r} is not used by any intervention (${axis})")
+            )
+    return problems
+
+
+def _load_records(cfg: LoadedConfig) -> list[Problem]:
+    prompts = cfg.experiment.prompts
+    if isinstance(prompts, list):
+        cfg.records = list(prompts)
+        return []
+    assert isinstance(prompts, PromptFile)
+    file = (cfg.path.parent / prompts.file).resolve()
+    cfg.records_file = file
+    if not file.is_file():
+        return [cfg.problem(("prompts", "file"), f"prompt file {prompts.file!r} not found (looked at {file})")]
+    problems: list[Problem] = []
+    records: list[PromptRecord] = []
+    for number, line in enumerate(file.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        if prompts.limit is not None and len(records) >= prompts.limit:
+            break
+        try:
+            records.append(PromptRecord.model_validate(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(str(file), number, "", f"invalid JSON: {exc.msg}"))
+        except ValidationError as exc:
+            for err in exc.errors():
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = f"unknown key {err['loc'][-1]!r}; allowed: {', '.join(PromptRecord.model_fields)}"
+                problems.append(Problem(str(file), number, _dotted(tuple(err["loc"])), msg))
+        if len(problems) > 20:
+            break
+    if not records and not problems:
+        problems.append(cfg.problem(("prompts", "file"), f"prompt file {prompts.file!r} has no records"))
+    cfg.records = records
+    return problems
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
+    """Read, override and validate an experiment file; raise ConfigError with all problems."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), None, "", "config file not found")])
+    text = path.read_text()
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise ConfigError([Problem(str(path), line, "", f"invalid YAML: {exc}")]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([Problem(str(path), 1, "", "the config must be a YAML mapping")])
+    lines: dict[tuple, int] = {}
+    dupes: list = []
+    if node is not None:
+        _line_map(node, (), lines, dupes)
+    cfg = LoadedConfig(experiment=None, path=path, raw=raw, text=text, lines=lines)  # type: ignore[arg-type]
+    problems = [cfg.problem(p, f"duplicate key {p[-1]!r}") for p, _ in dupes]
+    for assignment in overrides:
+        where, error = _apply_override(raw, assignment)
+        if error:
+            problems.append(Problem("--set", None, _dotted(where), error))
+    try:
+        cfg.experiment = Experiment.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_messages(exc, raw, cfg))
+        problems.extend(_check_refs(cfg))
+        raise ConfigError(problems) from None
+    problems.extend(_check_refs(cfg))
+    problems.extend(_load_records(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg

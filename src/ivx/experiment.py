@@ -1,0 +1,259 @@
+"""The `ivx run` recipe, top to bottom: config → model → plan → execute → run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ivx import config as config_mod
+from ivx import rundir
+from ivx.config import ConfigError, LoadedConfig
+from ivx.plan import Plan
+
+
+@dataclass
+class Prepared:
+    """A config checked against its model, ready to execute."""
+
+    cfg: LoadedConfig
+    lm: Any
+    prompts: list
+    plan: Plan
+
+
+def prepare(path: str | Path, overrides: tuple[str, ...] = ()) -> Prepared:
+    """Validate the config, load the model, tokenize prompts and expand the plan.
+
+    Raises ConfigError (schema and model-aware problems) or models.ModelLoadError.
+    """
+    from ivx import models, plan, positions
+
+    cfg = config_mod.load(path, overrides)
+    spec = cfg.experiment.model
+    lm = models.load(spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
+    try:
+        prompts = positions.tokenize(lm.tokenizer, cfg.records)
+    except positions.PositionError as exc:
+        raise ConfigError([cfg.problem(("prompts",), str(exc))]) from None
+    return Prepared(cfg, lm, prompts, plan.expand(cfg, lm.info, prompts))
+
+
+def summarize(rows: list[dict[str, Any]], axes: tuple[str, ...], metric_names: list[str]) -> list[dict]:
+    """Mean, standard error and count of each metric per grid point (over prompts)."""
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[tuple(json.dumps(row.get(a)) for a in axes)].append(row)
+    out = []
+    for key, items in groups.items():
+        entry: dict[str, Any] = {a: json.loads(k) for a, k in zip(axes, key, strict=True)}
+        entry["n"] = len(items)
+        for name in metric_names + ["p_clean", "p_corrupted"]:
+            vals = [r[name] for r in items if isinstance(r.get(name), int | float)]
+            if not vals:
+                continue
+            mean = sum(vals) / len(vals)
+            var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
+            entry[name] = mean
+            entry[f"{name}_stderr"] = math.sqrt(var / len(vals))
+        out.append(entry)
+    return out
+
+
+def _resolved(prep: Prepared) -> str:
+    data = prep.cfg.experiment.model_dump(mode="json")
+    data["prompts"] = [r.model_dump(exclude_none=True) for r in prep.cfg.records]
+    data["model"]["layers"] = prep.lm.info.n_layers
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def run(
+    path: str | Path,
+    overrides: tuple[str, ...] = (),
+    out_root: str | None = None,
+    resume: Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Execute an experiment into a new (or resumed) run directory and return its path."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ivx import plots, runner, tracing
+
+    if resume is not None:
+        path = resume / "config.yaml"
+        overrides = tuple(json.loads((resume / "manifest.json").read_text()).get("overrides", []))
+    prep = prepare(path, overrides)
+    exp = prep.cfg.experiment
+    torch.manual_seed(exp.seed)
+    if resume is not None:
+        run_dir = resume
+        manifest = rundir.Manifest.read(run_dir)
+        manifest.update(status="running", resumed=rundir._now())
+    else:
+        run_dir = rundir.create(out_root or exp.output.root, exp.name)
+        rundir.write_text(run_dir / "config.yaml", prep.cfg.text)
+        manifest = rundir.Manifest.start(
+            run_dir,
+            name=exp.name,
+            config=str(Path(path).resolve()),
+            overrides=list(overrides),
+            model={
+                "name": exp.model.name,
+                "revision": prep.lm.revision,
+                "path": prep.lm.path,
+                "model_type": prep.lm.info.model_type,
+                "d_model": prep.lm.info.d_model,
+                "n_layers": prep.lm.info.n_layers,
+            },
+            device=str(prep.lm.device),
+            dtype=str(prep.lm.dtype).removeprefix("torch."),
+            seed=exp.seed,
+            cells=len(prep.plan.cells),
+            prompts=len(prep.prompts),
+        )
+        rundir.write_text(run_dir / "resolved.yaml", _resolved(prep))
+        rundir.write_text(
+            run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in prep.plan.to_rows())
+        )
+    results = rundir.Results(run_dir)
+    results.repair()
+    done = results.done_cells()
+    parts = run_dir / "tensors.parts"
+    started = time.perf_counter()
+    try:
+        executor = runner.Executor(prep.cfg, prep.lm, prep.prompts, prep.plan)
+        with torch.inference_mode():
+            base = executor.prepare()
+            todo = [c for c in prep.plan.cells if c.index not in done]
+            with _progress(progress, len(todo)) as advance:
+                for n_batch, outputs in enumerate(executor.execute(todo)):
+                    tensors: dict[str, torch.Tensor] = {}
+                    for out in outputs:
+                        if exp.output.logits != "none" and out.logits is not None:
+                            tensors[f"cell{out.cell.index}"] = out.logits.contiguous()
+                        tensors.update({k: v.contiguous() for k, v in out.collected.items()})
+                    if tensors:
+                        parts.mkdir(exist_ok=True)
+                        stamp = f"{int(time.time() * 1000)}-{n_batch:06d}"
+                        save_file(tensors, str(parts / f"part-{stamp}.safetensors"))
+                    results.append([o.row for o in outputs])
+                    advance(len(outputs))
+            rows = results.rows()
+            metric_names = [m for m in exp.metrics if m != "top_k"]
+            summary: dict[str, Any] = {
+                "name": exp.name,
+                "metrics": metric_names,
+                "axes": list(prep.plan.axes),
+                "grid": summarize(rows, prep.plan.axes, metric_names),
+                "prompts": _prompt_table(executor),
+            }
+            if base.sigma is not None:
+                summary["noise_std"] = exp.corrupt.scale * base.sigma  # type: ignore[union-attr]
+            if tracing.applies(prep):
+                summary["trace"] = tracing.aggregate(prep, rows, executor)
+            rundir.write_json(run_dir / "summary.json", summary)
+            results.write_csv(rows)
+            _merge_tensors(run_dir, parts, base, exp.output.logits)
+            if exp.output.plots:
+                plots.write_all(run_dir, prep, rows, summary)
+    except BaseException as exc:
+        manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    manifest.finish("complete", seconds=round(time.perf_counter() - started, 3), cells_done=len(rows))
+    return run_dir
+
+
+def _prompt_table(executor: Any) -> list[dict[str, Any]]:
+    out = []
+    for p in executor.prompts.values():
+        corrupted, clean = executor.reference_values(p.index)
+        out.append(
+            {
+                "prompt_index": p.index,
+                "base": p.record.base,
+                "tokens": list(p.base_tokens),
+                "subject_span": list(p.subject_span) if p.subject_span else None,
+                "clean": clean,
+                "corrupted": corrupted,
+            }
+        )
+    return out
+
+
+def _merge_tensors(run_dir: Path, parts: Path, base: Any, logits: str) -> None:
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    if logits != "none":
+        for p, v in base.clean_logits.items():
+            tensors[f"clean.prompt{p}"] = v.contiguous()
+        for p, v in base.corrupt_logits.items():
+            tensors[f"corrupted.prompt{p}"] = v.contiguous()
+        for p, v in base.source_logits.items():
+            tensors[f"source.prompt{p}"] = v.contiguous()
+    if parts.exists():
+        for part in sorted(parts.glob("part-*.safetensors")):
+            tensors.update(load_file(str(part)))
+    if tensors:
+        tmp = run_dir / "tensors.safetensors.tmp"
+        save_file(tensors, str(tmp))
+        tmp.replace(run_dir / "tensors.safetensors")
+    if parts.exists():
+        shutil.rmtree(parts)
+
+
+class _progress:
+    """A rich progress bar with cells/s (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+
+    def __enter__(self) -> Any:
+        if not self.enabled:
+            return lambda n: None
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("[bold]cells"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.bar.__enter__()
+        self.task = self.bar.add_task("cells", total=self.total, rate="")
+        self.t0 = time.perf_counter()
+        self.count = 0
+
+        def advance(n: int) -> None:
+            self.count += n
+            rate = self.count / max(time.perf_counter() - self.t0, 1e-9)
+            self.bar.update(self.task, advance=n, rate=f"{rate:,.1f} cells/s")
+
+        return advance
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)

@@ -1,0 +1,192 @@
+"""Forward hooks that read and write component slices, one hook per touched module.
+
+A `Patch` is one vectorised edit: the same function applied to many (row, position) pairs of
+one component at one module, with per-pair source values. All patches of a module run inside a
+single hook, without a Python loop over rows. Hooks live inside `with` blocks that remove them
+also on exceptions, and hooks that ivx did not register are never touched.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ivx.interventions import EditFn
+
+if TYPE_CHECKING:
+    import torch
+
+    from ivx.components import Site
+
+
+@dataclass(frozen=True, eq=False)
+class Patch:
+    """Apply `fn` to component `site` at (rows[i], positions[i]) for every i, with `source[i]`."""
+
+    site: Site
+    rows: torch.Tensor  # [m] long
+    positions: torch.Tensor  # [m] long, absolute positions in the sequence
+    fn: EditFn
+    source: torch.Tensor | None = None  # [m, dim] (full component width) or None
+    heads: tuple[int, ...] | None = None
+    subspace: tuple[int, ...] | None = None
+    offset: int = 0  # positions are shifted by -offset (decoding with a KV cache)
+
+
+def _split(site: Site, raw: torch.Tensor) -> torch.Tensor:
+    """[b, s, groups, hi-lo] view of the component inside the raw hook tensor."""
+    return raw.view(*raw.shape[:-1], site.groups, site.width)[..., site.lo : site.hi]
+
+
+def apply(site: Site, raw: torch.Tensor, patches: Sequence[Patch]) -> torch.Tensor:
+    """Return a copy of `raw` with every patch of this site written into it."""
+    out = raw.clone()
+    region = _split(site, out)  # [b, s, groups, w] view into `out`
+    seq = raw.shape[1]
+    for patch in patches:
+        positions = patch.positions - patch.offset
+        keep = (positions >= 0) & (positions < seq)
+        if not bool(keep.all()):
+            if not bool(keep.any()):
+                continue
+            positions = positions[keep]
+            rows = patch.rows[keep]
+            source = patch.source[keep] if patch.source is not None else None
+        else:
+            rows, source = patch.rows, patch.source
+        current = region[rows, positions].reshape(len(rows), site.dim)  # [m, dim]
+        new = _edit(site, patch, current, source)
+        region[rows, positions] = new.reshape(len(rows), site.groups, site.hi - site.lo).to(out.dtype)
+    return out
+
+
+def _edit(
+    site: Site, patch: Patch, current: torch.Tensor, source: torch.Tensor | None
+) -> torch.Tensor:
+    """Run the patch function on the selected heads / subspace of `current` [m, dim]."""
+    if patch.heads is None and patch.subspace is None:
+        return patch.fn(current, source)
+    m = current.shape[0]
+    if patch.heads is not None:
+        heads = list(patch.heads)
+        cur = current.view(m, site.n_heads, site.head_dim)[:, heads]  # [m, h, hd]
+        src = source.view(m, site.n_heads, site.head_dim)[:, heads] if source is not None else None
+    else:
+        cur = current.unsqueeze(1)  # [m, 1, dim]
+        src = source.unsqueeze(1) if source is not None else None
+    if patch.subspace is not None:
+        dims = list(patch.subspace)
+        sub_cur = cur[..., dims]
+        sub_src = src[..., dims] if src is not None else None
+        new_part = cur.clone()
+        new_part[..., dims] = patch.fn(sub_cur, sub_src).to(cur.dtype)
+    else:
+        new_part = patch.fn(cur, src)
+    if patch.heads is None:
+        return new_part.squeeze(1)
+    new = current.clone().view(m, site.n_heads, site.head_dim)
+    new[:, list(patch.heads)] = new_part.to(new.dtype)
+    return new.view(m, site.dim)
+
+
+def _module(model: Any, path: str) -> Any:
+    return model.get_submodule(path)
+
+
+def _hidden_from_inputs(args: tuple, kwargs: dict) -> tuple[Any, str | int]:
+    if args:
+        return args[0], 0
+    for key in ("hidden_states", "x", "input", "inputs"):
+        if key in kwargs:
+            return kwargs[key], key
+    raise RuntimeError("ivx: could not find the hidden-state input of a hooked module")
+
+
+@contextmanager
+def patching(model: Any, patches: Sequence[Patch]) -> Iterator[None]:
+    """Register one hook per module touched by `patches`; always remove them on exit."""
+    by_site: dict[Site, list[Patch]] = defaultdict(list)
+    for patch in patches:
+        by_site[patch.site].append(patch)
+    by_module: dict[tuple[str, str], list[tuple[Site, list[Patch]]]] = defaultdict(list)
+    for group in by_site.values():
+        site = group[0].site
+        by_module[(site.module, site.hook)].append((site, group))
+    handles = []
+    try:
+        for (module_path, hook), groups in by_module.items():
+            module = _module(model, module_path)
+            if hook == "output":
+                handles.append(module.register_forward_hook(_output_hook(groups)))
+            else:
+                handles.append(module.register_forward_pre_hook(_input_hook(groups), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _output_hook(groups: list[tuple[Site, list[Patch]]]) -> Any:
+    def hook(module: Any, args: Any, output: Any) -> Any:
+        raw = output[0] if isinstance(output, tuple) else output
+        for site, patches in groups:
+            raw = apply(site, raw, patches)
+        if isinstance(output, tuple):
+            return (raw, *output[1:])
+        return raw
+
+    return hook
+
+
+def _input_hook(groups: list[tuple[Site, list[Patch]]]) -> Any:
+    def hook(module: Any, args: tuple, kwargs: dict) -> Any:
+        raw, where = _hidden_from_inputs(args, kwargs)
+        for site, patches in groups:
+            raw = apply(site, raw, patches)
+        if where == 0:
+            return (raw, *args[1:]), kwargs
+        return args, {**kwargs, where: raw}
+
+    return hook
+
+
+@contextmanager
+def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Tensor]]:
+    """Record each site's component `[b, s, dim]` during the forward passes inside the block.
+
+    Read hooks return None, so capture never changes the outputs. Repeated forwards
+    overwrite the record (one forward per `with` block is the intended use).
+    """
+    store: dict[Site, torch.Tensor] = {}
+    by_module: dict[tuple[str, str], list[Site]] = defaultdict(list)
+    for site in sites:
+        by_module[(site.module, site.hook)].append(site)
+    handles = []
+
+    def record(group: list[Site], raw: torch.Tensor) -> None:
+        for site in group:
+            part = _split(site, raw)
+            store[site] = part.reshape(*raw.shape[:-1], site.dim).detach().clone()
+
+    try:
+        for (module_path, hook), group in by_module.items():
+            module = _module(model, module_path)
+            if hook == "output":
+
+                def out_hook(mod: Any, args: Any, output: Any, group: list[Site] = group) -> None:
+                    record(group, output[0] if isinstance(output, tuple) else output)
+
+                handles.append(module.register_forward_hook(out_hook))
+            else:
+
+                def in_hook(mod: Any, args: tuple, kwargs: dict, group: list[Site] = group) -> None:
+                    record(group, _hidden_from_inputs(args, kwargs)[0])
+
+                handles.append(module.register_forward_pre_hook(in_hook, with_kwargs=True))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,142 @@
+"""Heatmaps of a run: token (or token category) × layer per component, in the style of ROME's figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ivx.positions import category
+
+LABELS = {
+    "block_output": "hidden state (block output)",
+    "mlp_output": "MLP output",
+    "attention_output": "attention output",
+}
+CMAPS = {"block_output": "Purples", "mlp_output": "Greens", "attention_output": "Reds"}
+CATEGORY_LABELS = {
+    "before_subject": "before subject",
+    "subject_first": "first subject token",
+    "subject_middle": "middle subject tokens",
+    "subject_last": "last subject token",
+    "subsequent_first": "first subsequent token",
+    "subsequent_further": "further tokens",
+    "last": "last token",
+}
+
+
+def _panels(
+    path: Path,
+    title: str,
+    matrices: dict[str, list[list[float]]],
+    row_labels: list[str],
+    metric: str,
+    n_layers: int,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    comps = list(matrices)
+    width = 3.2 * len(comps) + 1.5
+    height = 0.32 * len(row_labels) + 1.6
+    fig, axes = plt.subplots(1, len(comps), figsize=(width, height), squeeze=False, constrained_layout=True)
+    for ax, comp in zip(axes[0], comps, strict=True):
+        data = np.array(matrices[comp], dtype=float)
+        image = ax.imshow(data, aspect="auto", cmap=CMAPS.get(comp, "viridis"), interpolation="nearest")
+        ax.set_yticks(range(len(row_labels)))
+        ax.set_yticklabels(row_labels if comp == comps[0] else [""] * len(row_labels), fontsize=8)
+        step = max(1, n_layers // 12)
+        ax.set_xticks(range(0, n_layers, step))
+        ax.set_xlabel("layer")
+        ax.set_title(LABELS.get(comp, comp), fontsize=10)
+        bar = fig.colorbar(image, ax=ax, shrink=0.9)
+        bar.set_label(metric, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _lines(path: Path, trace: dict[str, Any]) -> None:
+    """AIE per layer with standard-error bands, one panel per component, one line per category."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    comps = list(trace["components"])
+    fig, axes = plt.subplots(1, len(comps), figsize=(4 * len(comps), 3.2), squeeze=False, constrained_layout=True)
+    layers = np.arange(trace["n_layers"])
+    for ax, comp in zip(axes[0], comps, strict=True):
+        for cat, stats in trace["components"][comp]["by_category"].items():
+            mean = np.array(stats["mean"], dtype=float)
+            err = np.array(stats["stderr"], dtype=float)
+            ax.plot(layers, mean, marker="o", ms=3, label=CATEGORY_LABELS.get(cat, cat))
+            ax.fill_between(layers, mean - 1.96 * err, mean + 1.96 * err, alpha=0.2)
+        ax.set_title(LABELS.get(comp, comp), fontsize=10)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(f"average {trace['metric']} (95% CI)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_all(run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[Path]:
+    """Write every plot the run supports into run_dir/plots; return their paths."""
+    from ivx import tracing
+
+    trace = summary.get("trace")
+    if not trace:
+        return []
+    out_dir = run_dir / "plots"
+    out_dir.mkdir(exist_ok=True)
+    written: list[Path] = []
+    metric = trace["metric"]
+    n_layers = trace["n_layers"]
+    comps = list(trace["components"])
+    name = prep.cfg.experiment.name
+    # dataset average by token category
+    cats = [c for c in CATEGORY_LABELS if any(c in trace["components"][k]["by_category"] for k in comps)]
+    matrices = {
+        k: [trace["components"][k]["by_category"].get(c, {"mean": [float("nan")] * n_layers})["mean"] for c in cats]
+        for k in comps
+    }
+    path = out_dir / "average_by_category.png"
+    _panels(path, f"{name}: average {metric} over {trace['facts']} prompts", matrices,
+            [CATEGORY_LABELS[c] for c in cats], metric, n_layers)
+    written.append(path)
+    path = out_dir / "average_by_category_ci.png"
+    _lines(path, trace)
+    written.append(path)
+    # position × layer when all prompts share a length
+    if all("by_position" in trace["components"][k] for k in comps):
+        first = trace["components"][comps[0]]["by_position"]
+        tokens = first["tokens"] or [str(i) for i in range(len(first["mean"]))]
+        matrices = {k: trace["components"][k]["by_position"]["mean"] for k in comps}
+        path = out_dir / "average_by_position.png"
+        _panels(path, f"{name}: {metric} by position", matrices, tokens, metric, n_layers)
+        written.append(path)
+    # per fact
+    axes = tracing.bound_axes(prep)
+    limit = prep.cfg.experiment.trace.plots_per_fact if prep.cfg.experiment.trace else 3
+    default_comp = str(prep.cfg.experiment.interventions[0].component)
+    for p in prep.prompts[:limit]:
+        grid: dict[str, list[list[float]]] = {
+            k: [[float("nan")] * n_layers for _ in range(p.length)] for k in comps
+        }
+        for row in rows:
+            if row["prompt_index"] != p.index or not isinstance(row.get(metric), int | float):
+                continue
+            comp = str(row[axes["component"]]) if "component" in axes else default_comp
+            grid[comp][int(row[axes["position"]])][int(row[axes["layer"]])] = row[metric]
+        labels = [
+            f"{t}*" if category(i, p.length, p.subject_span).startswith("subject") else t
+            for i, t in enumerate(p.base_tokens)
+        ]
+        target = p.record.target or ""
+        path = out_dir / f"prompt{p.index:04d}.png"
+        _panels(path, f"{p.record.base!r} → {target!r}", grid, labels, metric, n_layers)
+        written.append(path)
+    return written

@@ -1,0 +1,399 @@
+"""Execute a plan: baseline runs once per prompt, then cells packed into batched forwards.
+
+Every batch row carries its own sites: cells are grouped by prompt length (no padding, so
+numbers equal single-sequence runs), and all edits of one (site, intervention) across the
+batch become a single vectorised `Patch`. Clean and source activations are captured once per
+prompt; corruption noise is drawn per (prompt, sample) from a seeded generator, independent
+of batching.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ivx import hooks, interventions, metrics
+from ivx.config import ConfigError, LoadedConfig
+from ivx.plan import Cell, Plan
+from ivx.positions import TokenizedPrompt
+
+if TYPE_CHECKING:
+    import torch
+
+    from ivx.components import Site
+    from ivx.models import LoadedModel
+
+MAX_ROWS = 512
+
+
+@dataclass
+class Baselines:
+    """Per-prompt reference runs: clean (uncorrupted base), source, corrupted (per sample)."""
+
+    clean_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # [vocab]
+    source_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # [vocab]
+    corrupt_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # [samples, vocab]
+    clean_acts: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
+    source_acts: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
+    corrupt_ids: dict[int, tuple[int, ...]] = field(default_factory=dict)  # replace-corruption inputs
+    noise: dict[int, torch.Tensor] = field(default_factory=dict)  # [samples, n_pos, d]
+    sigma: float | None = None
+
+    def reference_logits(self, prompt: int) -> torch.Tensor:
+        """The 'clean' run metrics compare to: the source run if there is one, else clean base."""
+        return self.source_logits.get(prompt, self.clean_logits[prompt])
+
+
+@dataclass
+class CellOutput:
+    """What one executed cell produced."""
+
+    cell: Cell
+    row: dict[str, Any]
+    logits: torch.Tensor | None  # [vocab] (or [seq, vocab]) mean over samples
+    collected: dict[str, torch.Tensor]
+
+
+class Executor:
+    """Runs baselines and cells of one plan on one loaded model."""
+
+    def __init__(
+        self, cfg: LoadedConfig, lm: LoadedModel, prompts: list[TokenizedPrompt], plan: Plan
+    ) -> None:
+        self.cfg = cfg
+        self.exp = cfg.experiment
+        self.lm = lm
+        self.prompts = {p.index: p for p in prompts}
+        self.plan = plan
+        self.sites: dict[tuple[str, int], Site] = {}
+        self.vectors: dict[str, torch.Tensor] = {}
+        corrupt = self.exp.corrupt
+        self.samples = corrupt.samples if corrupt is not None and corrupt.kind == "noise" else 1
+        self.keep_logits = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
+        self.base = Baselines()
+
+    # ---- helpers -------------------------------------------------------------------------
+    def site(self, component: str, layer: int) -> Site:
+        """Resolve (and cache) the Site of a component at a layer."""
+        from ivx import components
+
+        key = (component, layer)
+        if key not in self.sites:
+            self.sites[key] = components.resolve(self.lm.model, self.lm.info, component, layer)
+        return self.sites[key]
+
+    def forward(self, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
+        """Logits of a batch of equal-length rows: [b, vocab] (last position) or [b, s, vocab]."""
+        kwargs: dict[str, Any] = {"input_ids": ids.to(self.lm.device), "use_cache": False}
+        if self.keep_logits and not all_logits:
+            kwargs["logits_to_keep"] = 1
+        logits = self.lm.model(**kwargs).logits
+        return logits.float() if all_logits else logits[:, -1].float()
+
+    def batch_rows(self, length: int) -> int:
+        """Rows per forward pass from the memory budget (or the configured size)."""
+        size = self.exp.batch.size
+        if size != "auto":
+            return int(size)
+        info = self.lm.info
+        d_mlp = info.d_mlp or 4 * info.d_model
+        per_row = 4 * length * (8 * info.d_model + 2 * d_mlp + info.n_heads * length)
+        per_row += 4 * info.vocab_size * (length if self.exp.output.logits == "all" else 1)
+        budget = self.exp.batch.memory_gb * 2**30
+        return max(1, min(MAX_ROWS, int(budget // per_row)))
+
+    def _vector(self, ref: str, name: str) -> torch.Tensor:
+        if ref not in self.vectors:
+            from ivx.vectors import load_vector
+
+            self.vectors[ref] = load_vector(ref, name, self.cfg.path.parent)
+        return self.vectors[ref]
+
+    # ---- baselines -------------------------------------------------------------------------
+    def _groups(self, lengths: dict[int, int]) -> Iterator[list[int]]:
+        by_len: dict[int, list[int]] = defaultdict(list)
+        for prompt, length in lengths.items():
+            by_len[length].append(prompt)
+        for length, items in sorted(by_len.items()):
+            step = self.batch_rows(length)
+            for i in range(0, len(items), step):
+                yield items[i : i + step]
+
+    def _capture_pass(
+        self, ids_of: dict[int, tuple[int, ...]], needed: set[tuple[str, int]]
+    ) -> tuple[dict[int, torch.Tensor], dict[tuple[str, int], dict[int, torch.Tensor]]]:
+        import torch
+
+        logits_out: dict[int, torch.Tensor] = {}
+        acts: dict[tuple[str, int], dict[int, torch.Tensor]] = {key: {} for key in needed}
+        sites = {key: self.site(*key) for key in needed}
+        for group in self._groups({p: len(ids) for p, ids in ids_of.items()}):
+            ids = torch.tensor([ids_of[p] for p in group])
+            with hooks.capturing(self.lm.model, list(sites.values())) as store:
+                logits = self.forward(ids)
+            for row, prompt in enumerate(group):
+                logits_out[prompt] = logits[row].cpu()
+                for key, site in sites.items():
+                    acts[key][prompt] = store[site][row]
+        return logits_out, acts
+
+    def prepare(self) -> Baselines:
+        """Capture clean and source activations once per prompt and run the corrupted baseline."""
+        import torch
+
+        base = self.base
+        need_clean = {(e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "base"}
+        need_src = {(e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "source"}
+        base.clean_logits, base.clean_acts = self._capture_pass(
+            {p.index: p.base_ids for p in self.prompts.values()}, need_clean
+        )
+        with_source = {p.index: p.source_ids for p in self.prompts.values() if p.source_ids is not None}
+        if with_source and (need_src or not self.exp.corrupt):
+            base.source_logits, base.source_acts = self._capture_pass(with_source, need_src)
+        corrupt = self.exp.corrupt
+        if corrupt is not None and corrupt.kind == "noise":
+            base.sigma = self._sigma()
+            d = self.lm.model.get_input_embeddings().weight.shape[1]
+            for p in self.prompts.values():
+                n = len(self.plan.corrupt_positions[p.index])
+                base.noise[p.index] = torch.stack(
+                    [
+                        interventions.noise(self.exp.seed, p.index, s, n, d, corrupt.scale * base.sigma)
+                        for s in range(self.samples)
+                    ]
+                )
+        elif corrupt is not None and corrupt.kind == "replace":
+            base.corrupt_ids = self._replacements()
+        # corrupted baseline: the base input with its corruption and no site edits
+        if corrupt is None:
+            base.corrupt_logits = {p: v.unsqueeze(0) for p, v in base.clean_logits.items()}
+            return base
+        empty = [Cell(-1 - p.index, p.index, (), ()) for p in self.prompts.values()]
+        for _ in self.execute(empty, collect_logits=False):
+            pass  # _outputs stores the corrupted logits of baseline cells
+        return base
+
+    def _sigma(self) -> float:
+        corrupt = self.exp.corrupt
+        assert corrupt is not None
+        weight = self.lm.model.get_input_embeddings().weight.detach().float()
+        if isinstance(corrupt.sigma, float | int) and not isinstance(corrupt.sigma, bool):
+            return float(corrupt.sigma)
+        if corrupt.sigma == "embeddings":
+            return float(weight.std())
+        ids = [i for p in self.prompts.values() if p.subject_span for i in p.base_ids[slice(*p.subject_span)]]
+        if not ids:
+            raise ConfigError(
+                [self.cfg.problem(("corrupt", "sigma"), "sigma 'subjects' needs records with a `subject`")]
+            )
+        return float(weight[ids].std())
+
+    def _replacements(self) -> dict[int, tuple[int, ...]]:
+        """Symmetric token replacement: swap each subject for another of the same token length."""
+        import random
+
+        rng = random.Random(self.exp.seed)
+        by_len: dict[int, list[TokenizedPrompt]] = defaultdict(list)
+        for p in self.prompts.values():
+            if p.subject_span:
+                by_len[p.subject_span[1] - p.subject_span[0]].append(p)
+        out: dict[int, tuple[int, ...]] = {}
+        problems = []
+        for p in self.prompts.values():
+            if not p.subject_span:
+                problems.append(self.cfg.problem(("corrupt", "kind"), f"prompt {p.index} has no subject"))
+                continue
+            start, end = p.subject_span
+            mine = p.base_ids[start:end]
+            others = [q for q in by_len[end - start] if q.base_ids[slice(*q.subject_span)] != mine]
+            if not others:
+                problems.append(
+                    self.cfg.problem(
+                        ("corrupt", "kind"),
+                        f"prompt {p.index}: no other subject with {end - start} tokens to swap in",
+                    )
+                )
+                continue
+            other = rng.choice(others)
+            assert other.subject_span is not None
+            swap = other.base_ids[slice(*other.subject_span)]
+            out[p.index] = p.base_ids[:start] + swap + p.base_ids[end:]
+        if problems:
+            raise ConfigError(problems)
+        return out
+
+    # ---- cells --------------------------------------------------------------------------------
+    def _source_values(self, cell: Cell, edit: Any, site: Site) -> torch.Tensor | None:
+        import torch
+
+        key = (edit.component, edit.layer)
+        if edit.source == "base":
+            return self.base.clean_acts[key][cell.prompt][list(edit.source_positions)]
+        if edit.source == "source":
+            return self.base.source_acts[key][cell.prompt][list(edit.source_positions)]
+        n = len(edit.positions)
+        if edit.vector is not None:
+            vec = self._vector(edit.vector, edit.name).to(self.lm.device)
+            if vec.dim() == 1:
+                if vec.shape[0] != site.dim:
+                    raise ValueError(
+                        f"vector {edit.vector!r} has {vec.shape[0]} dims but {edit.component} has {site.dim}"
+                    )
+                return vec.expand(n, site.dim)
+            return vec[:n]
+        if edit.kind == "noise":
+            weight = self.lm.model.get_input_embeddings().weight
+            std = (edit.value if edit.value is not None else 3.0) * float(weight.float().std())
+            return interventions.noise(self.exp.seed + 1 + edit.index, cell.prompt, cell.index, n, site.dim, std)
+        return torch.zeros(0)
+
+    def _patches(self, cells: list[Cell]) -> tuple[list[hooks.Patch], list[tuple]]:
+        """All patches of a batch of cells (each with `self.samples` rows), grouped per site+fn."""
+        import torch
+
+        S = self.samples
+        groups: dict[tuple, dict[str, list]] = defaultdict(lambda: {"rows": [], "pos": [], "src": []})
+        collect_index: list[tuple] = []
+        embed = self.site("embedding", 0) if self.base.noise else None
+        for i, cell in enumerate(cells):
+            rows = torch.arange(i * S, (i + 1) * S)
+            if embed is not None:
+                positions = self.plan.corrupt_positions[cell.prompt]
+                if positions:
+                    g = groups[(embed, "noise", None, 1.0, None, None, "__corrupt__")]
+                    g["rows"].append(rows.repeat_interleave(len(positions)))
+                    g["pos"].append(torch.tensor(positions).repeat(S))
+                    g["src"].append(self.base.noise[cell.prompt].reshape(-1, embed.dim))
+            for edit in cell.edits:
+                site = self.site(edit.component, edit.layer)
+                n = len(edit.positions)
+                src = self._source_values(cell, edit, site)
+                key = (site, edit.kind, edit.value, edit.coefficient, edit.heads, edit.subspace, edit.name)
+                g = groups[key]
+                g["rows"].append(rows.repeat_interleave(n))
+                g["pos"].append(torch.tensor(edit.positions).repeat(S))
+                if src is not None and src.numel():
+                    g["src"].append(src.repeat(S, 1))
+                if edit.kind == "collect":
+                    collect_index.append((key, cell.index, edit.name, edit.layer, n))
+        patches: list[hooks.Patch] = []
+        self._recorders: dict[tuple, list[torch.Tensor]] = {}
+        for key, g in groups.items():
+            site, kind, value, coefficient, heads, subspace, _name = key
+            fn = interventions.for_kind(kind, value=value, coefficient=coefficient)
+            if kind == "collect":
+                fn = self._recorder(key)
+            source = torch.cat(g["src"]).to(self.lm.device) if g["src"] else None
+            patches.append(
+                hooks.Patch(
+                    site=site,
+                    rows=torch.cat(g["rows"]).to(self.lm.device),
+                    positions=torch.cat(g["pos"]).to(self.lm.device),
+                    fn=fn,
+                    source=source,
+                    heads=heads,
+                    subspace=subspace,
+                )
+            )
+        return patches, collect_index
+
+    def _recorder(self, key: tuple) -> Callable:
+        store = self._recorders.setdefault(key, [])
+
+        def fn(current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
+            store.append(current.detach().clone())
+            return current
+
+        return fn
+
+    def execute(self, cells: list[Cell], collect_logits: bool = True) -> Iterator[list[CellOutput]]:
+        """Run cells in batches of equal prompt length; yield each batch's outputs."""
+        import torch
+
+        S = self.samples
+        all_logits = self.exp.output.logits == "all"
+        by_len: dict[int, list[Cell]] = defaultdict(list)
+        for cell in cells:
+            by_len[self.prompts[cell.prompt].length].append(cell)
+        for length, group in sorted(by_len.items()):
+            per_batch = max(1, self.batch_rows(length) // S)
+            for start in range(0, len(group), per_batch):
+                chunk = group[start : start + per_batch]
+                ids = torch.tensor(
+                    [self.base.corrupt_ids.get(c.prompt, self.prompts[c.prompt].base_ids) for c in chunk]
+                ).repeat_interleave(S, dim=0)
+                patches, collect_index = self._patches(chunk)
+                with hooks.patching(self.lm.model, patches):
+                    logits = self.forward(ids, all_logits=all_logits and collect_logits)
+                yield self._outputs(chunk, logits, collect_index)
+
+    def _outputs(self, chunk: list[Cell], logits: torch.Tensor, collect_index: list[tuple]) -> list[CellOutput]:
+        import torch
+
+        S = self.samples
+        last = logits if logits.dim() == 2 else logits[:, -1]
+        def ids_of(attr: str) -> torch.Tensor:
+            raw = [getattr(self.prompts[c.prompt], attr) for c in chunk]
+            return torch.tensor([-1 if v is None else v for v in raw]).repeat_interleave(S)
+
+        target, foil = ids_of("target_id"), ids_of("foil_id")
+        ref = torch.stack([self.base.reference_logits(c.prompt) for c in chunk]).repeat_interleave(S, 0)
+        values = metrics.row_values(last.cpu(), target, foil, ref)
+        collected: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
+        offsets: dict[tuple, int] = defaultdict(int)
+        for key, cell_index, name, layer, n in collect_index:
+            stacked = torch.cat(self._recorders[key])
+            at = offsets[key]
+            part = stacked[at : at + n * S].view(S, n, -1).mean(0)
+            offsets[key] = at + n * S
+            collected[cell_index][f"{name}.cell{cell_index}.layer{layer}"] = part.cpu()
+        outputs = []
+        for i, cell in enumerate(chunk):
+            rows = slice(i * S, (i + 1) * S)
+            if cell.index < 0:  # corrupted baseline
+                self.base.corrupt_logits[cell.prompt] = last[rows].cpu()
+                continue
+            mean = {k: float(v[rows].mean()) for k, v in values.items()}
+            outputs.append(
+                CellOutput(
+                    cell=cell,
+                    row=self._row(cell, mean, last[rows]),
+                    logits=logits[rows].mean(0).cpu(),
+                    collected=collected.get(cell.index, {}),
+                )
+            )
+        return outputs
+
+    def reference_values(self, prompt: int) -> tuple[dict[str, float], dict[str, float]]:
+        """(corrupted, clean) sample-averaged metric values of one prompt."""
+        import torch
+
+        p = self.prompts[prompt]
+        corrupt = self.base.corrupt_logits.get(prompt)
+        if corrupt is None:
+            corrupt = self.base.clean_logits[prompt].unsqueeze(0)
+        clean = self.base.reference_logits(prompt).unsqueeze(0)
+        t = torch.tensor([p.target_id if p.target_id is not None else -1])
+        f = torch.tensor([p.foil_id if p.foil_id is not None else -1])
+        cv = metrics.row_values(corrupt, t.repeat(len(corrupt)), f.repeat(len(corrupt)))
+        kv = metrics.row_values(clean, t, f)
+        return {k: float(v.mean()) for k, v in cv.items()}, {k: float(v.mean()) for k, v in kv.items()}
+
+    def _row(self, cell: Cell, patched: dict[str, float], last: torch.Tensor) -> dict[str, Any]:
+        corrupted, clean = self.reference_values(cell.prompt)
+        names = [m for m in self.exp.metrics if m != "top_k"]
+        row: dict[str, Any] = {"cell": cell.index, "prompt_index": cell.prompt, **dict(cell.point)}
+        row.update(metrics.cell_values(names, patched, corrupted, clean))
+        if "target_prob" in patched and self.prompts[cell.prompt].target_id is not None:
+            row["p_clean"] = clean["target_prob"]
+            row["p_corrupted"] = corrupted["target_prob"]
+        if "top_k" in self.exp.metrics:
+            import torch
+
+            probs = torch.softmax(last.float(), dim=-1).mean(0)
+            row["top_k"] = metrics.top_k(probs, self.exp.output.top_k, self.lm.tokenizer)
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}

@@ -1,0 +1,407 @@
+"""The experiment-file schema: pydantic models named after the YAML keys they validate.
+
+Pure data, no torch. Fields that may bind to a sweep axis accept a `$axis` string; the plan
+stage substitutes the axis values and checks the concrete values against the model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+COMPONENT_NAMES: tuple[str, ...] = (
+    "embedding",
+    "block_input",
+    "block_output",
+    "attention_input",
+    "attention_output",
+    "attention_value_output",
+    "head_attention_value_output",
+    "query_output",
+    "key_output",
+    "value_output",
+    "head_query_output",
+    "head_key_output",
+    "head_value_output",
+    "mlp_input",
+    "mlp_activation",
+    "mlp_output",
+    "residual_mid",
+)
+
+KINDS: tuple[str, ...] = (
+    "vanilla",
+    "addition",
+    "subtraction",
+    "zero",
+    "noise",
+    "scale",
+    "collect",
+    "set",
+    "rotated_space",
+    "low_rank_rotated_space",
+    "boundless_das",
+    "sigmoid_mask",
+)
+TRAINABLE_KINDS: frozenset[str] = frozenset(
+    {"rotated_space", "low_rank_rotated_space", "boundless_das", "sigmoid_mask"}
+)
+
+# pyvene's class names are accepted as aliases of ivx's kinds.
+KIND_ALIASES: dict[str, str] = {
+    "VanillaIntervention": "vanilla",
+    "AdditionIntervention": "addition",
+    "SubtractionIntervention": "subtraction",
+    "ZeroIntervention": "zero",
+    "NoiseIntervention": "noise",
+    "CollectIntervention": "collect",
+    "RotatedSpaceIntervention": "rotated_space",
+    "LowRankRotatedSpaceIntervention": "low_rank_rotated_space",
+    "BoundlessRotatedSpaceIntervention": "boundless_das",
+    "SigmoidMaskRotatedSpaceIntervention": "sigmoid_mask",
+}
+
+POSITION_KEYWORDS: tuple[str, ...] = ("last", "all", "subject", "subject_first", "subject_last")
+
+METRICS: tuple[str, ...] = (
+    "target_prob",
+    "target_logit",
+    "target_rank",
+    "logit_diff",
+    "logit_diff_norm",
+    "kl",
+    "indirect_effect",
+    "indirect_effect_norm",
+    "top_k",
+)
+
+REF = re.compile(r"^\$[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def is_ref(value: Any) -> bool:
+    """True when `value` is a `$axis` reference string."""
+    return isinstance(value, str) and bool(REF.match(value))
+
+
+def _check_position_atom(value: Any) -> None:
+    if isinstance(value, bool):
+        raise ValueError(f"position {value!r} must be an integer or one of {list(POSITION_KEYWORDS)}")
+    if isinstance(value, int) or is_ref(value):
+        return
+    if isinstance(value, str):
+        if value in POSITION_KEYWORDS:
+            return
+        import difflib
+
+        near = difflib.get_close_matches(value, POSITION_KEYWORDS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ValueError(
+            f"unknown position {value!r}{hint}; expected an integer (negative counts from the end), "
+            f"{', '.join(POSITION_KEYWORDS)}, a list of these, or a $axis reference"
+        )
+    raise ValueError(f"position {value!r} must be an integer, a keyword or a list")
+
+
+def check_position(value: Any) -> Any:
+    """Validate a position spec: int, keyword, `$axis`, or a non-empty list of ints/keywords."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("position list is empty")
+        for atom in value:
+            _check_position_atom(atom)
+        return value
+    _check_position_atom(value)
+    return value
+
+
+def _check_layer(value: Any) -> Any:
+    if is_ref(value):
+        return value
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and not value:
+        raise ValueError("layer list is empty")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(
+                f"layer {item!r} must be an integer (negative counts from the last layer), "
+                "a list of integers, or a $axis reference"
+            )
+    return value
+
+
+def _check_head(value: Any) -> Any:
+    if value is None or is_ref(value):
+        return value
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise ValueError(f"head {item!r} must be a non-negative integer, a list, or a $axis reference")
+    return value
+
+
+def _check_component(value: Any) -> Any:
+    if is_ref(value):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"component must be a string, got {value!r}")
+    if value not in COMPONENT_NAMES:
+        import difflib
+
+        near = difflib.get_close_matches(value, COMPONENT_NAMES, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ValueError(f"unknown component {value!r}; {hint}valid: {', '.join(COMPONENT_NAMES)}")
+    return value
+
+
+def _check_kind(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError(f"kind must be a string, got {value!r}")
+    if value in KIND_ALIASES:
+        return KIND_ALIASES[value]
+    if value in KINDS:
+        return value
+    import difflib
+
+    near = difflib.get_close_matches(value, list(KINDS) + list(KIND_ALIASES), n=1)
+    hint = f"did you mean {near[0]!r}? " if near else ""
+    raise ValueError(f"unknown intervention kind {value!r}; {hint}valid: {', '.join(KINDS)}")
+
+
+Position = Annotated[Any, AfterValidator(check_position)]
+Layer = Annotated[Any, AfterValidator(_check_layer)]
+Head = Annotated[Any, AfterValidator(_check_head)]
+Component = Annotated[Any, AfterValidator(_check_component)]
+Kind = Annotated[Any, AfterValidator(_check_kind)]
+
+
+class Strict(BaseModel):
+    """Base for every schema section: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    """`model:` which causal LM to load."""
+
+    name: str = Field(description="Hub id (gpt2), a local directory, or a bundled model (ivx-toy).")
+    revision: str | None = Field(None, description="Hub branch, tag or commit.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype; auto = float32 on CPU."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    trust_remote_code: bool = Field(False, description="Allow the model's own code from the Hub.")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", value):
+            raise ValueError(f"device {value!r} must be auto, cpu, mps, cuda or cuda:N")
+        return value
+
+
+class PromptRecord(Strict):
+    """One prompt record: the base run, optional counterfactual source run, answers, subject."""
+
+    base: str = Field(description="The prompt the intervention is applied to.")
+    source: str | None = Field(None, description="Counterfactual prompt activations are copied from.")
+    target: str | None = Field(None, description="Expected answer; its first token is scored.")
+    foil: str | None = Field(None, description="Alternative answer for logit differences.")
+    subject: str | None = Field(None, description="Substring of base; positions `subject*` use it.")
+
+    @model_validator(mode="after")
+    def _subject_in_base(self) -> PromptRecord:
+        if self.subject is not None and self.subject not in self.base:
+            raise ValueError(f"subject {self.subject!r} does not occur in base {self.base!r}")
+        return self
+
+
+class PromptFile(Strict):
+    """`prompts: {file: ...}` a JSONL file of prompt records (relative to the config file)."""
+
+    file: str = Field(description="JSONL file, one prompt record per line.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N records.")
+
+
+class Corrupt(Strict):
+    """`corrupt:` how the base run is corrupted before restoring sites (causal tracing)."""
+
+    kind: Literal["noise", "replace"] = Field(
+        "noise", description="noise: Gaussian noise on token embeddings; replace: swap the subject."
+    )
+    positions: Position = Field("subject", description="Which token embeddings get the noise.")
+    scale: float = Field(3.0, gt=0, description="Noise std = scale × sigma.")
+    samples: int = Field(10, ge=1, le=1000, description="Independent noise draws per prompt.")
+    sigma: float | Literal["subjects", "embeddings"] = Field(
+        "subjects",
+        description="subjects: std of the subjects' token embeddings over the dataset; "
+        "embeddings: std of the whole embedding matrix; or a fixed number.",
+    )
+
+
+class Intervention(Strict):
+    """One entry of `interventions:`: what to do at which site."""
+
+    kind: Kind = Field(description="vanilla, addition, subtraction, zero, noise, scale, collect, set, ...")
+    name: str | None = Field(None, description="Name used for saved tensors; default iv<index>.")
+    component: Component = Field("block_output", description="Component name (pyvene vocabulary).")
+    layer: Layer = Field(0, description="Layer index, list of layers, or $axis.")
+    position: Position = Field("all", description="Token position(s) in the base prompt.")
+    head: Head = Field(None, description="Head index/indices for head_* components.")
+    window: int | dict[str, int] | None = Field(
+        None,
+        description="Intervene on a window of this many layers centred on `layer` (ROME: 10 for "
+        "MLP/attention); a mapping gives a window per component, e.g. {mlp_output: 10}.",
+    )
+    source: Literal["auto", "base", "source"] = Field(
+        "auto",
+        description="Run to copy from: base = the clean base prompt, source = the record's source "
+        "prompt; auto = source if records have one, else base.",
+    )
+    source_position: Position | None = Field(
+        None, description="Positions in the source run (default: same as `position`)."
+    )
+    subspace: list[int] | None = Field(None, description="Only these dimensions are changed.")
+    value: float | None = Field(
+        None, description="scale: factor; noise: std multiplier (default 3) of the embedding std."
+    )
+    coefficient: float = Field(1.0, description="Multiplier of the vector for addition/subtraction/set.")
+    vector: str | None = Field(
+        None, description="File (.safetensors/.pt) or bundle (path, hf://user/name) with the vector."
+    )
+    interchange_dim: int | None = Field(None, ge=1, description="rotated_space: dims interchanged.")
+    low_rank_dimension: int | None = Field(None, ge=1, description="low-rank DAS: basis size k.")
+    bundle: str | None = Field(None, description="Trained parameters: bundle path or hf://user/name.")
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        items = value.items() if isinstance(value, dict) else [("window", value)]
+        for key, size in items:
+            if size is not None and size < 1:
+                raise ValueError(f"window must be ≥ 1 (got {size} for {key})")
+            if isinstance(value, dict) and key not in COMPONENT_NAMES:
+                raise ValueError(f"window key {key!r} is not a component name")
+        return value
+
+    @field_validator("subspace")
+    @classmethod
+    def _subspace(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(v < 0 for v in value)):
+            raise ValueError("subspace must be a non-empty list of non-negative dimension indices")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Intervention:
+        if self.kind == "set" and self.vector is None:
+            raise ValueError("kind 'set' needs `vector` (a .safetensors/.pt file or a bundle)")
+        if self.kind == "scale" and self.value is None:
+            raise ValueError("kind 'scale' needs `value` (the factor)")
+        if self.head is not None and not is_ref(self.component) and not str(
+            self.component
+        ).startswith("head_"):
+            raise ValueError(
+                f"`head` only applies to head_* components, not {self.component!r} "
+                "(e.g. head_attention_value_output)"
+            )
+        return self
+
+
+class Output(Strict):
+    """`output:` where and what to write."""
+
+    root: str = Field("runs", description="Directory the timestamped run directory is created in.")
+    logits: Literal["none", "last", "all"] = Field(
+        "last", description="Which logits go into tensors.safetensors."
+    )
+    plots: bool = Field(True, description="Write heatmaps into plots/.")
+    top_k: int = Field(5, ge=1, le=100, description="Tokens listed by the top_k metric.")
+
+
+class Batch(Strict):
+    """`batch:` how many sequences go through the model at once."""
+
+    size: int | Literal["auto"] = Field("auto", description="Rows per forward pass, or auto.")
+    memory_gb: float = Field(2.0, gt=0, description="Activation-memory budget for auto.")
+
+
+class Trace(Strict):
+    """`trace:` causal-tracing analysis over a dataset of facts (ROME protocol)."""
+
+    select_correct: bool = Field(
+        False, description="Keep only facts whose greedy top-1 prediction is the target."
+    )
+    plots_per_fact: int = Field(3, ge=0, description="Per-fact heatmaps written (dataset mean always).")
+
+
+SweepValue = Any
+
+
+def _prompts_tag(value: Any) -> str:
+    return "file" if isinstance(value, dict | PromptFile) else "inline"
+
+
+Prompts = Annotated[
+    Annotated[list[PromptRecord], Tag("inline")] | Annotated[PromptFile, Tag("file")],
+    Discriminator(_prompts_tag),
+]
+
+
+class Experiment(Strict):
+    """The whole experiment file."""
+
+    name: str = Field("experiment", description="Used in the run directory name.")
+    description: str | None = None
+    model: ModelSpec
+    seed: int = 0
+    prompts: Prompts
+    corrupt: Corrupt | None = None
+    sweep: dict[str, SweepValue] = Field(default_factory=dict)
+    interventions: list[Intervention] = Field(default_factory=list)
+    metrics: list[str] = Field(default_factory=lambda: ["target_prob"])
+    output: Output = Field(default_factory=Output)
+    batch: Batch = Field(default_factory=Batch)
+    trace: Trace | None = None
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _prompts_shape(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("prompts is empty")
+        if not isinstance(value, list | dict):
+            raise ValueError("prompts must be a list of records or {file: path.jsonl}")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: list[str]) -> list[str]:
+        import difflib
+
+        for metric in value:
+            if metric not in METRICS:
+                near = difflib.get_close_matches(metric, METRICS, n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise ValueError(f"unknown metric {metric!r}; {hint}valid: {', '.join(METRICS)}")
+        return value
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for axis, values in value.items():
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", axis):
+                raise ValueError(f"sweep axis name {axis!r} must be an identifier")
+            if values == "all":
+                continue
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"sweep.{axis} must be a non-empty list of values or 'all'")
+        return value

@@ -1,0 +1,140 @@
+"""Causal-tracing analysis (Meng et al. 2022, "Locating and Editing Factual Associations in GPT").
+
+The runner computes, for each fact, component, layer and token, the indirect effect
+IE = p(restored) − p(corrupted) of the expected answer, averaged over noise samples. This
+module aggregates those cells the way the paper's figures do: by token category (first /
+middle / last subject token, first subsequent token, further tokens, last token) × layer per
+component, as the mean over facts (AIE) with its standard error, plus the absolute-position ×
+layer matrix when all facts share one tokenization length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+from ivx.positions import CATEGORIES, category
+from ivx.schema import is_ref
+
+PLOT_METRICS: tuple[str, ...] = (
+    "indirect_effect",
+    "logit_diff_norm",
+    "indirect_effect_norm",
+    "logit_diff",
+    "target_prob",
+    "kl",
+    "target_logit",
+    "target_rank",
+)
+
+
+def bound_axes(prep: Any) -> dict[str, str]:
+    """Map intervention field (component/layer/position) → the sweep axis bound to it."""
+    out: dict[str, str] = {}
+    for iv in prep.cfg.experiment.interventions[:1]:
+        for field in ("component", "layer", "position"):
+            value = getattr(iv, field)
+            if is_ref(value):
+                out[field] = value[1:]
+    return out
+
+
+def plot_metric(metrics: list[str]) -> str | None:
+    """The metric a heatmap shows: the most informative one that was computed."""
+    for name in PLOT_METRICS:
+        if name in metrics:
+            return name
+    return None
+
+
+def applies(prep: Any) -> bool:
+    """True for sweeps over layer × position (the shape causal tracing and patching share)."""
+    axes = bound_axes(prep)
+    return "layer" in axes and "position" in axes and plot_metric(prep.cfg.experiment.metrics) is not None
+
+
+def _stats(values: list[float]) -> tuple[float, float, int]:
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan"), 0
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n), n
+
+
+def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str, Any]:
+    """AIE by token category × layer (and by position × layer) per component, with std errors."""
+    axes = bound_axes(prep)
+    metric = plot_metric(prep.cfg.experiment.metrics)
+    assert metric is not None
+    default_component = str(prep.cfg.experiment.interventions[0].component)
+    n_layers = prep.lm.info.n_layers
+    prompts = {p.index: p for p in prep.prompts}
+    # per component → category → layer → fact → values (several tokens can share a category)
+    per_fact: dict[str, dict[str, dict[int, dict[int, list[float]]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    )
+    by_pos: dict[str, dict[int, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for row in rows:
+        value = row.get(metric)
+        if not isinstance(value, int | float):
+            continue
+        comp = str(row[axes["component"]]) if "component" in axes else default_component
+        layer = int(row[axes["layer"]])
+        pos = int(row[axes["position"]])
+        p = prompts[row["prompt_index"]]
+        cat = category(pos, p.length, p.subject_span)
+        per_fact[comp][cat][layer][p.index].append(float(value))
+        by_pos[comp][pos][layer].append(float(value))
+    lengths = {p.length for p in prep.prompts}
+    out: dict[str, Any] = {"metric": metric, "categories": {}, "n_layers": n_layers, "components": {}}
+    for comp, cats in per_fact.items():
+        table: dict[str, Any] = {}
+        for cat in CATEGORIES:
+            if cat not in cats:
+                continue
+            means, errs, counts = [], [], []
+            for layer in range(n_layers):
+                facts = cats[cat].get(layer, {})
+                m, e, n = _stats([sum(v) / len(v) for v in facts.values()])
+                means.append(m)
+                errs.append(e)
+                counts.append(n)
+            table[cat] = {"mean": means, "stderr": errs, "n": counts}
+        entry: dict[str, Any] = {"by_category": table}
+        if len(lengths) == 1:
+            length = next(iter(lengths))
+            stats = [
+                [_stats(by_pos[comp][pos].get(layer, [])) for layer in range(n_layers)]
+                for pos in range(length)
+            ]
+            same = len({p.base_ids for p in prep.prompts}) == 1
+            entry["by_position"] = {
+                "tokens": list(prep.prompts[0].base_tokens) if same else None,
+                "mean": [[s[0] for s in row] for row in stats],
+                "stderr": [[s[1] for s in row] for row in stats],
+            }
+        out["components"][comp] = entry
+    ref = [executor.reference_values(p.index) for p in prep.prompts]
+    out["p_clean"] = _stats([c["target_prob"] for _, c in ref])[0]
+    out["p_corrupted"] = _stats([k["target_prob"] for k, _ in ref])[0]
+    out["facts"] = len(prep.prompts)
+    if getattr(prep, "dropped", None):
+        out["dropped"] = prep.dropped
+    return out
+
+
+def table_text(trace: dict[str, Any]) -> str:
+    """A plain-text AIE table by token category × layer for each component."""
+    lines = []
+    n_layers = trace["n_layers"]
+    for comp, entry in trace["components"].items():
+        lines.append(f"{trace['metric']} by token category × layer — {comp} (mean over {trace['facts']} prompts)")
+        lines.append(f"{'':>20}" + "".join(f"{'L' + str(i):>9}" for i in range(n_layers)))
+        for cat, stats in entry["by_category"].items():
+            cells = "".join(f"{v:>9.3f}" if v == v else f"{'-':>9}" for v in stats["mean"])
+            lines.append(f"{cat:>20}{cells}")
+        lines.append("")
+    lines.append(f"p(clean) = {trace['p_clean']:.3f}   p(corrupted) = {trace['p_corrupted']:.3f}")
+    return "\n".join(lines)
