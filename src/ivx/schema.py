@@ -249,6 +249,27 @@ class Corrupt(Strict):
     )
 
 
+class Contrast(Strict):
+    """`contrast:` a steering vector from activation differences (ActAdd / mean difference)."""
+
+    positive: str | None = Field(None, description="Prompt whose activation is added (ActAdd).")
+    negative: str | None = Field(None, description="Prompt whose activation is subtracted.")
+    file: str | None = Field(
+        None, description="JSONL of {positive, negative} records: mean difference over the sets."
+    )
+    position: Literal["last", "mean"] = Field(
+        "last", description="Activation of the last token, or the mean over tokens."
+    )
+    normalize: bool = Field(False, description="Scale the difference to unit norm first.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Contrast:
+        pair = self.positive is not None and self.negative is not None
+        if pair == (self.file is not None):
+            raise ValueError("give either `positive` and `negative` prompts, or a `file` of pairs")
+        return self
+
+
 class Intervention(Strict):
     """One entry of `interventions:`: what to do at which site."""
 
@@ -282,6 +303,16 @@ class Intervention(Strict):
     interchange_dim: int | None = Field(None, ge=1, description="rotated_space: dims interchanged.")
     low_rank_dimension: int | None = Field(None, ge=1, description="low-rank DAS: basis size k.")
     bundle: str | None = Field(None, description="Trained parameters: bundle path or hf://user/name.")
+    contrast: Contrast | None = Field(
+        None, description="Build the vector from contrast prompts (steering) instead of `vector`."
+    )
+    on: Literal["prompt", "generated", "all"] = Field(
+        "prompt",
+        description="ivx generate: intervene on prompt positions, on every generated token, or both.",
+    )
+    temperature: list[float] | None = Field(
+        None, description="boundless_das: boundary temperature schedule [start, end]."
+    )
 
     @field_validator("window")
     @classmethod
@@ -303,8 +334,10 @@ class Intervention(Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Intervention:
-        if self.kind == "set" and self.vector is None:
-            raise ValueError("kind 'set' needs `vector` (a .safetensors/.pt file or a bundle)")
+        if self.kind == "set" and self.vector is None and self.contrast is None:
+            raise ValueError("kind 'set' needs `vector` (a .safetensors/.pt file or a bundle) or `contrast`")
+        if self.vector is not None and self.contrast is not None:
+            raise ValueError("give `vector` or `contrast`, not both")
         if self.kind == "scale" and self.value is None:
             raise ValueError("kind 'scale' needs `value` (the factor)")
         if self.head is not None and not is_ref(self.component) and not str(
@@ -344,6 +377,36 @@ class Trace(Strict):
     plots_per_fact: int = Field(3, ge=0, description="Per-fact heatmaps written (dataset mean always).")
 
 
+class Generate(Strict):
+    """`generate:` settings of `ivx generate`."""
+
+    max_new_tokens: int = Field(20, ge=1, le=4096, description="Tokens to generate per prompt.")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
+    top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens.")
+    seed: int | None = Field(None, description="Sampling seed (default: the experiment seed).")
+    stop: list[str] = Field(default_factory=list, description="Stop when any of these strings appears.")
+    num_return_sequences: int = Field(1, ge=1, le=64, description="Continuations per prompt.")
+    use_cache: bool = Field(True, description="Decode with the KV cache (results are identical).")
+    stream: bool = Field(False, description="Print tokens as they are generated (single prompt).")
+
+
+class Train(Strict):
+    """`train:` interchange intervention training (DAS) settings of `ivx train`."""
+
+    epochs: int = Field(5, ge=1, description="Passes over the training records.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(32, ge=1, description="Records per optimisation step.")
+    eval_split: float = Field(0.2, gt=0, lt=1, description="Fraction of records held out for IIA.")
+    patience: int | None = Field(2, ge=1, description="Stop after this many epochs without IIA gain.")
+    data: Literal["records", "city_swap"] = Field(
+        "records", description="records: the prompts' (base, source, target); city_swap: generated."
+    )
+    max_records: int | None = Field(None, ge=2, description="Use at most this many records.")
+
+
 SweepValue = Any
 
 
@@ -372,6 +435,8 @@ class Experiment(Strict):
     output: Output = Field(default_factory=Output)
     batch: Batch = Field(default_factory=Batch)
     trace: Trace | None = None
+    generate: Generate | None = None
+    train: Train | None = None
 
     @field_validator("prompts", mode="before")
     @classmethod

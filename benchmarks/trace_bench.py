@@ -1,0 +1,136 @@
+"""Causal-tracing throughput: ivx vs a plain batched forward (the limit) vs pyvene's per-cell loop.
+
+A GPT-2-small-shaped model (12 layers, d_model 768, 12 heads, random weights, built offline),
+one fact, Gaussian noise on the subject, restore block_output at every (layer, position).
+All three are timed in this one process, side by side, and printed as cells/s and ratios.
+
+    python benchmarks/trace_bench.py [--samples 10] [--pyvene-cells 24] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+PROMPT = "In the old records , the Zorvan Tower is located in the city of"
+SUBJECT = "the Zorvan Tower"
+
+
+def build_model(out: Path) -> Path:
+    """GPT-2 small shape with random weights and the ivx-toy word-level tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ivx.models import BUNDLED
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    GPT2LMHeadModel(config).save_pretrained(out)
+    toy = BUNDLED["ivx-toy"]
+    for name in toy.iterdir():
+        if name.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(name, out / name.name)
+    return out
+
+
+def time_ivx(model_dir: Path, samples: int, work: Path) -> tuple[float, int, int]:
+    from ivx import experiment
+
+    cfg = {
+        "name": "bench",
+        "model": {"name": str(model_dir)},
+        "prompts": [{"base": PROMPT, "subject": SUBJECT, "target": " Trelin"}],
+        "corrupt": {"kind": "noise", "positions": "subject", "samples": samples},
+        "sweep": {"layer": "all", "position": "all"},
+        "interventions": [{"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}],
+        "metrics": ["indirect_effect"],
+        "output": {"plots": False, "logits": "none"},
+    }
+    path = work / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    prep = experiment.prepare(path)
+    cells = len(prep.plan.cells)
+    length = prep.prompts[0].length
+    start = time.perf_counter()
+    experiment.run(path, out_root=str(work / "runs"), progress=False)
+    return time.perf_counter() - start, cells, length
+
+
+def time_plain(model_dir: Path, rows: int, length: int, batch: int) -> float:
+    """The physical limit: the same number of sequences through a plain batched forward."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = torch.randint(0, 1000, (batch, length))
+    start = time.perf_counter()
+    with torch.inference_mode():
+        done = 0
+        while done < rows:
+            n = min(batch, rows - done)
+            model(input_ids=ids[:n], use_cache=False, logits_to_keep=1)
+            done += n
+    return time.perf_counter() - start
+
+
+def time_pyvene(model_dir: Path, cells: int, samples: int, length: int) -> float | None:
+    """pyvene's documented loop: one IntervenableModel per cell; returns seconds per cell."""
+    try:
+        import pyvene as pv
+    except ImportError:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    base = torch.randint(0, 1000, (samples, length))
+    clean = torch.randint(0, 1000, (samples, length))
+    start = time.perf_counter()
+    for i in range(cells):
+        layer, pos = i % 12, i % length
+        config = pv.IntervenableConfig([{"layer": layer, "component": "block_output",
+                                         "intervention_type": pv.VanillaIntervention}])
+        wrapped = pv.IntervenableModel(config, model)
+        with torch.no_grad():
+            wrapped({"input_ids": base}, [{"input_ids": clean}], {"sources->base": pos})
+    return (time.perf_counter() - start) / cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--pyvene-cells", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_dir = build_model(work / "gpt2-small-random")
+        ivx_s, cells, length = time_ivx(model_dir, args.samples, work)
+        rows = cells * args.samples
+        from ivx import runner
+
+        plain_s = time_plain(model_dir, rows, length, batch=runner.MAX_ROWS // args.samples * args.samples)
+        pv_per_cell = time_pyvene(model_dir, args.pyvene_cells, args.samples, length)
+    print(f"causal trace: 12 layers x {length} positions = {cells} cells x {args.samples} noise samples "
+          f"= {rows} sequences of {length} tokens; torch threads={args.threads}")
+    print(f"  ivx run (end to end, incl. baselines + writing) {ivx_s:8.2f} s  {cells / ivx_s:8.1f} cells/s")
+    print(f"  plain batched forward, no hooks (limit)         {plain_s:8.2f} s  {cells / plain_s:8.1f} cells/s")
+    print(f"  ratio ivx / plain forward                        {ivx_s / plain_s:8.3f}x")
+    if pv_per_cell is None:
+        print("  pyvene: not installed (pip install pyvene) — skipped")
+    else:
+        pv_s = pv_per_cell * cells
+        print(f"  pyvene one-wrapper-per-cell loop ({args.pyvene_cells} cells timed, extrapolated) "
+              f"{pv_s:8.2f} s  {1 / pv_per_cell:8.1f} cells/s")
+        print(f"  speed-up ivx vs pyvene                           {pv_s / ivx_s:8.1f}x")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
