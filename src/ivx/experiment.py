@@ -26,6 +26,7 @@ class Prepared:
     lm: Any
     prompts: list
     plan: Plan
+    dropped: list[dict[str, Any]] | None = None
 
 
 def prepare(path: str | Path, overrides: tuple[str, ...] = ()) -> Prepared:
@@ -42,7 +43,40 @@ def prepare(path: str | Path, overrides: tuple[str, ...] = ()) -> Prepared:
         prompts = positions.tokenize(lm.tokenizer, cfg.records)
     except positions.PositionError as exc:
         raise ConfigError([cfg.problem(("prompts",), str(exc))]) from None
-    return Prepared(cfg, lm, prompts, plan.expand(cfg, lm.info, prompts))
+    dropped = None
+    trace = cfg.experiment.trace
+    if trace is not None and trace.select_correct:
+        prompts, dropped = select_correct(lm, prompts)
+        if not prompts:
+            raise ConfigError([cfg.problem(("trace", "select_correct"), "the model predicts none of the targets")])
+    return Prepared(cfg, lm, prompts, plan.expand(cfg, lm.info, prompts), dropped)
+
+
+def select_correct(lm: Any, prompts: list) -> tuple[list, list[dict[str, Any]]]:
+    """Keep prompts whose greedy next token is the target's first token; report the others."""
+    import torch
+
+    kept, dropped = [], []
+    with torch.inference_mode():
+        for p in prompts:
+            logits = lm.model(input_ids=torch.tensor([p.base_ids], device=lm.device)).logits[0, -1]
+            top = int(logits.argmax())
+            if p.target_id is None:
+                dropped.append({"prompt_index": p.index, "base": p.record.base, "reason": "no target"})
+            elif top != p.target_id:
+                predicted = lm.tokenizer.decode([top])
+                dropped.append(
+                    {
+                        "prompt_index": p.index,
+                        "base": p.record.base,
+                        "target": p.record.target,
+                        "predicted": predicted,
+                        "reason": f"greedy prediction {predicted!r} is not the target",
+                    }
+                )
+            else:
+                kept.append(p)
+    return kept, dropped
 
 
 def summarize(rows: list[dict[str, Any]], axes: tuple[str, ...], metric_names: list[str]) -> list[dict]:

@@ -34,7 +34,7 @@ class Edit:
     component: str
     layer: int
     positions: tuple[int, ...]
-    source: Literal["base", "source", "none"]
+    source: Literal["base", "source", "corrupted", "none"]
     source_positions: tuple[int, ...]
     heads: tuple[int, ...] | None
     subspace: tuple[int, ...] | None
@@ -243,7 +243,15 @@ def _edits(
                 )
             )
             return []
-    return [
+    severed: list[Edit] = []
+    if iv.sever is not None and layers:
+        every = tuple(range(prompt.length))
+        for later in range(max(layers) + 1, info.n_layers):
+            severed.append(
+                Edit(index, f"{name}.sever", "vanilla", iv.sever, later, every, "corrupted", every,
+                     None, None, None, 1.0, None)
+            )
+    return severed + [
         Edit(
             index=index,
             name=name,

@@ -76,6 +76,8 @@ def _lines(path: Path, trace: dict[str, Any]) -> None:
             ax.plot(layers, mean, marker="o", ms=3, label=CATEGORY_LABELS.get(cat, cat))
             ax.fill_between(layers, mean - 1.96 * err, mean + 1.96 * err, alpha=0.2)
         ax.set_title(LABELS.get(comp, comp), fontsize=10)
+        ax.set_xticks(layers[:: max(1, len(layers) // 12)])
+        ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel("layer")
         ax.set_ylabel(f"average {trace['metric']} (95% CI)")
     axes[0][-1].legend(fontsize=7, loc="best")

@@ -38,6 +38,7 @@ class Baselines:
     source_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # [vocab]
     corrupt_logits: dict[int, torch.Tensor] = field(default_factory=dict)  # [samples, vocab]
     clean_acts: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
+    corrupt_acts: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
     source_acts: dict[tuple[str, int], dict[int, torch.Tensor]] = field(default_factory=dict)
     corrupt_ids: dict[int, tuple[int, ...]] = field(default_factory=dict)  # replace-corruption inputs
     noise: dict[int, torch.Tensor] = field(default_factory=dict)  # [samples, n_pos, d]
@@ -173,8 +174,21 @@ class Executor:
             base.corrupt_logits = {p: v.unsqueeze(0) for p, v in base.clean_logits.items()}
             return base
         empty = [Cell(-1 - p.index, p.index, (), ()) for p in self.prompts.values()]
-        for _ in self.execute(empty, collect_logits=False):
-            pass  # _outputs stores the corrupted logits of baseline cells
+        need_corrupt = {
+            (e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "corrupted"
+        }
+        if not need_corrupt:
+            for _ in self.execute(empty, collect_logits=False):
+                pass  # _outputs stores the corrupted logits of baseline cells
+            return base
+        sites = {key: self.site(*key) for key in need_corrupt}
+        base.corrupt_acts = {key: {} for key in need_corrupt}
+        for cell in empty:  # one prompt at a time: its samples' activations are kept
+            with hooks.capturing(self.lm.model, list(sites.values())) as store:
+                for _ in self.execute([cell], collect_logits=False):
+                    pass
+            for key, site in sites.items():
+                base.corrupt_acts[key][cell.prompt] = store[site]  # [samples, seq, dim]
         return base
 
     def _sigma(self) -> float:
@@ -235,6 +249,9 @@ class Executor:
             return self.base.clean_acts[key][cell.prompt][list(edit.source_positions)]
         if edit.source == "source":
             return self.base.source_acts[key][cell.prompt][list(edit.source_positions)]
+        if edit.source == "corrupted":  # [samples, n, dim] → rows in sample-major order
+            acts = self.base.corrupt_acts[key][cell.prompt][:, list(edit.source_positions)]
+            return acts.reshape(-1, acts.shape[-1])
         n = len(edit.positions)
         if edit.vector is not None:
             vec = self._vector(edit.vector, edit.name).to(self.lm.device)
@@ -276,7 +293,9 @@ class Executor:
                 g = groups[key]
                 g["rows"].append(rows.repeat_interleave(n))
                 g["pos"].append(torch.tensor(edit.positions).repeat(S))
-                if src is not None and src.numel():
+                if edit.source == "corrupted":
+                    g["src"].append(src)  # already one block per sample
+                elif src is not None and src.numel():
                     g["src"].append(src.repeat(S, 1))
                 if edit.kind == "collect":
                     collect_index.append((key, cell.index, edit.name, edit.layer, n))

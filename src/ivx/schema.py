@@ -310,6 +310,11 @@ class Intervention(Strict):
         "prompt",
         description="ivx generate: intervene on prompt positions, on every generated token, or both.",
     )
+    sever: Literal["mlp_output", "attention_output"] | None = Field(
+        None,
+        description="Causal tracing with severed paths: hold this component of every later layer "
+        "at its corrupted value (all positions) while restoring this site.",
+    )
     temperature: list[float] | None = Field(
         None, description="boundless_das: boundary temperature schedule [start, end]."
     )
