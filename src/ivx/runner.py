@@ -76,6 +76,8 @@ class Executor:
         self.samples = corrupt.samples if corrupt is not None and corrupt.kind == "noise" else 1
         self.keep_logits = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
         self.base = Baselines()
+        self.reuse = self.exp.batch.prefix_reuse and self.exp.output.logits != "all"
+        self.caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per prompt, per layer
 
     # ---- helpers -------------------------------------------------------------------------
     def site(self, component: str, layer: int) -> Site:
@@ -87,13 +89,52 @@ class Executor:
             self.sites[key] = components.resolve(self.lm.model, self.lm.info, component, layer)
         return self.sites[key]
 
-    def forward(self, ids: torch.Tensor, all_logits: bool = False) -> torch.Tensor:
-        """Logits of a batch of equal-length rows: [b, vocab] (last position) or [b, s, vocab]."""
-        kwargs: dict[str, Any] = {"input_ids": ids.to(self.lm.device), "use_cache": False}
+    def forward(
+        self, ids: torch.Tensor, all_logits: bool = False, past: Any = None, keep_cache: bool = False
+    ) -> tuple[torch.Tensor, Any]:
+        """Logits of a batch of equal-length rows: [b, vocab] (last position) or [b, s, vocab].
+
+        With `past`, `ids` continue a cached prefix; with `keep_cache`, the new cache is returned.
+        """
+        kwargs: dict[str, Any] = {
+            "input_ids": ids.to(self.lm.device),
+            "use_cache": keep_cache or past is not None,
+        }
+        if past is not None:
+            kwargs["past_key_values"] = past
         if self.keep_logits and not all_logits:
             kwargs["logits_to_keep"] = 1
-        logits = self.lm.model(**kwargs).logits
-        return logits.float() if all_logits else logits[:, -1].float()
+        out = self.lm.model(**kwargs)
+        logits = out.logits.float() if all_logits else out.logits[:, -1].float()
+        return logits, (out.past_key_values if keep_cache else None)
+
+    # ---- prefix reuse ---------------------------------------------------------------------
+    def _prefix(self, cell: Cell) -> int:
+        """Tokens before the first edited position: their states equal the baseline run's."""
+        if not self.reuse or cell.index < 0 or not cell.edits or cell.prompt not in self.caches:
+            return 0
+        return min(min(e.positions) for e in cell.edits)
+
+    def _keep_cache(self, cache: Any, rows: slice) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if hasattr(cache, "layers"):
+            pairs = [(layer.keys, layer.values) for layer in cache.layers]
+        else:  # older transformers
+            pairs = list(zip(cache.key_cache, cache.value_cache, strict=True))
+        return [(k[rows].clone(), v[rows].clone()) for k, v in pairs]
+
+    def _past(self, chunk: list[Cell], prefix: int) -> Any:
+        import torch
+        from transformers import DynamicCache
+
+        try:
+            cache = DynamicCache(config=self.lm.model.config)
+        except TypeError:
+            cache = DynamicCache()
+        for layer in range(len(self.caches[chunk[0].prompt])):
+            keys = torch.cat([self.caches[c.prompt][layer][0][:, :, :prefix] for c in chunk])
+            values = torch.cat([self.caches[c.prompt][layer][1][:, :, :prefix] for c in chunk])
+            cache.update(keys, values, layer)
+        return cache
 
     def batch_rows(self, length: int) -> int:
         """Rows per forward pass from the memory budget (or the configured size)."""
@@ -135,7 +176,7 @@ class Executor:
         for group in self._groups({p: len(ids) for p, ids in ids_of.items()}):
             ids = torch.tensor([ids_of[p] for p in group])
             with hooks.capturing(self.lm.model, list(sites.values())) as store:
-                logits = self.forward(ids)
+                logits, _ = self.forward(ids)
             for row, prompt in enumerate(group):
                 logits_out[prompt] = logits[row].cpu()
                 for key, site in sites.items():
@@ -170,7 +211,7 @@ class Executor:
         elif corrupt is not None and corrupt.kind == "replace":
             base.corrupt_ids = self._replacements()
         # corrupted baseline: the base input with its corruption and no site edits
-        if corrupt is None:
+        if corrupt is None and not self.reuse:
             base.corrupt_logits = {p: v.unsqueeze(0) for p, v in base.clean_logits.items()}
             return base
         empty = [Cell(-1 - p.index, p.index, (), ()) for p in self.prompts.values()]
@@ -268,7 +309,7 @@ class Executor:
             return interventions.noise(self.exp.seed + 1 + edit.index, cell.prompt, cell.index, n, site.dim, std)
         return torch.zeros(0)
 
-    def _patches(self, cells: list[Cell]) -> tuple[list[hooks.Patch], list[tuple]]:
+    def _patches(self, cells: list[Cell], offset: int = 0) -> tuple[list[hooks.Patch], list[tuple]]:
         """All patches of a batch of cells (each with `self.samples` rows), grouped per site+fn."""
         import torch
 
@@ -316,6 +357,7 @@ class Executor:
                     source=source,
                     heads=heads,
                     subspace=subspace,
+                    offset=offset,
                 )
             )
         return patches, collect_index
@@ -335,19 +377,26 @@ class Executor:
 
         S = self.samples
         all_logits = self.exp.output.logits == "all"
-        by_len: dict[int, list[Cell]] = defaultdict(list)
+        by_shape: dict[tuple[int, int], list[Cell]] = defaultdict(list)
         for cell in cells:
-            by_len[self.prompts[cell.prompt].length].append(cell)
-        for length, group in sorted(by_len.items()):
-            per_batch = max(1, self.batch_rows(length) // S)
+            by_shape[(self.prompts[cell.prompt].length, self._prefix(cell))].append(cell)
+        for (length, prefix), group in sorted(by_shape.items()):
+            per_batch = max(1, self.batch_rows(length - prefix) // S)
             for start in range(0, len(group), per_batch):
                 chunk = group[start : start + per_batch]
                 ids = torch.tensor(
                     [self.base.corrupt_ids.get(c.prompt, self.prompts[c.prompt].base_ids) for c in chunk]
                 ).repeat_interleave(S, dim=0)
-                patches, collect_index = self._patches(chunk)
+                patches, collect_index = self._patches(chunk, offset=prefix)
+                past = self._past(chunk, prefix) if prefix else None
+                baseline = self.reuse and chunk[0].index < 0
                 with hooks.patching(self.lm.model, patches):
-                    logits = self.forward(ids, all_logits=all_logits and collect_logits)
+                    logits, cache = self.forward(
+                        ids[:, prefix:], all_logits and collect_logits, past, keep_cache=baseline
+                    )
+                if baseline:
+                    for i, cell in enumerate(chunk):
+                        self.caches[cell.prompt] = self._keep_cache(cache, slice(i * S, (i + 1) * S))
                 yield self._outputs(chunk, logits, collect_index)
 
     def _outputs(self, chunk: list[Cell], logits: torch.Tensor, collect_index: list[tuple]) -> list[CellOutput]:

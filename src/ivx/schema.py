@@ -371,6 +371,11 @@ class Batch(Strict):
 
     size: int | Literal["auto"] = Field("auto", description="Rows per forward pass, or auto.")
     memory_gb: float = Field(2.0, gt=0, description="Activation-memory budget for auto.")
+    prefix_reuse: bool = Field(
+        True,
+        description="Continue cells from the KV cache of the unpatched prefix (a patch at position "
+        "p leaves positions < p unchanged), instead of recomputing it.",
+    )
 
 
 class Trace(Strict):
