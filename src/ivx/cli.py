@@ -17,7 +17,7 @@ app = typer.Typer(
 )
 
 # Modules that add their own commands with `register(app)` (no torch at import time).
-_COMMAND_MODULES: tuple[str, ...] = ("ivx.toy.cli", "ivx.hub")
+_COMMAND_MODULES: tuple[str, ...] = ("ivx.generate", "ivx.train", "ivx.hub", "ivx.toy.cli")
 
 
 def _err(message: str) -> None:

@@ -247,3 +247,26 @@ def test_hooks_removed_after_error_and_foreign_hooks_untouched(tiny_model_dir) -
     with torch.no_grad():
         torch.testing.assert_close(out, lm.model(torch.tensor([[1, 2, 3]])).logits)  # capture changes nothing
     assert store[site].shape == (1, 3, lm.info.d_model) and calls
+
+
+@pytest.mark.parametrize("component", ["block_output", "mlp_output", "attention_output"])
+def test_matches_pyvene_when_installed(component: str, tiny_model_dir, tmp_path: Path) -> None:
+    pv = pytest.importorskip("pyvene", reason="pyvene is an optional oracle (pip install pyvene)")
+    model_dir = tiny_model_dir("gpt2")
+    run_dir = run_config(
+        tmp_path,
+        model_dir,
+        {
+            "sweep": {"position": [3, 9]},
+            "interventions": [{"kind": "vanilla", "component": component, "layer": 1, "position": "$position"}],
+        },
+    )
+    got = cell_logits(run_dir)
+    lm = models.load(str(model_dir))
+    ids = {t: torch.tensor([lm.tokenizer(t, add_special_tokens=False)["input_ids"]]) for t in (BASE, SOURCE)}
+    config = pv.IntervenableConfig([{"layer": 1, "component": component, "intervention_type": pv.VanillaIntervention}])
+    wrapped = pv.IntervenableModel(config, lm.model)
+    for row in (json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()):
+        with torch.no_grad():
+            _, out = wrapped({"input_ids": ids[BASE]}, [{"input_ids": ids[SOURCE]}], {"sources->base": row["position"]})
+        torch.testing.assert_close(got[row["cell"]], out.logits[0, -1].float(), atol=1e-5, rtol=1e-5)
