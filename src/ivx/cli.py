@@ -72,7 +72,7 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     typer.echo(f"{config}: ok")
     typer.echo(f"  model      {exp.model.name} ({info.model_type}, {info.n_layers} layers, d_model {info.d_model})")
     typer.echo(f"  prompts    {len(prep.prompts)}")
-    typer.echo(f"  sweep      " + (", ".join(f"{k}={v}" for k, v in exp.sweep.items()) or "none"))
+    typer.echo("  sweep      " + (", ".join(f"{k}={v}" for k, v in exp.sweep.items()) or "none"))
     typer.echo(f"  cells      {len(prep.plan.cells)} ({len(prep.plan.cells) * samples} forward rows)")
 
 
@@ -147,7 +147,7 @@ def _register_all() -> None:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:
+            if exc.name and name.startswith(exc.name):
                 continue
             raise
         module.register(app)

@@ -41,8 +41,19 @@ def _split(site: Site, raw: torch.Tensor) -> torch.Tensor:
     return raw.view(*raw.shape[:-1], site.groups, site.width)[..., site.lo : site.hi]
 
 
-def apply(site: Site, raw: torch.Tensor, patches: Sequence[Patch]) -> torch.Tensor:
+def _as_3d(raw: torch.Tensor, shape: dict[str, int]) -> torch.Tensor:
+    """Some blocks (OPT's MLP) work on flattened [b*s, d] tensors: view them as [b, s, d]."""
+    if raw.dim() == 2 and "seq" in shape:
+        return raw.view(-1, shape["seq"], raw.shape[-1])
+    return raw
+
+
+def apply(
+    site: Site, raw: torch.Tensor, patches: Sequence[Patch], shape: dict[str, int] | None = None
+) -> torch.Tensor:
     """Return a copy of `raw` with every patch of this site written into it."""
+    if raw.dim() == 2 and shape:
+        return apply(site, _as_3d(raw, shape), patches).view(raw.shape)
     out = raw.clone()
     region = _split(site, out)  # [b, s, groups, w] view into `out`
     seq = raw.shape[1]
@@ -115,25 +126,41 @@ def patching(model: Any, patches: Sequence[Patch]) -> Iterator[None]:
     for group in by_site.values():
         site = group[0].site
         by_module[(site.module, site.hook)].append((site, group))
-    handles = []
+    shape: dict[str, int] = {}
+    handles = [model.register_forward_pre_hook(_shape_hook(shape), with_kwargs=True)]
     try:
         for (module_path, hook), groups in by_module.items():
             module = _module(model, module_path)
             if hook == "output":
-                handles.append(module.register_forward_hook(_output_hook(groups)))
+                handles.append(module.register_forward_hook(_output_hook(groups, shape)))
             else:
-                handles.append(module.register_forward_pre_hook(_input_hook(groups), with_kwargs=True))
+                handles.append(
+                    module.register_forward_pre_hook(_input_hook(groups, shape), with_kwargs=True)
+                )
         yield
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _output_hook(groups: list[tuple[Site, list[Patch]]]) -> Any:
+def _shape_hook(shape: dict[str, int]) -> Any:
+    """Record the (batch, seq) of the current forward call, for blocks that flatten tokens."""
+
+    def hook(module: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is not None:
+            shape["batch"], shape["seq"] = int(ids.shape[0]), int(ids.shape[1])
+
+    return hook
+
+
+def _output_hook(groups: list[tuple[Site, list[Patch]]], shape: dict[str, int]) -> Any:
     def hook(module: Any, args: Any, output: Any) -> Any:
         raw = output[0] if isinstance(output, tuple) else output
         for site, patches in groups:
-            raw = apply(site, raw, patches)
+            raw = apply(site, raw, patches, shape)
         if isinstance(output, tuple):
             return (raw, *output[1:])
         return raw
@@ -141,11 +168,11 @@ def _output_hook(groups: list[tuple[Site, list[Patch]]]) -> Any:
     return hook
 
 
-def _input_hook(groups: list[tuple[Site, list[Patch]]]) -> Any:
+def _input_hook(groups: list[tuple[Site, list[Patch]]], shape: dict[str, int]) -> Any:
     def hook(module: Any, args: tuple, kwargs: dict) -> Any:
         raw, where = _hidden_from_inputs(args, kwargs)
         for site, patches in groups:
-            raw = apply(site, raw, patches)
+            raw = apply(site, raw, patches, shape)
         if where == 0:
             return (raw, *args[1:]), kwargs
         return args, {**kwargs, where: raw}
@@ -164,9 +191,11 @@ def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Te
     by_module: dict[tuple[str, str], list[Site]] = defaultdict(list)
     for site in sites:
         by_module[(site.module, site.hook)].append(site)
-    handles = []
+    shape: dict[str, int] = {}
+    handles = [model.register_forward_pre_hook(_shape_hook(shape), with_kwargs=True)]
 
     def record(group: list[Site], raw: torch.Tensor) -> None:
+        raw = _as_3d(raw, shape)
         for site in group:
             part = _split(site, raw)
             store[site] = part.reshape(*raw.shape[:-1], site.dim).detach().clone()

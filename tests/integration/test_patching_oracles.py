@@ -95,8 +95,9 @@ def manual_patch(lm, site, layer_pos: int, head: int | None) -> torch.Tensor:
     """One row, one site: capture the source component, then overwrite it in the base run."""
     module = lm.model.get_submodule(site.module)
 
-    def part(raw):  # the component slice as a fresh [s, groups, w] tensor view of raw
-        return raw[0].view(raw.shape[1], site.groups, site.width)[:, :, site.lo : site.hi]
+    def part(raw):  # the component slice as a [s, groups, w] view of raw (OPT's MLP sees [s, d])
+        seq = raw[0] if raw.dim() == 3 else raw
+        return seq.view(seq.shape[0], site.groups, site.width)[:, :, site.lo : site.hi]
 
     captured = {}
 
@@ -109,7 +110,7 @@ def manual_patch(lm, site, layer_pos: int, head: int | None) -> torch.Tensor:
         if head is None:
             view[layer_pos] = captured["v"][layer_pos]
         else:
-            flat = view[layer_pos].reshape(site.n_heads, site.head_dim)
+            flat = view[layer_pos].reshape(site.n_heads, site.head_dim).clone()
             src = captured["v"][layer_pos].reshape(site.n_heads, site.head_dim)
             flat[head] = src[head]
             view[layer_pos] = flat.reshape(site.groups, site.hi - site.lo)

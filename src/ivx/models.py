@@ -1,0 +1,159 @@
+"""Load a causal LM and its tokenizer: bundled (ivx-toy), a local directory, or a Hub id."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ivx.components import ModelInfo, describe
+
+if TYPE_CHECKING:
+    import torch
+
+ASSETS = Path(__file__).parent / "assets"
+BUNDLED: dict[str, Path] = {"ivx-toy": ASSETS / "ivx-toy"}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+class ModelLoadError(Exception):
+    """A model that cannot be loaded, with what to do about it."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for interventions: eval mode, frozen, with its description."""
+
+    model: Any
+    tokenizer: Any
+    info: ModelInfo
+    name: str
+    revision: str | None
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_path(name: str) -> str:
+    """Bundled name → its directory; an existing local directory → itself; else a Hub id."""
+    if name in BUNDLED:
+        path = BUNDLED[name]
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"the bundled model {name!r} is missing from this installation ({path}); "
+                "reinstall ivx-interventions or retrain it with `ivx toy train --out DIR`"
+            )
+        return str(path)
+    expanded = Path(os.path.expanduser(name))
+    if expanded.is_dir():
+        if not (expanded / "config.json").is_file():
+            raise ModelLoadError(f"{expanded} is a directory but has no config.json (not a saved HF model)")
+        return str(expanded)
+    if name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model directory {name!r} does not exist")
+    return name
+
+
+def _hub_error(name: str, exc: Exception) -> ModelLoadError:
+    offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else (
+        "it is not in the local Hugging Face cache and the Hub could not be reached or does not have it"
+    )
+    return ModelLoadError(
+        f"cannot load model {name!r}: {why} ({type(exc).__name__}). Point the config at a local copy "
+        f"(`model: {{name: /path/to/saved/model}}`, a directory made by save_pretrained), use the bundled "
+        f"`ivx-toy`, or run once with Hub access so it is cached."
+    )
+
+
+def _from_pretrained(loader: Any, path: str, **kwargs: Any) -> Any:
+    """Offline-first: the local cache, then the Hub."""
+    if Path(path).is_dir():
+        return loader.from_pretrained(path, **kwargs)
+    try:
+        return loader.from_pretrained(path, local_files_only=True, **kwargs)
+    except Exception:  # noqa: BLE001 - not cached: try the Hub below
+        pass
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
+        raise _hub_error(path, exc) from None
+
+
+def load_config(name: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The model's config only (no weights)."""
+    from transformers import AutoConfig
+
+    path = resolve_path(name)
+    return _from_pretrained(AutoConfig, path, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def _tokenizer_class(path: str, default: Any) -> Any:
+    """Respect a saved generic fast tokenizer (AutoTokenizer may swap in a model-specific class)."""
+    import json
+
+    config = Path(path) / "tokenizer_config.json"
+    if config.is_file() and (Path(path) / "tokenizer.json").is_file():
+        try:
+            name = json.loads(config.read_text()).get("tokenizer_class")
+        except (OSError, ValueError):
+            return default
+        if name in ("PreTrainedTokenizerFast", "TokenizersBackend"):
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast
+    return default
+
+
+def _device(device: str) -> torch.device:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r} requested but CUDA is not available on this machine")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device 'mps' requested but MPS is not available on this machine")
+    return torch.device(device)
+
+
+def load(
+    name: str,
+    revision: str | None = None,
+    dtype: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load model + tokenizer, eval mode, parameters frozen; pad token defaults to eos."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
+    path = resolve_path(name)
+    dev = _device(device)
+    torch_dtype = torch.float32 if dtype == "auto" and dev.type == "cpu" else (
+        "auto" if dtype == "auto" else getattr(torch, dtype)
+    )
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    tokenizer = _from_pretrained(_tokenizer_class(path, AutoTokenizer), path, **kwargs)
+    model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **kwargs)
+    model.to(dev).eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        info=describe(model),
+        name=name,
+        revision=revision,
+        path=path,
+        device=dev,
+        dtype=next(model.parameters()).dtype,
+    )
