@@ -56,7 +56,7 @@ def resolve_path(name: str) -> str:
 
 
 def _hub_error(name: str, exc: Exception) -> ModelLoadError:
-    offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else (
         "it is not in the local Hugging Face cache and the Hub could not be reached or does not have it"
     )
@@ -73,8 +73,9 @@ def _from_pretrained(loader: Any, path: str, **kwargs: Any) -> Any:
         return loader.from_pretrained(path, **kwargs)
     try:
         return loader.from_pretrained(path, local_files_only=True, **kwargs)
-    except Exception:  # noqa: BLE001 - not cached: try the Hub below
-        pass
+    except Exception as exc:  # noqa: BLE001 - not cached: try the Hub below
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise _hub_error(path, exc) from None
     try:
         return loader.from_pretrained(path, **kwargs)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
