@@ -30,8 +30,16 @@ def build_model(out: Path) -> Path:
     from ivx.models import BUNDLED
 
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        n_layer=12,
+        n_embd=768,
+        n_head=12,
+        vocab_size=50257,
+        n_positions=1024,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     GPT2LMHeadModel(config).save_pretrained(out)
     toy = BUNDLED["ivx-toy"]
     for name in toy.iterdir():
@@ -49,7 +57,9 @@ def time_ivx(model_dir: Path, samples: int, work: Path, reuse: bool) -> tuple[fl
         "prompts": [{"base": PROMPT, "subject": SUBJECT, "target": " Trelin"}],
         "corrupt": {"kind": "noise", "positions": "subject", "samples": samples},
         "sweep": {"layer": "all", "position": "all"},
-        "interventions": [{"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}],
+        "interventions": [
+            {"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}
+        ],
         "metrics": ["indirect_effect"],
         "output": {"plots": False, "logits": "none"},
         "batch": {"prefix_reuse": reuse},
@@ -94,8 +104,9 @@ def time_pyvene(model_dir: Path, cells: int, samples: int, length: int) -> float
     start = time.perf_counter()
     for i in range(cells):
         layer, pos = i % 12, i % length
-        config = pv.IntervenableConfig([{"layer": layer, "component": "block_output",
-                                         "intervention_type": pv.VanillaIntervention}])
+        config = pv.IntervenableConfig(
+            [{"layer": layer, "component": "block_output", "intervention_type": pv.VanillaIntervention}]
+        )
         wrapped = pv.IntervenableModel(config, model)
         with torch.no_grad():
             wrapped({"input_ids": base}, [{"input_ids": clean}], {"sources->base": pos})
@@ -103,7 +114,9 @@ def time_pyvene(model_dir: Path, cells: int, samples: int, length: int) -> float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--pyvene-cells", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
@@ -126,19 +139,27 @@ def main() -> None:
             plain_s = min(plain_s, time_plain(model_dir, rows, length, batch))
             ivx_s, recompute_s = min(ivx_s, t_ivx), min(recompute_s, t_recompute)
         pv_per_cell = time_pyvene(model_dir, args.pyvene_cells, args.samples, length)
-    print(f"causal trace: 12 layers x {length} positions = {cells} cells x {args.samples} noise samples "
-          f"= {rows} sequences of {length} tokens; torch threads={args.threads}")
+    print(
+        f"causal trace: 12 layers x {length} positions = {cells} cells x {args.samples} noise samples "
+        f"= {rows} sequences of {length} tokens; torch threads={args.threads}"
+    )
     print(f"  ivx run, prefix reuse (default, end to end)     {ivx_s:8.2f} s  {cells / ivx_s:8.1f} cells/s")
-    print(f"  ivx run, full recompute (prefix_reuse: false)  {recompute_s:8.2f} s  {cells / recompute_s:8.1f} cells/s")
-    print(f"  plain batched forward, no hooks (limit)         {plain_s:8.2f} s  {cells / plain_s:8.1f} cells/s")
+    print(
+        f"  ivx run, full recompute (prefix_reuse: false)  {recompute_s:8.2f} s  {cells / recompute_s:8.1f} cells/s"
+    )
+    print(
+        f"  plain batched forward, no hooks (limit)         {plain_s:8.2f} s  {cells / plain_s:8.1f} cells/s"
+    )
     print(f"  ratio ivx full recompute / plain forward        {recompute_s / plain_s:8.3f}x  (hook overhead)")
     print(f"  ratio ivx prefix reuse / plain forward          {ivx_s / plain_s:8.3f}x")
     if pv_per_cell is None:
         print("  pyvene: not installed (pip install pyvene) — skipped")
     else:
         pv_s = pv_per_cell * cells
-        print(f"  pyvene one-wrapper-per-cell loop ({args.pyvene_cells} cells timed, extrapolated) "
-              f"{pv_s:8.2f} s  {1 / pv_per_cell:8.1f} cells/s")
+        print(
+            f"  pyvene one-wrapper-per-cell loop ({args.pyvene_cells} cells timed, extrapolated) "
+            f"{pv_s:8.2f} s  {1 / pv_per_cell:8.1f} cells/s"
+        )
         print(f"  speed-up ivx vs pyvene                           {pv_s / ivx_s:8.1f}x")
     sys.stdout.flush()
 

@@ -28,7 +28,10 @@ def tokenizer():  # type: ignore[no-untyped-def]
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        eos_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
     )
 
@@ -39,25 +42,60 @@ def config(arch: str, n_layers: int, d_model: int, n_heads: int, vocab: int):  #
 
     common = {"vocab_size": vocab, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0}
     llama_like = dict(
-        hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-        num_key_value_heads=max(1, n_heads // 2), intermediate_size=2 * d_model, max_position_embeddings=128,
+        hidden_size=d_model,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=max(1, n_heads // 2),
+        intermediate_size=2 * d_model,
+        max_position_embeddings=128,
         **common,
     )
     if arch == "gpt2":
-        return tf.GPT2Config(n_layer=n_layers, n_embd=d_model, n_head=n_heads, n_positions=128,
-                             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **common)
+        return tf.GPT2Config(
+            n_layer=n_layers,
+            n_embd=d_model,
+            n_head=n_heads,
+            n_positions=128,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
+        )
     if arch == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                                intermediate_size=4 * d_model, max_position_embeddings=128,
-                                use_parallel_residual=True, rotary_pct=0.5, **common)
+        return tf.GPTNeoXConfig(
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            intermediate_size=4 * d_model,
+            max_position_embeddings=128,
+            use_parallel_residual=True,
+            rotary_pct=0.5,
+            **common,
+        )
     if arch == "gptj":
-        return tf.GPTJConfig(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=128,
-                             rotary_dim=d_model // n_heads // 2, resid_pdrop=0.0, embd_pdrop=0.0,
-                             attn_pdrop=0.0, **common)
+        return tf.GPTJConfig(
+            n_embd=d_model,
+            n_layer=n_layers,
+            n_head=n_heads,
+            n_positions=128,
+            rotary_dim=d_model // n_heads // 2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
+        )
     if arch == "opt":
-        return tf.OPTConfig(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
-                            ffn_dim=4 * d_model, word_embed_proj_dim=d_model, max_position_embeddings=128,
-                            dropout=0.0, attention_dropout=0.0, **common)
+        return tf.OPTConfig(
+            hidden_size=d_model,
+            num_hidden_layers=n_layers,
+            num_attention_heads=n_heads,
+            ffn_dim=4 * d_model,
+            word_embed_proj_dim=d_model,
+            max_position_embeddings=128,
+            dropout=0.0,
+            attention_dropout=0.0,
+            **common,
+        )
     if arch == "llama":
         return tf.LlamaConfig(**llama_like)
     if arch == "mistral":
@@ -73,7 +111,9 @@ def config(arch: str, n_layers: int, d_model: int, n_heads: int, vocab: int):  #
     raise ValueError(arch)
 
 
-def build(arch: str, out_dir: Path, *, n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed: int = 0) -> Path:
+def build(
+    arch: str, out_dir: Path, *, n_layers: int = 2, d_model: int = 32, n_heads: int = 4, seed: int = 0
+) -> Path:
     """Save a random-init model of `arch` plus the word-level tokenizer into out_dir."""
     import torch
     from transformers import AutoModelForCausalLM

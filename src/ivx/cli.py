@@ -70,7 +70,9 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     samples = exp.corrupt.samples if exp.corrupt and exp.corrupt.kind == "noise" else 1
     info = prep.lm.info
     typer.echo(f"{config}: ok")
-    typer.echo(f"  model      {exp.model.name} ({info.model_type}, {info.n_layers} layers, d_model {info.d_model})")
+    typer.echo(
+        f"  model      {exp.model.name} ({info.model_type}, {info.n_layers} layers, d_model {info.d_model})"
+    )
     typer.echo(f"  prompts    {len(prep.prompts)}")
     typer.echo("  sweep      " + (", ".join(f"{k}={v}" for k, v in exp.sweep.items()) or "none"))
     typer.echo(f"  cells      {len(prep.plan.cells)} ({len(prep.plan.cells) * samples} forward rows)")
@@ -81,9 +83,12 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
 def run(
     config: Annotated[Path | None, typer.Argument(help="Experiment YAML file.", show_default=False)] = None,
     set_: SetOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Root directory for the run (overrides output.root).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Root directory for the run (overrides output.root).")
+    ] = None,
     resume: Annotated[
-        Path | None, typer.Option("--resume", help="Continue an interrupted run directory; computes only missing cells.")
+        Path | None,
+        typer.Option("--resume", help="Continue an interrupted run directory; computes only missing cells."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
 ) -> None:
@@ -101,8 +106,10 @@ def run(
             config or Path(), tuple(set_ or ()), str(out) if out else None, resume, progress=not quiet
         )
     except (KeyboardInterrupt, RuntimeError, OSError) as exc:
-        _err(f"error: run failed: {type(exc).__name__}: {exc} (the run directory is marked failed; "
-             "`ivx run --resume RUN_DIR` continues it)")
+        _err(
+            f"error: run failed: {type(exc).__name__}: {exc} (the run directory is marked failed; "
+            "`ivx run --resume RUN_DIR` continues it)"
+        )
         raise typer.Exit(1) from None
     if not quiet:
         import json

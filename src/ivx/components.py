@@ -90,19 +90,82 @@ class Layout:
     mid: str | None  # module whose input is residual_mid (None: parallel residual)
 
 
-_LLAMA = Layout("model.layers", "self_attn", "self_attn.o_proj", "self_attn.q_proj", "self_attn.k_proj",
-                "self_attn.v_proj", None, None, "mlp", "mlp", "mlp", "mlp.down_proj", "post_attention_layernorm")
+_LLAMA = Layout(
+    "model.layers",
+    "self_attn",
+    "self_attn.o_proj",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    None,
+    None,
+    "mlp",
+    "mlp",
+    "mlp",
+    "mlp.down_proj",
+    "post_attention_layernorm",
+)
 LAYOUTS: dict[str, Layout] = {
-    "gpt2": Layout("transformer.h", "attn", "attn.c_proj", None, None, None, "gpt2", "attn.c_attn", "mlp",
-                   "mlp", "mlp", "mlp.c_proj", "ln_2"),
-    "gpt_neox": Layout("gpt_neox.layers", "attention", "attention.dense", None, None, None, "neox",
-                       "attention.query_key_value", "mlp", "mlp", "mlp", "mlp.dense_4h_to_h",
-                       "post_attention_layernorm"),
-    "gptj": Layout("transformer.h", "attn", "attn.out_proj", "attn.q_proj", "attn.k_proj", "attn.v_proj",
-                   None, None, "mlp", "mlp", "mlp", "mlp.fc_out", None),
-    "opt": Layout("model.decoder.layers", "self_attn", "self_attn.out_proj", "self_attn.q_proj",
-                  "self_attn.k_proj", "self_attn.v_proj", None, None, None, "fc1", "fc2", "fc2",
-                  "final_layer_norm"),
+    "gpt2": Layout(
+        "transformer.h",
+        "attn",
+        "attn.c_proj",
+        None,
+        None,
+        None,
+        "gpt2",
+        "attn.c_attn",
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.c_proj",
+        "ln_2",
+    ),
+    "gpt_neox": Layout(
+        "gpt_neox.layers",
+        "attention",
+        "attention.dense",
+        None,
+        None,
+        None,
+        "neox",
+        "attention.query_key_value",
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.dense_4h_to_h",
+        "post_attention_layernorm",
+    ),
+    "gptj": Layout(
+        "transformer.h",
+        "attn",
+        "attn.out_proj",
+        "attn.q_proj",
+        "attn.k_proj",
+        "attn.v_proj",
+        None,
+        None,
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.fc_out",
+        None,
+    ),
+    "opt": Layout(
+        "model.decoder.layers",
+        "self_attn",
+        "self_attn.out_proj",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        None,
+        None,
+        None,
+        "fc1",
+        "fc2",
+        "fc2",
+        "final_layer_norm",
+    ),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "mixtral": _LLAMA,
@@ -110,13 +173,43 @@ LAYOUTS: dict[str, Layout] = {
     "qwen3": _LLAMA,
     "gemma": _LLAMA,
     "olmo": _LLAMA,
-    "gemma2": Layout(*[getattr(_LLAMA, f) for f in Layout.__dataclass_fields__][:-1], "pre_feedforward_layernorm"),
-    "gemma3_text": Layout(*[getattr(_LLAMA, f) for f in Layout.__dataclass_fields__][:-1], "pre_feedforward_layernorm"),
+    "gemma2": Layout(
+        *[getattr(_LLAMA, f) for f in Layout.__dataclass_fields__][:-1], "pre_feedforward_layernorm"
+    ),
+    "gemma3_text": Layout(
+        *[getattr(_LLAMA, f) for f in Layout.__dataclass_fields__][:-1], "pre_feedforward_layernorm"
+    ),
     "olmo2": Layout(*[getattr(_LLAMA, f) for f in Layout.__dataclass_fields__][:-1], None),
-    "phi3": Layout("model.layers", "self_attn", "self_attn.o_proj", None, None, None, "phi3",
-                   "self_attn.qkv_proj", "mlp", "mlp", "mlp", "mlp.down_proj", "post_attention_layernorm"),
-    "phi": Layout("model.layers", "self_attn", "self_attn.dense", "self_attn.q_proj", "self_attn.k_proj",
-                  "self_attn.v_proj", None, None, "mlp", "mlp", "mlp", "mlp.fc2", None),
+    "phi3": Layout(
+        "model.layers",
+        "self_attn",
+        "self_attn.o_proj",
+        None,
+        None,
+        None,
+        "phi3",
+        "self_attn.qkv_proj",
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.down_proj",
+        "post_attention_layernorm",
+    ),
+    "phi": Layout(
+        "model.layers",
+        "self_attn",
+        "self_attn.dense",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        None,
+        None,
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.fc2",
+        None,
+    ),
 }
 
 
@@ -227,7 +320,9 @@ def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
         d = info.d_model
         return Site(component, 0, path, "output", 1, d, 0, d, 1)
     if not 0 <= layer < info.n_layers:
-        raise ComponentError(f"layer {layer} is out of range: the model has {info.n_layers} layers (0..{info.n_layers - 1})")
+        raise ComponentError(
+            f"layer {layer} is out of range: the model has {info.n_layers} layers (0..{info.n_layers - 1})"
+        )
     _, row, blocks = _layout(model)
     block = f"{blocks}.{layer}"
     d = info.d_model
@@ -263,8 +358,17 @@ def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
     if row.qkv is not None:
         assert row.fused is not None
         groups, width, lo, hi, heads = _qkv(info, row.qkv, part)
-        return Site(component, layer, f"{block}.{row.fused}", "output", groups, width, lo, hi,
-                    heads if head_unit else 1)
+        return Site(
+            component,
+            layer,
+            f"{block}.{row.fused}",
+            "output",
+            groups,
+            width,
+            lo,
+            hi,
+            heads if head_unit else 1,
+        )
     path = {"q": row.q, "k": row.k, "v": row.v}[part]
     heads = nh if part == "q" else nkv
     return whole(f"{block}.{path}", "output", heads * hd, heads if head_unit else 1)
@@ -290,6 +394,8 @@ def table(model: Any, info: ModelInfo) -> list[dict[str, Any]]:
     for component in info.components:
         site = resolve(model, info, component, 0)
         module = site.module if component == "embedding" else site.module.replace(".0", ".N", 1)
-        shape = f"[b, s, {site.n_heads} heads × {site.head_dim}]" if site.n_heads > 1 else f"[b, s, {site.dim}]"
+        shape = (
+            f"[b, s, {site.n_heads} heads × {site.head_dim}]" if site.n_heads > 1 else f"[b, s, {site.dim}]"
+        )
         rows.append({"name": component, "module": module, "hook": site.hook, "shape": shape})
     return rows

@@ -250,7 +250,9 @@ def _load_records(cfg: LoadedConfig) -> list[Problem]:
     file = (cfg.path.parent / prompts.file).resolve()
     cfg.records_file = file
     if not file.is_file():
-        return [cfg.problem(("prompts", "file"), f"prompt file {prompts.file!r} not found (looked at {file})")]
+        return [
+            cfg.problem(("prompts", "file"), f"prompt file {prompts.file!r} not found (looked at {file})")
+        ]
     problems: list[Problem] = []
     records: list[PromptRecord] = []
     for number, line in enumerate(file.read_text().splitlines(), start=1):

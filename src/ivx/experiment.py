@@ -48,7 +48,9 @@ def prepare(path: str | Path, overrides: tuple[str, ...] = ()) -> Prepared:
     if trace is not None and trace.select_correct:
         prompts, dropped = select_correct(lm, prompts)
         if not prompts:
-            raise ConfigError([cfg.problem(("trace", "select_correct"), "the model predicts none of the targets")])
+            raise ConfigError(
+                [cfg.problem(("trace", "select_correct"), "the model predicts none of the targets")]
+            )
     return Prepared(cfg, lm, prompts, plan.expand(cfg, lm.info, prompts), dropped)
 
 
@@ -153,9 +155,7 @@ def run(
             prompts=len(prep.prompts),
         )
         rundir.write_text(run_dir / "resolved.yaml", _resolved(prep))
-        rundir.write_text(
-            run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in prep.plan.to_rows())
-        )
+        rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in prep.plan.to_rows()))
     results = rundir.Results(run_dir)
     results.repair()
     done = results.done_cells()

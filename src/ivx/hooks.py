@@ -74,9 +74,7 @@ def apply(
     return out
 
 
-def _edit(
-    site: Site, patch: Patch, current: torch.Tensor, source: torch.Tensor | None
-) -> torch.Tensor:
+def _edit(site: Site, patch: Patch, current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
     """Run the patch function on the selected heads / subspace of `current` [m, dim]."""
     if patch.heads is None and patch.subspace is None:
         return patch.fn(current, source)
@@ -134,9 +132,7 @@ def patching(model: Any, patches: Sequence[Patch]) -> Iterator[None]:
             if hook == "output":
                 handles.append(module.register_forward_hook(_output_hook(groups, shape)))
             else:
-                handles.append(
-                    module.register_forward_pre_hook(_input_hook(groups, shape), with_kwargs=True)
-                )
+                handles.append(module.register_forward_pre_hook(_input_hook(groups, shape), with_kwargs=True))
         yield
     finally:
         for handle in handles:

@@ -97,9 +97,7 @@ def for_kind(kind: str, *, value: float | None, coefficient: float) -> EditFn:
     raise ValueError(f"intervention kind {kind!r} is not a fixed (non-trainable) intervention")
 
 
-def noise(
-    seed: int, prompt: int, sample: int, n_positions: int, dim: int, std: float
-) -> torch.Tensor:
+def noise(seed: int, prompt: int, sample: int, n_positions: int, dim: int, std: float) -> torch.Tensor:
     """Reproducible Gaussian noise for one (prompt, sample): `[n_positions, dim]` with this std.
 
     The draw depends only on (seed, prompt, sample), never on batching, so any row can be

@@ -57,8 +57,12 @@ def resolve_path(name: str) -> str:
 
 def _hub_error(name: str, exc: Exception) -> ModelLoadError:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else (
-        "it is not in the local Hugging Face cache and the Hub could not be reached or does not have it"
+    why = (
+        "HF_HUB_OFFLINE is set and it is not in the local cache"
+        if offline
+        else (
+            "it is not in the local Hugging Face cache and the Hub could not be reached or does not have it"
+        )
     )
     return ModelLoadError(
         f"cannot load model {name!r}: {why} ({type(exc).__name__}). Point the config at a local copy "
@@ -136,8 +140,10 @@ def load(
         raise ModelLoadError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
     path = resolve_path(name)
     dev = _device(device)
-    torch_dtype = torch.float32 if dtype == "auto" and dev.type == "cpu" else (
-        "auto" if dtype == "auto" else getattr(torch, dtype)
+    torch_dtype = (
+        torch.float32
+        if dtype == "auto" and dev.type == "cpu"
+        else ("auto" if dtype == "auto" else getattr(torch, dtype))
     )
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     tokenizer = _from_pretrained(_tokenizer_class(path, AutoTokenizer), path, **kwargs)

@@ -193,9 +193,7 @@ def _edits(
     if iv.kind in SOURCE_KINDS and iv.vector is None:
         source = iv.source if iv.source != "auto" else ("source" if prompt.source_ids else "base")
         if source == "source" and prompt.source_ids is None:
-            problems.append(
-                cfg.problem(path + ("source",), f"prompt {prompt.index} has no `source` prompt")
-            )
+            problems.append(cfg.problem(path + ("source",), f"prompt {prompt.index} has no `source` prompt"))
             return []
         src_len = len(prompt.source_ids) if source == "source" else prompt.length
         src_subject = prompt.source_subject_span if source == "source" else prompt.subject_span
@@ -248,8 +246,21 @@ def _edits(
         every = tuple(range(prompt.length))
         for later in range(max(layers) + 1, info.n_layers):
             severed.append(
-                Edit(index, f"{name}.sever", "vanilla", iv.sever, later, every, "corrupted", every,
-                     None, None, None, 1.0, None)
+                Edit(
+                    index,
+                    f"{name}.sever",
+                    "vanilla",
+                    iv.sever,
+                    later,
+                    every,
+                    "corrupted",
+                    every,
+                    None,
+                    None,
+                    None,
+                    1.0,
+                    None,
+                )
             )
     return severed + [
         Edit(
@@ -302,7 +313,9 @@ def expand(cfg: LoadedConfig, info: Any, prompts: list[TokenizedPrompt]) -> Plan
                 try:
                     concrete = _substitute(iv, point)
                 except ValueError as exc:
-                    problems.append(cfg.problem(("sweep",), f"sweep values give an invalid intervention: {exc}"))
+                    problems.append(
+                        cfg.problem(("sweep",), f"sweep values give an invalid intervention: {exc}")
+                    )
                     continue
                 edits.extend(_edits(cfg, info, prompt, i, concrete, problems))
             cells.append(Cell(len(cells), prompt.index, tuple(point.items()), tuple(edits)))

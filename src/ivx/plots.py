@@ -67,7 +67,9 @@ def _lines(path: Path, trace: dict[str, Any]) -> None:
     import numpy as np
 
     comps = list(trace["components"])
-    fig, axes = plt.subplots(1, len(comps), figsize=(4 * len(comps), 3.2), squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        1, len(comps), figsize=(4 * len(comps), 3.2), squeeze=False, constrained_layout=True
+    )
     layers = np.arange(trace["n_layers"])
     for ax, comp in zip(axes[0], comps, strict=True):
         for cat, stats in trace["components"][comp]["by_category"].items():
@@ -102,12 +104,21 @@ def write_all(run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dic
     # dataset average by token category
     cats = [c for c in CATEGORY_LABELS if any(c in trace["components"][k]["by_category"] for k in comps)]
     matrices = {
-        k: [trace["components"][k]["by_category"].get(c, {"mean": [float("nan")] * n_layers})["mean"] for c in cats]
+        k: [
+            trace["components"][k]["by_category"].get(c, {"mean": [float("nan")] * n_layers})["mean"]
+            for c in cats
+        ]
         for k in comps
     }
     path = out_dir / "average_by_category.png"
-    _panels(path, f"{name}: average {metric} over {trace['facts']} prompts", matrices,
-            [CATEGORY_LABELS[c] for c in cats], metric, n_layers)
+    _panels(
+        path,
+        f"{name}: average {metric} over {trace['facts']} prompts",
+        matrices,
+        [CATEGORY_LABELS[c] for c in cats],
+        metric,
+        n_layers,
+    )
     written.append(path)
     path = out_dir / "average_by_category_ci.png"
     _lines(path, trace)

@@ -306,7 +306,9 @@ class Executor:
         if edit.kind == "noise":
             weight = self.lm.model.get_input_embeddings().weight
             std = (edit.value if edit.value is not None else 3.0) * float(weight.float().std())
-            return interventions.noise(self.exp.seed + 1 + edit.index, cell.prompt, cell.index, n, site.dim, std)
+            return interventions.noise(
+                self.exp.seed + 1 + edit.index, cell.prompt, cell.index, n, site.dim, std
+            )
         return torch.zeros(0)
 
     def _patches(self, cells: list[Cell], offset: int = 0) -> tuple[list[hooks.Patch], list[tuple]]:
@@ -399,11 +401,14 @@ class Executor:
                         self.caches[cell.prompt] = self._keep_cache(cache, slice(i * S, (i + 1) * S))
                 yield self._outputs(chunk, logits, collect_index)
 
-    def _outputs(self, chunk: list[Cell], logits: torch.Tensor, collect_index: list[tuple]) -> list[CellOutput]:
+    def _outputs(
+        self, chunk: list[Cell], logits: torch.Tensor, collect_index: list[tuple]
+    ) -> list[CellOutput]:
         import torch
 
         S = self.samples
         last = logits if logits.dim() == 2 else logits[:, -1]
+
         def ids_of(attr: str) -> torch.Tensor:
             raw = [getattr(self.prompts[c.prompt], attr) for c in chunk]
             return torch.tensor([-1 if v is None else v for v in raw]).repeat_interleave(S)

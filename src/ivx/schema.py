@@ -345,9 +345,11 @@ class Intervention(Strict):
             raise ValueError("give `vector` or `contrast`, not both")
         if self.kind == "scale" and self.value is None:
             raise ValueError("kind 'scale' needs `value` (the factor)")
-        if self.head is not None and not is_ref(self.component) and not str(
-            self.component
-        ).startswith("head_"):
+        if (
+            self.head is not None
+            and not is_ref(self.component)
+            and not str(self.component).startswith("head_")
+        ):
             raise ValueError(
                 f"`head` only applies to head_* components, not {self.component!r} "
                 "(e.g. head_attention_value_output)"

@@ -75,7 +75,9 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str,
     per_fact: dict[str, dict[str, dict[int, dict[int, list[float]]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     )
-    by_pos: dict[str, dict[int, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    by_pos: dict[str, dict[int, dict[int, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     for row in rows:
         value = row.get(metric)
         if not isinstance(value, int | float):
@@ -130,7 +132,9 @@ def table_text(trace: dict[str, Any]) -> str:
     lines = []
     n_layers = trace["n_layers"]
     for comp, entry in trace["components"].items():
-        lines.append(f"{trace['metric']} by token category × layer — {comp} (mean over {trace['facts']} prompts)")
+        lines.append(
+            f"{trace['metric']} by token category × layer — {comp} (mean over {trace['facts']} prompts)"
+        )
         lines.append(f"{'':>20}" + "".join(f"{'L' + str(i):>9}" for i in range(n_layers)))
         for cat, stats in entry["by_category"].items():
             cells = "".join(f"{v:>9.3f}" if v == v else f"{'-':>9}" for v in stats["mean"])

@@ -46,6 +46,8 @@ def load_vector(ref: str, name: str, base_dir: Path) -> torch.Tensor:
         if isinstance(obj, torch.Tensor):
             return obj.float()
         if isinstance(obj, dict):
-            return _pick({k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, name, str(path)).float()
+            return _pick(
+                {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, name, str(path)
+            ).float()
         raise VectorError(f"{path} holds a {type(obj).__name__}, not a tensor")
     raise VectorError(f"vector file {ref!r} must be .safetensors or .pt")

@@ -36,14 +36,23 @@ def test_every_shipped_config_validates(path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("name", ["activation_patching.yaml"])
 def test_offline_config_runs_through_cli(name: str, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["run", str(ROOT / "configs" / name), "--out", str(tmp_path), "--quiet",
-                                 "--set", "prompts.limit=4"])
+    result = runner.invoke(
+        app,
+        ["run", str(ROOT / "configs" / name), "--out", str(tmp_path), "--quiet", "--set", "prompts.limit=4"],
+    )
     assert result.exit_code == 0, result.output
     run_dir = Path(result.output.strip().splitlines()[-1])
     assert run_dir.parent == tmp_path
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    for name in ("config.yaml", "resolved.yaml", "plan.jsonl", "results.jsonl", "results.csv", "summary.json"):
+    for name in (
+        "config.yaml",
+        "resolved.yaml",
+        "plan.jsonl",
+        "results.jsonl",
+        "results.csv",
+        "summary.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert list((run_dir / "plots").glob("*.png"))
 
@@ -71,13 +80,33 @@ metrics: [target_prob]
 @pytest.mark.parametrize(
     ("old", "new", "expected"),
     [
-        ("    layer: 1", "    layer: 7", ":8  interventions[0].layer  layer 7 is out of range: the model has 4 layers (0..3)"),
-        ("    position: last", "    position: 40", ":9  interventions[0].position  prompt 0: position 40 is outside the prompt"),
-        ("    position: last", "    position: subject", ":9  interventions[0].position  prompt 0: position 'subject' needs a `subject`"),
-        ("    component: block_output", "    component: mlp_outptu", ":7  interventions[0].component  unknown component 'mlp_outptu'; did you mean 'mlp_output'?"),
+        (
+            "    layer: 1",
+            "    layer: 7",
+            ":8  interventions[0].layer  layer 7 is out of range: the model has 4 layers (0..3)",
+        ),
+        (
+            "    position: last",
+            "    position: 40",
+            ":9  interventions[0].position  prompt 0: position 40 is outside the prompt",
+        ),
+        (
+            "    position: last",
+            "    position: subject",
+            ":9  interventions[0].position  prompt 0: position 'subject' needs a `subject`",
+        ),
+        (
+            "    component: block_output",
+            "    component: mlp_outptu",
+            ":7  interventions[0].component  unknown component 'mlp_outptu'; did you mean 'mlp_output'?",
+        ),
         ("    layer: 1", "    layer: $layer", ":8  interventions[0].layer  unknown sweep axis '$layer'"),
         ("  - {base:", "  - {bse:", ":4  prompts[0].bse  unknown key 'bse'; did you mean 'base'?"),
-        ("model: {name: ivx-toy}", "model: {name: ivx-toy, dtype: f32}", ":2  model.dtype  'f32' is not allowed"),
+        (
+            "model: {name: ivx-toy}",
+            "model: {name: ivx-toy, dtype: f32}",
+            ":2  model.dtype  'f32' is not allowed",
+        ),
     ],
 )
 def test_bad_config_exit_2_with_file_line(old: str, new: str, expected: str, tmp_path: Path) -> None:
@@ -90,9 +119,18 @@ def test_bad_config_exit_2_with_file_line(old: str, new: str, expected: str, tmp
 
 
 def test_missing_prompt_file_and_unknown_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, BASE.replace('  - {base: "In the old records , the Zorvan Tower is located in the city of", target: " Trelin"}', "  file: nope.jsonl"))
+    path = write(
+        tmp_path,
+        BASE.replace(
+            '  - {base: "In the old records , the Zorvan Tower is located in the city of", target: " Trelin"}',
+            "  file: nope.jsonl",
+        ),
+    )
     result = runner.invoke(app, ["validate", str(path)])
-    assert result.exit_code == 2 and f"{path}:4  prompts.file  prompt file 'nope.jsonl' not found" in result.output
+    assert (
+        result.exit_code == 2
+        and f"{path}:4  prompts.file  prompt file 'nope.jsonl' not found" in result.output
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     path = write(tmp_path, BASE.replace("ivx-toy", "no-such-org/no-such-model"))
     result = runner.invoke(app, ["validate", str(path)])

@@ -27,14 +27,21 @@ def test_identities(arch: str, tiny_model_dir) -> None:
     hs = out.hidden_states
     torch.testing.assert_close(acts["block_output"], hs[1])  # layer 0 of 2: no final norm yet
     torch.testing.assert_close(acts["block_input"], hs[0])
-    emb = lm.model.get_input_embeddings()(torch.tensor([lm.tokenizer(TEXT, add_special_tokens=False)["input_ids"]]))
+    emb = lm.model.get_input_embeddings()(
+        torch.tensor([lm.tokenizer(TEXT, add_special_tokens=False)["input_ids"]])
+    )
     torch.testing.assert_close(acts["embedding"], emb)
     # pre-LN (sequential or parallel) residual: out = in + attention + mlp
     torch.testing.assert_close(
-        acts["block_output"], acts["block_input"] + acts["attention_output"] + acts["mlp_output"], atol=1e-5, rtol=1e-5
+        acts["block_output"],
+        acts["block_input"] + acts["attention_output"] + acts["mlp_output"],
+        atol=1e-5,
+        rtol=1e-5,
     )
     if "residual_mid" in lm.info.components:
-        torch.testing.assert_close(acts["residual_mid"], acts["block_input"] + acts["attention_output"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            acts["residual_mid"], acts["block_input"] + acts["attention_output"], atol=1e-5, rtol=1e-5
+        )
     else:
         assert arch in ("gpt_neox", "gptj")  # parallel residual: no mid-block residual stream
     info = lm.info

@@ -76,10 +76,25 @@ def gpt2(tiny_model_dir):
         ({"kind": "zero"}, lambda b, s: torch.zeros_like(b)),
         ({"kind": "scale", "value": 2.5}, lambda b, s: 2.5 * b),
         ({"kind": "collect"}, lambda b, s: b),
-        ({"kind": "vanilla", "subspace": [0, 5, 7]}, lambda b, s: torch.where(torch.isin(torch.arange(b.shape[-1]), torch.tensor([0, 5, 7])), s, b)),
-        ({"kind": "zero", "subspace": [1, 2]}, lambda b, s: torch.where(torch.isin(torch.arange(b.shape[-1]), torch.tensor([1, 2])), 0.0, b)),
+        (
+            {"kind": "vanilla", "subspace": [0, 5, 7]},
+            lambda b, s: torch.where(torch.isin(torch.arange(b.shape[-1]), torch.tensor([0, 5, 7])), s, b),
+        ),
+        (
+            {"kind": "zero", "subspace": [1, 2]},
+            lambda b, s: torch.where(torch.isin(torch.arange(b.shape[-1]), torch.tensor([1, 2])), 0.0, b),
+        ),
     ],
-    ids=["vanilla", "addition", "subtraction", "zero", "scale", "collect", "vanilla-subspace", "zero-subspace"],
+    ids=[
+        "vanilla",
+        "addition",
+        "subtraction",
+        "zero",
+        "scale",
+        "collect",
+        "vanilla-subspace",
+        "zero-subspace",
+    ],
 )
 def test_kind_equals_hand_written_hook(iv, edit, gpt2, tmp_path: Path) -> None:
     path, lm = gpt2
@@ -91,8 +106,14 @@ def test_set_vector_from_file_and_collect_records(gpt2, tmp_path: Path) -> None:
     path, lm = gpt2
     vec = torch.linspace(-1, 1, lm.info.d_model)
     save_file({"steer.vector": vec}, str(tmp_path / "v.safetensors"))
-    run_dir = run(tmp_path, path, {"kind": "set", "name": "steer", "vector": str(tmp_path / "v.safetensors"), "coefficient": 2.0})
-    torch.testing.assert_close(cell0(run_dir), hand(lm, lambda b, s: (2.0 * vec).expand_as(b)), atol=1e-5, rtol=1e-5)
+    run_dir = run(
+        tmp_path,
+        path,
+        {"kind": "set", "name": "steer", "vector": str(tmp_path / "v.safetensors"), "coefficient": 2.0},
+    )
+    torch.testing.assert_close(
+        cell0(run_dir), hand(lm, lambda b, s: (2.0 * vec).expand_as(b)), atol=1e-5, rtol=1e-5
+    )
     run_dir = run(tmp_path, path, {"kind": "collect", "name": "rec"})
     tensors = load_file(str(run_dir / "tensors.safetensors"))
     got = tensors[f"rec.cell0.layer{LAYER}"]

@@ -46,7 +46,9 @@ def cell_logits(run_dir: Path) -> dict[int, torch.Tensor]:
     return {int(k[4:]): v for k, v in tensors.items() if k.startswith("cell")}
 
 
-def plain_logits(lm: models.LoadedModel, text: str, hook_module: str | None = None, hook=None) -> torch.Tensor:
+def plain_logits(
+    lm: models.LoadedModel, text: str, hook_module: str | None = None, hook=None
+) -> torch.Tensor:
     ids = torch.tensor([lm.tokenizer(text, add_special_tokens=False)["input_ids"]])
     handle = lm.model.get_submodule(hook_module).register_forward_hook(hook) if hook_module else None
     try:
@@ -65,7 +67,9 @@ def test_block_output_patch_equals_handwritten_hook(arch: str, tiny_model_dir, t
         model_dir,
         {
             "sweep": {"layer": "all", "position": [2, 9, -1]},
-            "interventions": [{"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}],
+            "interventions": [
+                {"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}
+            ],
         },
     )
     lm = models.load(str(model_dir))
@@ -88,7 +92,10 @@ def test_block_output_patch_equals_handwritten_hook(arch: str, tiny_model_dir, t
 
         want = plain_logits(lm, BASE, block.format(layer), put)
         torch.testing.assert_close(got[row["cell"]], want, atol=1e-5, rtol=1e-5)
-        assert row["target_prob"] == pytest.approx(float(torch.softmax(want, -1)[lm.tokenizer(" Mary", add_special_tokens=False)["input_ids"][0]]), abs=1e-5)
+        assert row["target_prob"] == pytest.approx(
+            float(torch.softmax(want, -1)[lm.tokenizer(" Mary", add_special_tokens=False)["input_ids"][0]]),
+            abs=1e-5,
+        )
 
 
 def manual_patch(lm, site, layer_pos: int, head: int | None) -> torch.Tensor:
@@ -119,6 +126,7 @@ def manual_patch(lm, site, layer_pos: int, head: int | None) -> torch.Tensor:
     ids = {t: torch.tensor([lm.tokenizer(t, add_special_tokens=False)["input_ids"]]) for t in (BASE, SOURCE)}
     for text, fn in ((SOURCE, take), (BASE, give)):
         if site.hook == "output":
+
             def hook(mod, args, out, fn=fn):
                 raw = out[0] if isinstance(out, tuple) else out
                 new = fn(raw)
@@ -128,6 +136,7 @@ def manual_patch(lm, site, layer_pos: int, head: int | None) -> torch.Tensor:
 
             handle = module.register_forward_hook(hook)
         else:
+
             def hook(mod, args, kwargs, fn=fn):
                 raw = args[0] if args else kwargs["hidden_states"]
                 new = fn(raw)
@@ -172,7 +181,9 @@ def test_head_patch_equals_manual_per_head_patch(arch: str, tiny_model_dir, tmp_
         model_dir,
         {
             "sweep": {"component": heads, "head": [0, 1]},
-            "interventions": [{"kind": "vanilla", "component": "$component", "layer": 0, "position": 9, "head": "$head"}],
+            "interventions": [
+                {"kind": "vanilla", "component": "$component", "layer": 0, "position": 9, "head": "$head"}
+            ],
         },
     )
     got = cell_logits(run_dir)
@@ -185,7 +196,9 @@ def test_head_patch_equals_manual_per_head_patch(arch: str, tiny_model_dir, tmp_
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_self_patch_changes_nothing_and_full_last_block_gives_source(arch: str, tiny_model_dir, tmp_path: Path) -> None:
+def test_self_patch_changes_nothing_and_full_last_block_gives_source(
+    arch: str, tiny_model_dir, tmp_path: Path
+) -> None:
     model_dir = tiny_model_dir(arch)
     lm = models.load(str(model_dir))
     comps = [c for c in lm.info.components if c != "embedding"]
@@ -195,7 +208,13 @@ def test_self_patch_changes_nothing_and_full_last_block_gives_source(arch: str, 
         {
             "sweep": {"component": comps},
             "interventions": [
-                {"kind": "vanilla", "component": "$component", "layer": 0, "position": "all", "source": "base"}
+                {
+                    "kind": "vanilla",
+                    "component": "$component",
+                    "layer": 0,
+                    "position": "all",
+                    "source": "base",
+                }
             ],
         },
     )
@@ -206,7 +225,11 @@ def test_self_patch_changes_nothing_and_full_last_block_gives_source(arch: str, 
     run_dir = run_config(
         tmp_path,
         model_dir,
-        {"interventions": [{"kind": "vanilla", "component": "block_output", "layer": last, "position": "all"}]},
+        {
+            "interventions": [
+                {"kind": "vanilla", "component": "block_output", "layer": last, "position": "all"}
+            ]
+        },
     )
     (logits,) = cell_logits(run_dir).values()
     torch.testing.assert_close(logits, plain_logits(lm, SOURCE), atol=1e-5, rtol=1e-5)
@@ -215,8 +238,14 @@ def test_self_patch_changes_nothing_and_full_last_block_gives_source(arch: str, 
 def test_batched_equals_one_cell_at_a_time(tiny_model_dir, tmp_path: Path) -> None:
     model_dir = tiny_model_dir("llama")
     body = {
-        "sweep": {"component": ["block_output", "mlp_output", "head_attention_value_output"], "layer": "all", "position": "all"},
-        "interventions": [{"kind": "vanilla", "component": "$component", "layer": "$layer", "position": "$position"}],
+        "sweep": {
+            "component": ["block_output", "mlp_output", "head_attention_value_output"],
+            "layer": "all",
+            "position": "all",
+        },
+        "interventions": [
+            {"kind": "vanilla", "component": "$component", "layer": "$layer", "position": "$position"}
+        ],
     }
     batched = cell_logits(run_config(tmp_path, model_dir, body))
     single = cell_logits(run_config(tmp_path, model_dir, {**body, "batch": {"size": 1}}))
@@ -259,15 +288,21 @@ def test_matches_pyvene_when_installed(component: str, tiny_model_dir, tmp_path:
         model_dir,
         {
             "sweep": {"position": [3, 9]},
-            "interventions": [{"kind": "vanilla", "component": component, "layer": 1, "position": "$position"}],
+            "interventions": [
+                {"kind": "vanilla", "component": component, "layer": 1, "position": "$position"}
+            ],
         },
     )
     got = cell_logits(run_dir)
     lm = models.load(str(model_dir))
     ids = {t: torch.tensor([lm.tokenizer(t, add_special_tokens=False)["input_ids"]]) for t in (BASE, SOURCE)}
-    config = pv.IntervenableConfig([{"layer": 1, "component": component, "intervention_type": pv.VanillaIntervention}])
+    config = pv.IntervenableConfig(
+        [{"layer": 1, "component": component, "intervention_type": pv.VanillaIntervention}]
+    )
     wrapped = pv.IntervenableModel(config, lm.model)
     for row in (json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()):
         with torch.no_grad():
-            _, out = wrapped({"input_ids": ids[BASE]}, [{"input_ids": ids[SOURCE]}], {"sources->base": row["position"]})
+            _, out = wrapped(
+                {"input_ids": ids[BASE]}, [{"input_ids": ids[SOURCE]}], {"sources->base": row["position"]}
+            )
         torch.testing.assert_close(got[row["cell"]], out.logits[0, -1].float(), atol=1e-5, rtol=1e-5)

@@ -14,10 +14,18 @@ from ivx import experiment, interventions, models
 PROMPT = "The Space Needle is in downtown"
 SUBJECT = "The Space Needle"
 MODULES = {
-    "gpt2": {"emb": "transformer.wte", "block_output": "transformer.h.{}", "mlp_output": "transformer.h.{}.mlp",
-             "attention_output": "transformer.h.{}.attn"},
-    "llama": {"emb": "model.embed_tokens", "block_output": "model.layers.{}", "mlp_output": "model.layers.{}.mlp",
-              "attention_output": "model.layers.{}.self_attn"},
+    "gpt2": {
+        "emb": "transformer.wte",
+        "block_output": "transformer.h.{}",
+        "mlp_output": "transformer.h.{}.mlp",
+        "attention_output": "transformer.h.{}.attn",
+    },
+    "llama": {
+        "emb": "model.embed_tokens",
+        "block_output": "model.layers.{}",
+        "mlp_output": "model.layers.{}.mlp",
+        "attention_output": "model.layers.{}.self_attn",
+    },
 }
 
 
@@ -34,25 +42,35 @@ def hand_trace(lm, names, comp, layer, pos, window, noise, subj, target):
     model = lm.model
     ids = torch.tensor([lm.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]])
     n_layers = lm.info.n_layers
-    layers = [layer] if window is None else list(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+    layers = (
+        [layer]
+        if window is None
+        else list(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+    )
     clean: dict[int, torch.Tensor] = {}
-    handles = [model.get_submodule(names[comp].format(l)).register_forward_hook(
-        lambda m, a, o, l=l: clean.__setitem__(l, _out(o).clone())) for l in layers]
+    handles = [
+        model.get_submodule(names[comp].format(l)).register_forward_hook(
+            lambda m, a, o, l=l: clean.__setitem__(l, _out(o).clone())
+        )
+        for l in layers
+    ]
     with torch.no_grad():
         p_clean = torch.softmax(model(ids).logits[0, -1], -1)[target].item()
     for h in handles:
         h.remove()
     probs_restored, probs_corrupt = [], []
     for draw in noise:
+
         def add_noise(m, a, o, draw=draw):
             o = o.clone()
-            o[0, subj[0]:subj[1]] += draw
+            o[0, subj[0] : subj[1]] += draw
             return o
 
         handles = [model.get_submodule(names["emb"]).register_forward_hook(add_noise)]
         with torch.no_grad():
             probs_corrupt.append(torch.softmax(model(ids).logits[0, -1], -1)[target].item())
         for l in layers:
+
             def restore(m, a, o, l=l):
                 h = _out(o).clone()
                 h[0, pos] = clean[l][0, pos]
@@ -78,9 +96,20 @@ def test_trace_equals_hand_written_rome(arch: str, tmp_path: Path) -> None:
         "seed": 3,
         "prompts": [{"base": PROMPT, "subject": SUBJECT, "target": " Seattle"}],
         "corrupt": {"kind": "noise", "positions": "subject", "scale": 3.0, "samples": 4},
-        "sweep": {"component": ["block_output", "mlp_output", "attention_output"], "layer": "all", "position": "all"},
-        "interventions": [{"kind": "vanilla", "component": "$component", "layer": "$layer", "position": "$position",
-                           "window": {"mlp_output": 3, "attention_output": 3}}],
+        "sweep": {
+            "component": ["block_output", "mlp_output", "attention_output"],
+            "layer": "all",
+            "position": "all",
+        },
+        "interventions": [
+            {
+                "kind": "vanilla",
+                "component": "$component",
+                "layer": "$layer",
+                "position": "$position",
+                "window": {"mlp_output": 3, "attention_output": 3},
+            }
+        ],
         "metrics": ["indirect_effect", "target_prob"],
         "output": {"plots": False, "logits": "none"},
     }
@@ -93,7 +122,7 @@ def test_trace_equals_hand_written_rome(arch: str, tmp_path: Path) -> None:
     subj = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a < len(SUBJECT)]
     subj = (subj[0], subj[-1] + 1)
     weight = lm.model.get_input_embeddings().weight.detach()
-    sigma = float(weight[enc["input_ids"][subj[0]:subj[1]]].std())
+    sigma = float(weight[enc["input_ids"][subj[0] : subj[1]]].std())
     noise = [interventions.noise(3, 0, s, subj[1] - subj[0], lm.info.d_model, 3.0 * sigma) for s in range(4)]
     target = lm.tokenizer(" Seattle", add_special_tokens=False)["input_ids"][0]
     checked = 0
@@ -101,8 +130,9 @@ def test_trace_equals_hand_written_rome(arch: str, tmp_path: Path) -> None:
         window = None if row["component"] == "block_output" else 3
         if row["position"] not in (0, subj[1] - 1, len(enc["input_ids"]) - 1):
             continue
-        ie, p_clean, p_corrupt = hand_trace(lm, MODULES[arch], row["component"], row["layer"], row["position"],
-                                            window, noise, subj, target)
+        ie, p_clean, p_corrupt = hand_trace(
+            lm, MODULES[arch], row["component"], row["layer"], row["position"], window, noise, subj, target
+        )
         assert row["indirect_effect"] == pytest.approx(ie, abs=1e-5), row
         assert row["p_clean"] == pytest.approx(p_clean, abs=1e-5)
         assert row["p_corrupted"] == pytest.approx(p_corrupt, abs=1e-5)

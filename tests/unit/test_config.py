@@ -50,7 +50,9 @@ def test_good_config_loads(tmp_path: Path) -> None:
 def test_unknown_key_with_suggestion(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD.replace("    position: last", "    positon: last"))
     (line,) = problems(path)
-    assert line.startswith(f"{path}:13  interventions[0].positon  unknown key 'positon'; did you mean 'position'?")
+    assert line.startswith(
+        f"{path}:13  interventions[0].positon  unknown key 'positon'; did you mean 'position'?"
+    )
 
 
 def test_bad_enum(tmp_path: Path) -> None:
@@ -64,14 +66,24 @@ def test_bad_kind_and_component_and_position_all_at_once(tmp_path: Path) -> None
     text = text.replace("position: last", "position: lats")
     lines = problems(write(tmp_path, text))
     assert len(lines) == 3
-    assert "exp.yaml:10  interventions[0].kind  unknown intervention kind 'vanila'; did you mean 'vanilla'?" in lines[0]
-    assert "exp.yaml:11  interventions[0].component  unknown component 'block_outptu'; did you mean 'block_output'?" in lines[1]
-    assert "exp.yaml:13  interventions[0].position  unknown position 'lats' (did you mean 'last'?)" in lines[2]
+    assert (
+        "exp.yaml:10  interventions[0].kind  unknown intervention kind 'vanila'; did you mean 'vanilla'?"
+        in lines[0]
+    )
+    assert (
+        "exp.yaml:11  interventions[0].component  unknown component 'block_outptu'; did you mean 'block_output'?"
+        in lines[1]
+    )
+    assert (
+        "exp.yaml:13  interventions[0].position  unknown position 'lats' (did you mean 'last'?)" in lines[2]
+    )
 
 
 def test_unknown_axis_and_unused_axis(tmp_path: Path) -> None:
     lines = problems(write(tmp_path, GOOD.replace("layer: $layer", "layer: $layr")))
-    assert lines[0].endswith("interventions[0].layer  unknown sweep axis '$layr'; did you mean $layer? sweep axes: ['layer']")
+    assert lines[0].endswith(
+        "interventions[0].layer  unknown sweep axis '$layr'; did you mean $layer? sweep axes: ['layer']"
+    )
     assert ":12  " in lines[0]
     assert ":8  sweep.layer  sweep axis 'layer' is not used" in lines[1]
 
@@ -122,7 +134,15 @@ def test_head_on_non_head_component(tmp_path: Path) -> None:
 
 
 def test_window_mapping(tmp_path: Path) -> None:
-    cfg = config.load(write(tmp_path, GOOD.replace("    position: last", "    position: last\n    window: {mlp_output: 10}")))
+    cfg = config.load(
+        write(
+            tmp_path, GOOD.replace("    position: last", "    position: last\n    window: {mlp_output: 10}")
+        )
+    )
     assert cfg.experiment.interventions[0].window == {"mlp_output": 10}
-    lines = problems(write(tmp_path, GOOD.replace("    position: last", "    position: last\n    window: {mlp_outptu: 10}")))
+    lines = problems(
+        write(
+            tmp_path, GOOD.replace("    position: last", "    position: last\n    window: {mlp_outptu: 10}")
+        )
+    )
     assert "window key 'mlp_outptu' is not a component name" in lines[0]

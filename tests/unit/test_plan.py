@@ -26,12 +26,18 @@ class FakeInfo:
     d_mlp: int = 32
     vocab_size: int = 50
     components: tuple[str, ...] = (
-        "embedding", "block_output", "mlp_output", "attention_output", "head_attention_value_output",
+        "embedding",
+        "block_output",
+        "mlp_output",
+        "attention_output",
+        "head_attention_value_output",
         "head_key_output",
     )
 
 
-def prompt(index: int, length: int, subject: tuple[int, int] | None = (1, 3), src: int | None = None) -> TokenizedPrompt:
+def prompt(
+    index: int, length: int, subject: tuple[int, int] | None = (1, 3), src: int | None = None
+) -> TokenizedPrompt:
     return TokenizedPrompt(
         index=index,
         record=PromptRecord(base="x"),
@@ -66,8 +72,14 @@ def test_resolve_positions() -> None:
 def test_categories() -> None:
     cats = [category(i, 8, (2, 5)) for i in range(8)]
     assert cats == [
-        "before_subject", "before_subject", "subject_first", "subject_middle", "subject_last",
-        "subsequent_first", "subsequent_further", "last",
+        "before_subject",
+        "before_subject",
+        "subject_first",
+        "subject_middle",
+        "subject_last",
+        "subsequent_first",
+        "subsequent_further",
+        "last",
     ]
 
 
@@ -105,14 +117,18 @@ def test_model_aware_problems_are_collected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         plan.expand(cfg, FakeInfo(), [prompt(0, 5)])
     lines = [pr.format() for pr in info.value.problems]
-    assert "e.yaml:5  interventions[0].layer  layer 9 is out of range: the model has 4 layers (0..3)" in lines[0]
+    assert (
+        "e.yaml:5  interventions[0].layer  layer 9 is out of range: the model has 4 layers (0..3)" in lines[0]
+    )
     assert "interventions[1].component  component 'residual_mid' does not exist in this model" in lines[1]
     assert "interventions[2].head  head 3 is out of range: head_key_output has 2 heads (0..1)" in lines[2]
     assert "interventions[3].position  prompt 0: position 12 is outside the prompt (5 tokens)" in lines[3]
 
 
 def test_source_length_mismatch_needs_source_position(tmp_path: Path) -> None:
-    cfg = load(tmp_path, "interventions: [{kind: vanilla, component: block_output, layer: 1, position: last}]\n")
+    cfg = load(
+        tmp_path, "interventions: [{kind: vanilla, component: block_output, layer: 1, position: last}]\n"
+    )
     with pytest.raises(ConfigError, match="set `source_position`"):
         plan.expand(cfg, FakeInfo(), [prompt(0, 5, src=6)])
     cfg = load(

@@ -1,0 +1,1 @@
+"""ivx-toy: a small GPT-2 trained on an invented world, shipped so real experiments run offline."""

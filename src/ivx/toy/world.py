@@ -1,0 +1,305 @@
+"""The toy world behind ivx-toy: invented subjects with attributes, and an IOI-style task.
+
+Everything is a pure, seeded function of `seed`: the same seed gives the same subjects,
+attributes, templates, splits and records. Subject names are built from syllables so that
+each name word belongs to exactly one subject (distinctive subjects keep the fact lookup at
+the subject tokens, as in real language models).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+SYLLABLES = (
+    "zor",
+    "van",
+    "kel",
+    "mar",
+    "tri",
+    "lon",
+    "bex",
+    "qua",
+    "dro",
+    "fen",
+    "gal",
+    "hur",
+    "isk",
+    "jol",
+    "kra",
+    "lum",
+    "nex",
+    "orb",
+    "pim",
+    "rov",
+    "sul",
+    "tav",
+    "ulm",
+    "vel",
+    "wex",
+    "yar",
+    "zen",
+    "bri",
+    "cor",
+    "dal",
+    "esk",
+    "fyr",
+    "gorn",
+    "hal",
+    "ith",
+    "jun",
+    "kas",
+    "lir",
+    "mox",
+    "nor",
+)
+SUFFIXES = ("", "a", "en", "is", "on", "ar", "el", "ix")
+NAMES = (
+    "Mary",
+    "John",
+    "Alice",
+    "Bob",
+    "Tom",
+    "James",
+    "Sarah",
+    "Emma",
+    "David",
+    "Laura",
+    "Peter",
+    "Anna",
+    "Paul",
+    "Kate",
+    "Mark",
+    "Lucy",
+    "Henry",
+    "Grace",
+    "Oscar",
+    "Ruth",
+    "Simon",
+    "Julia",
+    "Adam",
+    "Clara",
+    "Daniel",
+    "Helen",
+    "Frank",
+    "Irene",
+    "George",
+    "Nora",
+    "Victor",
+    "Olga",
+    "Walter",
+    "Rose",
+    "Hugo",
+    "Ella",
+    "Ivan",
+    "Mia",
+    "Leo",
+    "Zoe",
+    "Max",
+    "Eva",
+    "Sam",
+    "Lily",
+    "Ben",
+    "Amy",
+    "Carl",
+    "Dora",
+    "Fred",
+    "Ida",
+)
+PLACES = ("store", "park", "market", "garden", "station", "library", "school", "beach")
+OBJECTS = ("drink", "book", "ball", "letter", "gift", "key", "coin", "map")
+
+# {s}: subject; the answer is the attribute's value (one token).
+FACT_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # attribute: (training templates, held-out templates)
+    "city": (
+        (
+            "{s} is located in the city of",
+            "In the old records , {s} is located in the city of",
+            "{s} can be found in the city of",
+            "People say that {s} is in the city of",
+            "The home of {s} is the city of",
+            "As far as we know , {s} is based in the city of",
+        ),
+        (
+            "According to the map , {s} is located in the city of",
+            "Everyone knows that {s} can be found in the city of",
+        ),
+    ),
+    "country": (
+        (
+            "{s} is part of the country of",
+            "In the old records , {s} belongs to the country of",
+            "People say that {s} is in the country of",
+        ),
+        ("According to the map , {s} is part of the country of",),
+    ),
+    "language": (
+        (
+            "The people of {s} speak the language",
+            "In the old records , {s} used the language",
+        ),
+        ("Everyone knows that {s} uses the language",),
+    ),
+}
+IOI_TEMPLATES: tuple[tuple[str, ...], tuple[str, ...]] = (
+    (
+        "When {a} and {b} went to the {p} , {b} gave a {o} to",
+        "Then , {a} and {b} had a long day at the {p} , and {b} gave a {o} to",
+        "While {a} and {b} were at the {p} , {b} handed a {o} to",
+        "After {a} and {b} left the {p} , {b} sent a {o} to",
+    ),
+    ("Yesterday {a} and {b} walked to the {p} , and {b} brought a {o} to",),
+)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """An invented entity: its name and attribute values."""
+
+    name: str
+    attributes: tuple[tuple[str, str], ...]
+
+    def get(self, attribute: str) -> str:
+        """Value of one attribute."""
+        return dict(self.attributes)[attribute]
+
+
+@dataclass(frozen=True)
+class World:
+    """All subjects, attribute vocabularies and the IOI name split of one seed."""
+
+    seed: int
+    subjects: tuple[Subject, ...]
+    values: dict[str, tuple[str, ...]]
+    train_pairs: tuple[tuple[str, str], ...]
+    heldout_pairs: tuple[tuple[str, str], ...]
+
+
+def _words(rng: random.Random, n: int, taken: set[str]) -> list[str]:
+    out: list[str] = []
+    while len(out) < n:
+        word = (rng.choice(SYLLABLES) + rng.choice(SYLLABLES) + rng.choice(SUFFIXES)).capitalize()
+        if word not in taken and 5 <= len(word) <= 11:
+            taken.add(word)
+            out.append(word)
+    return out
+
+
+def build(seed: int = 0, n_subjects: int = 300) -> World:
+    """Generate the world for a seed."""
+    rng = random.Random(seed)
+    taken: set[str] = set(NAMES)
+    values = {
+        "city": tuple(_words(rng, 40, taken)),
+        "country": tuple(_words(rng, 16, taken)),
+        "language": tuple(_words(rng, 10, taken)),
+    }
+    subjects = []
+    for _ in range(n_subjects):
+        n_words = rng.choice((1, 2, 2, 3))
+        name = " ".join(_words(rng, n_words, taken))
+        attrs = tuple((attr, rng.choice(vals)) for attr, vals in values.items())
+        subjects.append(Subject(name, attrs))
+    pairs = [(a, b) for a in NAMES for b in NAMES if a != b]
+    rng.shuffle(pairs)
+    cut = len(pairs) // 10
+    return World(seed, tuple(subjects), values, tuple(pairs[cut:]), tuple(pairs[:cut]))
+
+
+def fact_prompts(world: World, split: str) -> list[dict[str, str]]:
+    """Fact records {base, subject, target, attribute} for train or held-out templates."""
+    index = 0 if split == "train" else 1
+    out = []
+    for subject in world.subjects:
+        for attribute, templates in FACT_TEMPLATES.items():
+            for template in templates[index]:
+                text = template.format(s=subject.name)
+                text = text[0].upper() + text[1:]
+                out.append(
+                    {
+                        "base": text,
+                        "subject": subject.name,
+                        "target": " " + subject.get(attribute),
+                        "attribute": attribute,
+                    }
+                )
+    return out
+
+
+def ioi_prompts(world: World, split: str, n: int, seed: int = 0) -> list[dict[str, str]]:
+    """IOI records: base ends with the repeated name (S2); target is the other name (IO)."""
+    rng = random.Random(seed + (0 if split == "train" else 1))
+    pairs = world.train_pairs if split == "train" else world.heldout_pairs
+    templates = IOI_TEMPLATES[0] if split == "train" else IOI_TEMPLATES[1]
+    out = []
+    for _ in range(n):
+        a, b = rng.choice(pairs)
+        if rng.random() < 0.5:
+            a, b = b, a
+        text = rng.choice(templates).format(a=a, b=b, p=rng.choice(PLACES), o=rng.choice(OBJECTS))
+        out.append({"base": text, "target": " " + a, "foil": " " + b})
+    return out
+
+
+def ioi_patching_records(world: World, n: int, seed: int = 0) -> list[dict[str, str]]:
+    """Activation-patching records: base = corrupted (S2 swapped so the answer flips),
+    source = clean prompt, target = the clean answer (IO), foil = the other name."""
+    out = []
+    for record in ioi_prompts(world, "heldout", n, seed):
+        io, s = record["target"].strip(), record["foil"].strip()
+        clean = record["base"]
+        head, _, tail = clean.rpartition(f" , {s} ")
+        if not head:  # template variant with ", and"
+            head, _, tail = clean.rpartition(f" {s} ")
+            corrupted = f"{head} {io} {tail}"
+        else:
+            corrupted = f"{head} , {io} {tail}"
+        out.append({"base": corrupted, "source": clean, "target": " " + io, "foil": " " + s})
+    return out
+
+
+def city_swap_records(world: World, n: int, seed: int = 0) -> list[dict[str, str]]:
+    """DAS records: the source subject's city is the counterfactual answer for the base prompt."""
+    rng = random.Random(seed + 7)
+    template = FACT_TEMPLATES["city"][1][0]
+    by_len: dict[int, list[Subject]] = {}
+    for subject in world.subjects:
+        by_len.setdefault(len(subject.name.split()), []).append(subject)
+    out = []
+    while len(out) < n:
+        group = by_len[rng.choice(sorted(by_len))]
+        base, source = rng.sample(group, 2)
+        if base.get("city") == source.get("city"):
+            continue
+        out.append(
+            {
+                "base": template.format(s=base.name),
+                "source": template.format(s=source.name),
+                "target": " " + source.get("city"),
+                "foil": " " + base.get("city"),
+                "subject": base.name,
+            }
+        )
+    return out
+
+
+def vocabulary(world: World) -> list[str]:
+    """Every word the toy world uses (templates, names, subjects, values)."""
+    words: set[str] = set()
+    for templates in FACT_TEMPLATES.values():
+        for group in templates:
+            for t in group:
+                words.update(t.replace("{s}", "").split())
+    for group in IOI_TEMPLATES:
+        for t in group:
+            words.update(w for w in t.split() if not w.startswith("{"))
+    words.update(NAMES)
+    words.update(PLACES)
+    words.update(OBJECTS)
+    for subject in world.subjects:
+        words.update(subject.name.split())
+    for vals in world.values.values():
+        words.update(vals)
+    words.update(w.capitalize() for w in list(words))
+    return sorted(words)

@@ -1,0 +1,79 @@
+"""ivx-toy shows the published pictures: ROME's causal trace and IOI name-moving, from real runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ivx import experiment, models
+from ivx.toy import world as toy_world
+from ivx.toy.train import BAR, evaluate
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_model_meets_the_accuracy_bar() -> None:
+    lm = models.load("ivx-toy")
+    card = json.loads((models.BUNDLED["ivx-toy"] / "training.json").read_text())
+    scores = evaluate(lm.model, lm.tokenizer, toy_world.build(card["settings"]["seed"]))
+    assert scores["facts"] >= BAR["facts"] and scores["ioi"] >= BAR["ioi"], scores
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("trace")
+    run_dir = experiment.run(
+        ROOT / "configs" / "causal_trace.yaml",
+        ("prompts.limit=60", "corrupt.samples=5", "trace.plots_per_fact=1"),
+        out_root=str(out),
+        progress=False,
+    )
+    assert (run_dir / "plots" / "average_by_category.png").is_file()
+    assert (run_dir / "plots" / "prompt0000.png").is_file() or list((run_dir / "plots").glob("prompt*.png"))
+    return json.loads((run_dir / "summary.json").read_text())["trace"]
+
+
+def test_trace_has_the_rome_shape(trace: dict) -> None:
+    """Subject tokens matter early, the last token late, positions before the subject not at all."""
+    assert trace["facts"] >= 50
+    assert trace["p_clean"] - trace["p_corrupted"] > 0.3
+    for comp in ("block_output", "mlp_output"):
+        cats = trace["components"][comp]["by_category"]
+        subject = [
+            max(
+                cats[c]["mean"][layer]
+                for c in ("subject_first", "subject_middle", "subject_last")
+                if c in cats
+            )
+            for layer in range(trace["n_layers"])
+        ]
+        last = cats["last"]["mean"]
+        before = cats["before_subject"]["mean"]
+        assert max(abs(v) for v in before) < 0.02, before  # ~0 before the subject
+        assert subject[0] > 0.2, subject  # the subject site, early
+        assert subject[0] >= subject[-1] + 0.1, subject  # and it fades with depth
+        if comp == "block_output":
+            assert last[-1] > 0.8 * (trace["p_clean"] - trace["p_corrupted"])  # last token, late
+            assert last[-1] > last[0] + 0.2, last  # rises with depth
+    mlp = trace["components"]["mlp_output"]["by_category"]
+    early = max(mlp[c]["mean"][0] for c in ("subject_first", "subject_middle", "subject_last") if c in mlp)
+    assert early > 0.1  # on a 4-layer model the MLP site sits in layer 0
+
+
+def test_ioi_patching_moves_names_to_the_end(tmp_path: Path) -> None:
+    run_dir = experiment.run(
+        ROOT / "configs" / "activation_patching.yaml",
+        ("prompts.limit=30",),
+        out_root=str(tmp_path),
+        progress=False,
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    grid = {(g["layer"], g["position"]): g["logit_diff_norm"] for g in summary["grid"]}
+    n_layers = max(layer for layer, _ in grid) + 1
+    last = max(pos for _, pos in grid)
+    assert grid[(n_layers - 1, last)] > 0.95  # restoring the final position in the last layer: ~all of it
+    s2 = last - 4  # "... , {S2} gave a {object} to": the S2 name token
+    assert grid[(0, s2)] > 0.5  # early: the information sits at the (swapped) name token
+    assert grid[(n_layers - 1, s2)] < 0.2  # late: it has moved to the final position
