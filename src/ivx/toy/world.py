@@ -109,48 +109,62 @@ NAMES = (
 PLACES = ("store", "park", "market", "garden", "station", "library", "school", "beach")
 OBJECTS = ("drink", "book", "ball", "letter", "gift", "key", "coin", "map")
 
-# {s}: subject; the answer is the attribute's value (one token).
-FACT_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # attribute: (training templates, held-out templates)
-    "city": (
-        (
-            "{s} is located in the city of",
-            "In the old records , {s} is located in the city of",
-            "{s} can be found in the city of",
-            "People say that {s} is in the city of",
-            "The home of {s} is the city of",
-            "As far as we know , {s} is based in the city of",
-        ),
-        (
-            "According to the map , {s} is located in the city of",
-            "Everyone knows that {s} can be found in the city of",
-        ),
-    ),
-    "country": (
-        (
-            "{s} is part of the country of",
-            "In the old records , {s} belongs to the country of",
-            "People say that {s} is in the country of",
-        ),
-        ("According to the map , {s} is part of the country of",),
-    ),
-    "language": (
-        (
-            "The people of {s} speak the language",
-            "In the old records , {s} used the language",
-        ),
-        ("Everyone knows that {s} uses the language",),
-    ),
-}
-IOI_TEMPLATES: tuple[tuple[str, ...], tuple[str, ...]] = (
-    (
-        "When {a} and {b} went to the {p} , {b} gave a {o} to",
-        "Then , {a} and {b} had a long day at the {p} , and {b} gave a {o} to",
-        "While {a} and {b} were at the {p} , {b} handed a {o} to",
-        "After {a} and {b} left the {p} , {b} sent a {o} to",
-    ),
-    ("Yesterday {a} and {b} walked to the {p} , and {b} brought a {o} to",),
+# Templates are (prefix, relation) combinations; some combinations are held out for evaluation,
+# but every word of a held-out template also occurs in training (only the combination is new).
+PREFIXES: tuple[str, ...] = (
+    "",
+    "In the old records ,",
+    "According to the map ,",
+    "Everyone knows that",
+    "People say that",
+    "As far as we know ,",
 )
+RELATIONS: dict[str, tuple[str, ...]] = {
+    "city": ("is located in the city of", "can be found in the city of", "is based in the city of"),
+    "country": ("is part of the country of", "belongs to the country of"),
+    "language": ("uses the language", "is known for the language"),
+}
+# (prefix index, relation index) pairs held out per attribute
+HELDOUT: dict[str, tuple[tuple[int, int], ...]] = {
+    "city": ((2, 0), (3, 1)),
+    "country": ((2, 0),),
+    "language": ((3, 1),),
+}
+
+
+def _fact_templates() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    out = {}
+    for attribute, relations in RELATIONS.items():
+        train, held = [], []
+        for i, prefix in enumerate(PREFIXES):
+            for j, relation in enumerate(relations):
+                text = f"{prefix} {{s}} {relation}".strip()
+                (held if (i, j) in HELDOUT[attribute] else train).append(text)
+        out[attribute] = (tuple(train), tuple(held))
+    return out
+
+
+# {s}: subject; the answer is the attribute's value (one token).
+FACT_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = _fact_templates()
+IOI_INTROS: tuple[str, ...] = ("When", "While", "After", "Then , when", "Yesterday , when")
+IOI_BODIES: tuple[str, ...] = (
+    "{a} and {b} went to the {p} , {b} gave a {o} to",
+    "{a} and {b} were at the {p} , {b} handed a {o} to",
+    "{a} and {b} left the {p} , {b} sent a {o} to",
+    "{a} and {b} walked to the {p} , {b} brought a {o} to",
+)
+IOI_HELDOUT: tuple[tuple[int, int], ...] = ((4, 3), (2, 0))
+
+
+def _ioi_templates() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    train, held = [], []
+    for i, intro in enumerate(IOI_INTROS):
+        for j, body in enumerate(IOI_BODIES):
+            (held if (i, j) in IOI_HELDOUT else train).append(f"{intro} {body}")
+    return tuple(train), tuple(held)
+
+
+IOI_TEMPLATES: tuple[tuple[str, ...], tuple[str, ...]] = _ioi_templates()
 
 
 @dataclass(frozen=True)
@@ -250,11 +264,7 @@ def ioi_patching_records(world: World, n: int, seed: int = 0) -> list[dict[str, 
         io, s = record["target"].strip(), record["foil"].strip()
         clean = record["base"]
         head, _, tail = clean.rpartition(f" , {s} ")
-        if not head:  # template variant with ", and"
-            head, _, tail = clean.rpartition(f" {s} ")
-            corrupted = f"{head} {io} {tail}"
-        else:
-            corrupted = f"{head} , {io} {tail}"
+        corrupted = f"{head} , {io} {tail}"
         out.append({"base": corrupted, "source": clean, "target": " " + io, "foil": " " + s})
     return out
 
@@ -262,7 +272,7 @@ def ioi_patching_records(world: World, n: int, seed: int = 0) -> list[dict[str, 
 def city_swap_records(world: World, n: int, seed: int = 0) -> list[dict[str, str]]:
     """DAS records: the source subject's city is the counterfactual answer for the base prompt."""
     rng = random.Random(seed + 7)
-    template = FACT_TEMPLATES["city"][1][0]
+    template = FACT_TEMPLATES["city"][1][0]  # a held-out template with words before the subject
     by_len: dict[int, list[Subject]] = {}
     for subject in world.subjects:
         by_len.setdefault(len(subject.name.split()), []).append(subject)
