@@ -136,6 +136,10 @@ def load(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # ivx reports problems itself; keep stderr for progress
+    hf_logging.disable_progress_bar()
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
     path = resolve_path(name)
