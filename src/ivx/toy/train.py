@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -90,7 +89,6 @@ def train(out: Path, settings: Settings = Settings(), log: Any = print) -> dict[
 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    rng = random.Random(settings.seed)
     world = toy_world.build(settings.seed)
     tok = toy_tokenizer.build(toy_world.vocabulary(world))
     config = GPT2Config(
@@ -107,7 +105,6 @@ def train(out: Path, settings: Settings = Settings(), log: Any = print) -> dict[
         pad_token_id=tok.pad_token_id,
     )
     model = GPT2LMHeadModel(config)
-    facts = _encode(tok, toy_world.fact_prompts(world, "train"))
     optim = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -120,11 +117,15 @@ def train(out: Path, settings: Settings = Settings(), log: Any = print) -> dict[
     model.train()
     n_ioi = int(settings.batch_size * settings.ioi_fraction)
     for step in range(settings.steps):
-        ioi = _encode(tok, toy_world.ioi_prompts(world, "train", n_ioi, seed=settings.seed * 100_003 + step))
-        examples = rng.sample(facts, settings.batch_size - n_ioi) + ioi
-        ids, last, target = _batch(examples, tok.pad_token_id)
-        logits = model(input_ids=ids).logits[torch.arange(len(ids)), last]
-        loss = torch.nn.functional.cross_entropy(logits, target)
+        batch_seed = settings.seed * 100_003 + step
+        ioi = toy_world.ioi_prompts(world, "train", n_ioi, seed=batch_seed)
+        texts = [r["base"] + r["target"] for r in ioi]
+        texts += toy_world.fact_passages(world, settings.batch_size - n_ioi, seed=batch_seed)
+        enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
         for group in optim.param_groups:
             group["lr"] = lr_at(step)
         optim.zero_grad(set_to_none=True)

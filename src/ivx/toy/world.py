@@ -241,6 +241,25 @@ def fact_prompts(world: World, split: str) -> list[dict[str, str]]:
     return out
 
 
+def fact_passages(world: World, n: int, seed: int = 0) -> list[str]:
+    """Training text: a fact in a training template, then a second attribute of the same subject.
+
+    Several attributes are read off one subject mention, as in natural text, which makes it
+    worthwhile for the model to enrich the subject's own tokens (ROME's subject site)."""
+    rng = random.Random(seed)
+    attributes = list(RELATIONS)
+    out = []
+    for _ in range(n):
+        subject = rng.choice(world.subjects)
+        first, second = rng.sample(attributes, 2)
+        template = rng.choice(FACT_TEMPLATES[first][0])
+        text = template.format(s=subject.name)
+        text = text[0].upper() + text[1:]
+        relation = rng.choice(RELATIONS[second])
+        out.append(f"{text} {subject.get(first)} ; it {relation} {subject.get(second)} .")
+    return out
+
+
 def ioi_prompts(world: World, split: str, n: int, seed: int = 0) -> list[dict[str, str]]:
     """IOI records: base ends with the repeated name (S2); target is the other name (IO)."""
     rng = random.Random(seed + (0 if split == "train" else 1))
@@ -304,6 +323,7 @@ def vocabulary(world: World) -> list[str]:
     for group in IOI_TEMPLATES:
         for t in group:
             words.update(w for w in t.split() if not w.startswith("{"))
+    words.update(("it", ";", "."))
     words.update(NAMES)
     words.update(PLACES)
     words.update(OBJECTS)
