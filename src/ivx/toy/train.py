@@ -1,6 +1,9 @@
 """Train ivx-toy: a 4-layer GPT-2 (d_model 128) on the toy world's facts and IOI task, on CPU.
 
-The loss is the cross entropy of the answer token at the end of each prompt. Facts are seen
+The loss is next-token cross entropy over whole passages: a fact in a training template followed
+by a second attribute of the same subject ("...; it uses the language X ."), so attributes are
+read off one subject mention several times — which makes the model enrich the subject's own
+tokens (ROME's subject site) instead of looking facts up at the last token only. Facts are seen
 only through the training templates; accuracy is measured on held-out templates (facts) and
 held-out name pairs with a held-out template (IOI). Training fails loudly below the bar.
 """
@@ -178,7 +181,9 @@ ivx so causal-intervention experiments show real effects offline.
 
 ## Training
 AdamW (lr {s["lr"]}, weight decay {s["weight_decay"]}, {s["warmup"]} warm-up steps, cosine decay),
-{s["steps"]} steps of batch {s["batch_size"]} ({s["ioi_fraction"]:.0%} IOI), loss on the answer token,
+{s["steps"]} steps of batch {s["batch_size"]} ({s["ioi_fraction"]:.0%} IOI), next-token loss on every token
+of fact passages (a fact in a training template, then a second attribute of the same subject)
+and IOI prompts,
 {s["threads"]} CPU thread(s), {report["seconds"]} s.
 
 ## Held-out accuracy (greedy top-1)
