@@ -21,6 +21,26 @@ from pydantic import BaseModel, ValidationError
 from ivx.schema import Experiment, PromptFile, PromptRecord, is_ref
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false (so `on: prompt` keeps its key, `yes`/`no` stay text)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def parse(text: str) -> Any:
+    """Parse YAML text with ivx's loader."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 @dataclass(frozen=True)
 class Problem:
     """One thing wrong with a config: where it is and what is wrong."""
@@ -100,7 +120,7 @@ def _apply_override(raw: dict, assignment: str) -> tuple[tuple, str | None]:
     key, _, text = assignment.partition("=")
     parts: list[str | int] = [int(p) if p.lstrip("-").isdigit() else p for p in key.split(".")]
     try:
-        value = yaml.safe_load(text) if text else ""
+        value = parse(text) if text else ""
     except yaml.YAMLError as exc:
         return tuple(parts), f"--set value {text!r} is not valid YAML: {exc}"
     node: Any = raw
@@ -285,8 +305,8 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loade
         raise ConfigError([Problem(str(path), None, "", "config file not found")])
     text = path.read_text()
     try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        raw = parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None

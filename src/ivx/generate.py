@@ -212,6 +212,7 @@ def run_generation(
     chosen: list[list[int]] = [[] for _ in rows]
     probs: list[list[float]] = [[] for _ in rows]
     past = None
+    streamed = ""
     with torch.inference_mode():
         for _ in range(settings.max_new_tokens):
             total = ids.shape[1]
@@ -236,7 +237,9 @@ def run_generation(
                     chosen[r].append(int(next_ids[r]))
                     probs[r].append(round(float(p_next[r]), 6))
             if stream is not None and len(rows) == 1 and not done[0]:
-                stream(tok.decode([int(next_ids[0])]))
+                text = tok.decode(chosen[0], skip_special_tokens=True)
+                stream(text[len(streamed) :])
+                streamed = text
             if eos is not None:
                 done |= next_ids == eos
             for r in range(len(rows)):
@@ -360,7 +363,9 @@ def _quick_config(quick: dict[str, Any]) -> Path:
     ivs = []
     if quick.get("intervention"):
         path = Path(quick["intervention"])
-        data = yaml.safe_load(path.read_text())
+        from ivx.config import parse
+
+        data = parse(path.read_text())
         ivs = data.get("interventions", data) if isinstance(data, dict) else data
         ivs = ivs if isinstance(ivs, list) else [ivs]
         for iv in ivs:  # relative files inside the intervention YAML are relative to it

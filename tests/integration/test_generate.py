@@ -138,7 +138,7 @@ def test_steering_shifts_toy_predictions(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     run_dir = Path(result.output.strip().splitlines()[-1])
     cfg = yaml.safe_load((root / "configs" / "steering.yaml").read_text())
-    steered_city = cfg["steer_target"].strip()
+    steered_city = cfg["description"].rsplit("steered city:", 1)[1].strip()
     rows = [json.loads(x) for x in (run_dir / "generations.jsonl").read_text().splitlines()]
     first = lambda text: text.split()[0] if text.split() else ""  # noqa: E731
     before = sum(first(r["unintervened"]["text"]) == steered_city for r in rows)

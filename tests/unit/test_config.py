@@ -146,3 +146,9 @@ def test_window_mapping(tmp_path: Path) -> None:
         )
     )
     assert "window key 'mlp_outptu' is not a component name" in lines[0]
+
+
+def test_yaml_12_booleans_keep_on_as_a_key(tmp_path: Path) -> None:
+    cfg = config.load(write(tmp_path, GOOD.replace("    position: last", "    position: last\n    on: all")))
+    assert cfg.experiment.interventions[0].on == "all"
+    assert config.parse("a: yes\nb: true\non: off") == {"a": "yes", "b": True, "on": "off"}
