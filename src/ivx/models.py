@@ -135,7 +135,6 @@ def load(
     """Load model + tokenizer, eval mode, parameters frozen; pad token defaults to eos."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # ivx reports problems itself; keep stderr for progress

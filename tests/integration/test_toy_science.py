@@ -74,6 +74,10 @@ def test_ioi_patching_moves_names_to_the_end(tmp_path: Path) -> None:
     n_layers = max(layer for layer, _ in grid) + 1
     last = max(pos for _, pos in grid)
     assert grid[(n_layers - 1, last)] > 0.95  # restoring the final position in the last layer: ~all of it
-    s2 = last - 4  # "... , {S2} gave a {object} to": the S2 name token
-    assert grid[(0, s2)] > 0.5  # early: the information sits at the (swapped) name token
-    assert grid[(n_layers - 1, s2)] < 0.2  # late: it has moved to the final position
+    assert grid[(n_layers - 1, last)] > grid[(0, last)] + 0.4  # ... and it builds up with depth
+    s2 = last - 4  # "... , {S2} brought a {object} to": the swapped name token
+    assert grid[(0, s2)] > 0.3  # early: the information sits at the name token
+    assert grid[(n_layers - 1, s2)] < 0.05  # late: it has moved on to the final position
+    assert all(
+        abs(grid[(layer, pos)]) < 1e-6 for layer in range(n_layers) for pos in range(s2)
+    )  # identical prefix

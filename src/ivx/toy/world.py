@@ -279,7 +279,12 @@ def ioi_patching_records(world: World, n: int, seed: int = 0) -> list[dict[str, 
     """Activation-patching records: base = corrupted (S2 swapped so the answer flips),
     source = clean prompt, target = the clean answer (IO), foil = the other name."""
     out = []
-    for record in ioi_prompts(world, "heldout", n, seed):
+    template = IOI_TEMPLATES[1][-1]  # one held-out template, so positions align across records
+    for record in ioi_prompts(world, "heldout", 4 * n, seed):
+        if len(out) == n:
+            break
+        if not record["base"].startswith(template.split(" {a}")[0] + " "):
+            continue
         io, s = record["target"].strip(), record["foil"].strip()
         clean = record["base"]
         head, _, tail = clean.rpartition(f" , {s} ")
