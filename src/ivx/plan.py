@@ -21,7 +21,17 @@ HEAD_COUNT_OF: dict[str, str] = {
     "head_key_output": "n_kv_heads",
     "head_value_output": "n_kv_heads",
 }
-SOURCE_KINDS = frozenset({"vanilla", "addition", "subtraction"})
+SOURCE_KINDS = frozenset(
+    {
+        "vanilla",
+        "addition",
+        "subtraction",
+        "rotated_space",
+        "low_rank_rotated_space",
+        "boundless_das",
+        "sigmoid_mask",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,7 @@ class Edit:
     value: float | None
     coefficient: float
     vector: str | None
+    bundle: str | None = None
 
 
 @dataclass(frozen=True)
@@ -277,6 +288,7 @@ def _edits(
             value=iv.value,
             coefficient=iv.coefficient,
             vector=iv.vector,
+            bundle=iv.bundle,
         )
         for layer in layers
     ]

@@ -20,6 +20,7 @@ from ivx import hooks, interventions, metrics
 from ivx.config import ConfigError, LoadedConfig
 from ivx.plan import Cell, Plan
 from ivx.positions import TokenizedPrompt
+from ivx.schema import TRAINABLE_KINDS
 
 if TYPE_CHECKING:
     import torch
@@ -72,6 +73,7 @@ class Executor:
         self.plan = plan
         self.sites: dict[tuple[str, int], Site] = {}
         self.vectors: dict[str, torch.Tensor] = {}
+        self.trained: dict[str, Callable] = {}
         corrupt = self.exp.corrupt
         self.samples = corrupt.samples if corrupt is not None and corrupt.kind == "noise" else 1
         self.keep_logits = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
@@ -318,6 +320,7 @@ class Executor:
         S = self.samples
         groups: dict[tuple, dict[str, list]] = defaultdict(lambda: {"rows": [], "pos": [], "src": []})
         collect_index: list[tuple] = []
+        bundles: dict[tuple, str | None] = {}
         embed = self.site("embedding", 0) if self.base.noise else None
         for i, cell in enumerate(cells):
             rows = torch.arange(i * S, (i + 1) * S)
@@ -333,6 +336,7 @@ class Executor:
                 n = len(edit.positions)
                 src = self._source_values(cell, edit, site)
                 key = (site, edit.kind, edit.value, edit.coefficient, edit.heads, edit.subspace, edit.name)
+                bundles[key] = edit.bundle
                 g = groups[key]
                 g["rows"].append(rows.repeat_interleave(n))
                 g["pos"].append(torch.tensor(edit.positions).repeat(S))
@@ -346,7 +350,10 @@ class Executor:
         self._recorders: dict[tuple, list[torch.Tensor]] = {}
         for key, g in groups.items():
             site, kind, value, coefficient, heads, subspace, _name = key
-            fn = interventions.for_kind(kind, value=value, coefficient=coefficient)
+            if kind in TRAINABLE_KINDS:
+                fn = self._trained(kind, _name, bundles[key])
+            else:
+                fn = interventions.for_kind(kind, value=value, coefficient=coefficient)
             if kind == "collect":
                 fn = self._recorder(key)
             source = torch.cat(g["src"]).to(self.lm.device) if g["src"] else None
@@ -363,6 +370,19 @@ class Executor:
                 )
             )
         return patches, collect_index
+
+    def _trained(self, kind: str, name: str, ref: str | None) -> Callable:
+        """Edit function of a trained intervention, parameters loaded once from its bundle."""
+        from ivx import das
+
+        if ref is None:
+            raise ValueError(f"intervention {name!r} ({kind}) needs `bundle` with its trained parameters")
+        key = f"{kind}:{name}:{ref}"
+        if key not in self.trained:
+            expect = {"d_model": self.lm.info.d_model, "n_layers": self.lm.info.n_layers}
+            params = das.load_params(name, ref, self.cfg.path.parent, expect)
+            self.trained[key] = das.edit_fn(kind, {k: v.to(self.lm.device) for k, v in params.items()})
+        return self.trained[key]
 
     def _recorder(self, key: tuple) -> Callable:
         store = self._recorders.setdefault(key, [])

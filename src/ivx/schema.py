@@ -178,6 +178,15 @@ def _check_kind(value: Any) -> Any:
     raise ValueError(f"unknown intervention kind {value!r}; {hint}valid: {', '.join(KINDS)}")
 
 
+def _check_positive(value: Any) -> Any:
+    if value is None or is_ref(value):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{value!r} must be a positive integer or a $axis reference")
+    return value
+
+
+PositiveOrRef = Annotated[Any, AfterValidator(_check_positive)]
 Position = Annotated[Any, AfterValidator(check_position)]
 Layer = Annotated[Any, AfterValidator(_check_layer)]
 Head = Annotated[Any, AfterValidator(_check_head)]
@@ -300,8 +309,8 @@ class Intervention(Strict):
     vector: str | None = Field(
         None, description="File (.safetensors/.pt) or bundle (path, hf://user/name) with the vector."
     )
-    interchange_dim: int | None = Field(None, ge=1, description="rotated_space: dims interchanged.")
-    low_rank_dimension: int | None = Field(None, ge=1, description="low-rank DAS: basis size k.")
+    interchange_dim: PositiveOrRef = Field(None, description="rotated_space: dims interchanged.")
+    low_rank_dimension: PositiveOrRef = Field(None, description="low-rank DAS: basis size k.")
     bundle: str | None = Field(None, description="Trained parameters: bundle path or hf://user/name.")
     contrast: Contrast | None = Field(
         None, description="Build the vector from contrast prompts (steering) instead of `vector`."

@@ -1,0 +1,232 @@
+"""Intervention bundles: a self-describing, pickle-free folder that others can load and verify.
+
+```
+ivx_bundle.json     format version, ivx version, interventions (the experiment-file schema),
+                    base model (name, revision, d_model, n_layers), sha256 + size per file
+weights.safetensors every tensor, named "<intervention name>.<param>"
+README.md           a Hugging Face Hub model card (library_name: ivx, base_model, tags)
+```
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import ivx
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT_VERSION = 1
+MANIFEST = "ivx_bundle.json"
+WEIGHTS = "weights.safetensors"
+
+
+class BundleError(ValueError):
+    """A bundle that is malformed, tampered with, or made for another model."""
+
+
+class _BaseModelInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    revision: str | None = None
+    d_model: int
+    n_layers: int
+
+
+class _FileInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format_version: int
+    ivx_version: str
+    interventions: list[dict[str, Any]]
+    base_model: _BaseModelInfo
+    files: dict[str, _FileInfo]
+    created: str
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle."""
+
+    path: Path
+    interventions: list[dict[str, Any]]
+    tensors: dict[str, torch.Tensor]
+    base_model: dict[str, Any]
+    meta: dict[str, Any]
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _validate_interventions(interventions: list[dict[str, Any]], where: str) -> None:
+    from ivx.schema import Intervention
+
+    for i, iv in enumerate(interventions):
+        try:
+            Intervention.model_validate(iv)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise BundleError(f"{where}: interventions[{i}].{loc}: {err['msg']}") from None
+
+
+def model_card(
+    interventions: list[dict[str, Any]], base_model: dict[str, Any], repo: str | None = None
+) -> str:
+    """README.md with Hub front matter and a usage snippet."""
+    ref = f"hf://{repo}" if repo else "path/to/this/bundle"
+    kinds = ", ".join(sorted({str(iv.get("kind")) for iv in interventions}))
+    first = interventions[0] if interventions else {}
+    return f"""---
+library_name: ivx
+base_model: {base_model["name"]}
+tags: [interpretability, interventions]
+---
+# ivx intervention bundle
+
+{len(interventions)} intervention(s) ({kinds}) for `{base_model["name"]}` (d_model {base_model["d_model"]},
+{base_model["n_layers"]} layers), saved by ivx {ivx.__version__}. Tensors are in `weights.safetensors`
+(no pickle); `ivx_bundle.json` lists the interventions and a sha256 per file, checked on load.
+
+## Use
+
+```yaml
+model: {{name: {base_model["name"]}}}
+interventions:
+  - kind: {first.get("kind", "addition")}
+    component: {first.get("component", "block_output")}
+    layer: {first.get("layer", 0)}
+    bundle: {ref}        # or `vector: {ref}` for steering vectors
+```
+"""
+
+
+def save(
+    out: Path,
+    interventions: list[dict[str, Any]],
+    tensors: dict[str, torch.Tensor],
+    base_model: dict[str, Any],
+) -> Path:
+    """Write a bundle folder (weights, manifest with hashes, model card)."""
+    from safetensors.torch import save_file
+
+    _validate_interventions(interventions, "bundle")
+    info = _BaseModelInfo.model_validate(base_model).model_dump()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(out / WEIGHTS))
+    (out / "README.md").write_text(model_card(interventions, info))
+    files = {
+        name: {"sha256": sha256(out / name), "bytes": (out / name).stat().st_size} for name in (WEIGHTS,)
+    }
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "ivx_version": ivx.__version__,
+        "interventions": interventions,
+        "base_model": info,
+        "files": files,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+def _local(ref: str | Path) -> Path:
+    text = str(ref)
+    if text.startswith("hf://"):
+        from ivx import hub
+
+        return hub.pull(text)
+    return Path(text)
+
+
+def load(ref: str | Path, *, device: str = "cpu", expect: dict[str, int] | None = None) -> Bundle:
+    """Load a bundle from a folder or `hf://user/name[@revision]`, verifying hashes and shape."""
+    from safetensors.torch import load_file
+
+    path = _local(ref)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{path} is not an ivx bundle (no {MANIFEST})")
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    try:
+        manifest = _Manifest.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise BundleError(f"{manifest_path}: {loc}: {err['msg']}") from None
+    if manifest.format_version > FORMAT_VERSION:
+        raise BundleError(
+            f"{manifest_path}: format_version {manifest.format_version} is newer than this ivx "
+            f"understands ({FORMAT_VERSION}); upgrade ivx-interventions"
+        )
+    for name, info in manifest.files.items():
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"{path}: {name} is listed in {MANIFEST} but missing")
+        digest = sha256(file)
+        if digest != info.sha256:
+            raise BundleError(
+                f"hash mismatch for {name} in {path}: expected {info.sha256[:12]}…, got {digest[:12]}… "
+                "(the file was modified or corrupted)"
+            )
+    _validate_interventions(manifest.interventions, str(manifest_path))
+    base = manifest.base_model.model_dump()
+    for key, value in (expect or {}).items():
+        if base.get(key) != value:
+            raise BundleError(
+                f"bundle {ref} was made for {base['name']} ({key} {base.get(key)}), but this experiment's "
+                f"model has {key} {value}"
+            )
+    tensors = load_file(str(path / WEIGHTS), device="cpu")
+    tensors = {k: v.to(device) for k, v in tensors.items()}
+    return Bundle(path, manifest.interventions, tensors, base, raw)
+
+
+def from_run(run_dir: Path, out: Path) -> Path:
+    """Bundle a finished run's computed vectors / trained parameters."""
+    import yaml
+    from safetensors.torch import load_file
+
+    manifest_file = run_dir / "manifest.json"
+    if not manifest_file.is_file():
+        raise BundleError(f"{run_dir} is not an ivx run directory (no manifest.json)")
+    manifest = json.loads(manifest_file.read_text())
+    if manifest.get("status") != "complete":
+        raise BundleError(
+            f"run {run_dir} has status {manifest.get('status')!r}; only complete runs can be saved"
+        )
+    weights = run_dir / "interventions.safetensors"
+    if not weights.is_file():
+        raise BundleError(
+            f"run {run_dir} has no interventions.safetensors (no computed vectors or trained parameters)"
+        )
+    source = run_dir / "interventions.yaml"
+    if not source.is_file():
+        source = run_dir / "resolved.yaml"
+    interventions = yaml.safe_load(source.read_text()).get("interventions", [])
+    model = manifest.get("model", {})
+    base = {k: model.get(k) for k in ("name", "revision", "d_model", "n_layers")}
+    return save(out, interventions, load_file(str(weights)), base)
