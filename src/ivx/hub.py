@@ -1,0 +1,215 @@
+"""Publish bundles and finished runs to the Hugging Face Hub, and fetch them back.
+
+The token comes from the usual Hugging Face environment (`HF_TOKEN`, `hf auth login`); ivx
+never writes it anywhere. `HF_ENDPOINT` is read at call time, so a mirror or a local test
+server works without re-importing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import typer
+
+SKIP_SUFFIXES = (".tmp",)
+SKIP_DIRS = ("tensors.parts", "checkpoints", "__pycache__")
+
+
+class HubError(Exception):
+    """One clear, user-facing problem talking to the Hub."""
+
+
+class HubClient(Protocol):
+    """The part of `huggingface_hub.HfApi` ivx uses (a seam for tests and mirrors)."""
+
+    def create_repo(self, repo_id: str, *, private: bool, exist_ok: bool) -> Any: ...
+    def create_branch(self, repo_id: str, *, branch: str, exist_ok: bool) -> Any: ...
+    def create_commit(
+        self, repo_id: str, *, operations: list, commit_message: str, revision: str | None
+    ) -> Any: ...
+
+
+def endpoint() -> str:
+    """The Hub endpoint in force now (HF_ENDPOINT or huggingface.co)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _client(token: str | None) -> HubClient:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint(), token=token)
+
+
+def files_of(path: Path) -> list[tuple[str, int]]:
+    """(path in repo, bytes) of everything `ivx push` would upload from a bundle or run directory."""
+    path = Path(path)
+    if (path / "ivx_bundle.json").is_file():
+        pass
+    elif (path / "manifest.json").is_file():
+        status = json.loads((path / "manifest.json").read_text()).get("status")
+        if status != "complete":
+            raise HubError(f"run {path} has status {status!r}; only complete runs can be pushed")
+    else:
+        raise HubError(
+            f"{path} is neither an ivx bundle (ivx_bundle.json) nor a run directory (manifest.json)"
+        )
+    out = []
+    for file in sorted(path.rglob("*")):
+        rel = file.relative_to(path)
+        if file.is_dir() or file.name.endswith(SKIP_SUFFIXES) or any(p in SKIP_DIRS for p in rel.parts):
+            continue
+        out.append((rel.as_posix(), file.stat().st_size))
+    return out
+
+
+def _explain(exc: Exception, repo: str) -> HubError:
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        code = exc.response.status_code
+        if code == 401:
+            return HubError(
+                "the Hugging Face token was rejected (401): run `hf auth login` or set a valid HF_TOKEN"
+            )
+        if code == 403:
+            return HubError(
+                f"the token may not write to {repo} (403): check the repository name and token scope"
+            )
+        return HubError(f"the Hub answered {code} for {repo}: {str(exc).splitlines()[0]}")
+    if isinstance(exc, httpx2.TransportError | ConnectionError):
+        return HubError(
+            f"cannot reach the Hub at {endpoint()} ({type(exc).__name__}); check the network or HF_ENDPOINT"
+        )
+    return HubError(f"{type(exc).__name__}: {exc}")
+
+
+def push(
+    path: Path,
+    repo: str,
+    private: bool = False,
+    revision: str | None = None,
+    dry_run: bool = False,
+    message: str | None = None,
+    client: HubClient | None = None,
+) -> str | list[tuple[str, int]]:
+    """Upload a bundle or complete run in one commit; returns the URL (or, dry run, the file list)."""
+    from huggingface_hub import CommitOperationAdd, get_token
+
+    files = files_of(path)
+    if dry_run:
+        return files
+    if "/" not in repo:
+        raise HubError(f"--repo {repo!r} must look like user/name")
+    token = get_token()
+    if client is None:
+        if not token:
+            raise HubError("no Hugging Face token found: run `hf auth login` or set HF_TOKEN")
+        client = _client(token)
+    operations = [
+        CommitOperationAdd(path_in_repo=rel, path_or_fileobj=str(Path(path) / rel)) for rel, _ in files
+    ]
+    try:
+        client.create_repo(repo, private=private, exist_ok=True)
+        if revision:
+            client.create_branch(repo, branch=revision, exist_ok=True)
+        client.create_commit(
+            repo,
+            operations=operations,
+            commit_message=message or f"ivx push {Path(path).name}",
+            revision=revision,
+        )
+    except Exception as exc:  # noqa: BLE001 - every client failure becomes one message
+        raise _explain(exc, repo) from None
+    return f"{endpoint()}/{repo}" + (f"/tree/{revision}" if revision else "")
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """`hf://user/name@rev` or `user/name@rev` → (repo id, revision or None)."""
+    text = ref.removeprefix("hf://")
+    repo, _, revision = text.partition("@")
+    if repo.count("/") != 1:
+        raise HubError(f"{ref!r} is not a Hub repository reference (expected user/name[@revision])")
+    return repo, revision or None
+
+
+def pull(ref: str, out: Path | None = None) -> Path:
+    """Download a repository snapshot (through the HF cache); optionally copy it to `out`."""
+    from huggingface_hub import snapshot_download
+
+    repo, revision = parse_ref(ref)
+    try:
+        local = Path(snapshot_download(repo, revision=revision, endpoint=endpoint()))
+    except Exception as exc:  # noqa: BLE001
+        cause = exc.__cause__ or exc.__context__
+        raise _explain(cause if isinstance(cause, Exception) else exc, repo) from None
+    if out is None:
+        return local
+    out = Path(out)
+    shutil.copytree(local, out, dirs_exist_ok=True)
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    """Add `save`, `push` and `pull`."""
+
+    def fail(exc: Exception) -> None:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+    @app.command("save")
+    def save_command(
+        run_dir: Annotated[
+            Path, typer.Argument(help="A finished run with computed or trained interventions.")
+        ],
+        out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
+    ) -> None:
+        """Turn a run's vectors / trained parameters into an intervention bundle."""
+        from ivx import bundle
+
+        try:
+            path = bundle.from_run(run_dir, out)
+        except bundle.BundleError as exc:
+            fail(exc)
+        typer.echo(str(path))
+
+    @app.command("push")
+    def push_command(
+        path: Annotated[Path, typer.Argument(help="A bundle directory or a complete run directory.")],
+        repo: Annotated[str, typer.Option("--repo", help="Target repository, user/name.")],
+        private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+        revision: Annotated[str | None, typer.Option("--revision", help="Branch to commit to.")] = None,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="List what would be uploaded; no network.")
+        ] = False,
+        message: Annotated[str | None, typer.Option("--message", help="Commit message.")] = None,
+    ) -> None:
+        """Publish a bundle or a finished run to the Hugging Face Hub in one commit."""
+        try:
+            result = push(path, repo, private, revision, dry_run, message)
+        except HubError as exc:
+            fail(exc)
+        if isinstance(result, list):
+            total = 0
+            for rel, size in result:
+                typer.echo(f"{size:>12,}  {rel}")
+                total += size
+            typer.echo(f"{len(result)} files, {total:,} bytes would be uploaded to {repo} (dry run)")
+            return
+        typer.echo(result)
+
+    @app.command("pull")
+    def pull_command(
+        ref: Annotated[str, typer.Argument(help="user/name[@revision] or hf://user/name[@revision].")],
+        out: Annotated[Path | None, typer.Option("--out", help="Copy the files into this directory.")] = None,
+    ) -> None:
+        """Download a bundle or run from the Hub (cached in the usual HF cache)."""
+        try:
+            path = pull(ref, out)
+        except HubError as exc:
+            fail(exc)
+        typer.echo(str(path))
