@@ -230,3 +230,84 @@ def from_run(run_dir: Path, out: Path) -> Path:
     model = manifest.get("model", {})
     base = {k: model.get(k) for k in ("name", "revision", "d_model", "n_layers")}
     return save(out, interventions, load_file(str(weights)), base)
+
+
+PYVENE_KINDS = {
+    "VanillaIntervention": "vanilla",
+    "AdditionIntervention": "addition",
+    "SubtractionIntervention": "subtraction",
+    "ZeroIntervention": "zero",
+    "CollectIntervention": "collect",
+    "RotatedSpaceIntervention": "rotated_space",
+    "LowRankRotatedSpaceIntervention": "low_rank_rotated_space",
+}
+
+
+def _orthogonal_weight(state: dict[str, Any], prefix: str) -> torch.Tensor:
+    """Rebuild a parametrised orthogonal weight from its saved state (pyvene's rotate_layer)."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.parametrizations import orthogonal
+
+    own = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    original = own.get("parametrizations.weight.original", own.get("weight"))
+    if original is None:
+        raise BundleError(f"no rotation weight under {prefix!r} (keys: {sorted(state)})")
+
+    class Holder(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.empty_like(original))
+
+    holder = Holder()
+    if "parametrizations.weight.original" in own:
+        holder = orthogonal(holder)
+    holder.load_state_dict(own, strict=False)
+    with torch.no_grad():
+        return holder.weight.detach().clone()
+
+
+def from_pyvene(directory: Path) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Interventions + tensors from a pyvene `IntervenableModel.save` directory (no pickle)."""
+    import torch
+
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise BundleError(f"{directory} has no config.json (not a pyvene intervention directory)")
+    config = json.loads(config_file.read_text())
+    types = [t.rsplit(".", 1)[-1].rstrip("'>") for t in config.get("intervention_types", [])]
+    unsupported = sorted({t for t in types if t not in PYVENE_KINDS})
+    if unsupported:
+        raise BundleError(
+            f"{directory}: cannot map pyvene intervention type(s) {', '.join(unsupported)}; "
+            f"ivx maps {', '.join(sorted(PYVENE_KINDS))}"
+        )
+    keys = config.get("sorted_keys") or [str(i) for i in range(len(types))]
+    dims = config.get("intervention_dimensions") or [None] * len(types)
+    interventions, tensors = [], {}
+    for i, (kind_name, key, rep) in enumerate(zip(types, keys, config["representations"], strict=False)):
+        rep = rep if isinstance(rep, dict) else dict(zip(("layer", "component", "unit"), rep, strict=False))
+        name = f"pv{i}"
+        iv: dict[str, Any] = {
+            "kind": PYVENE_KINDS[kind_name],
+            "name": name,
+            "component": rep.get("component", "block_output"),
+            "layer": int(rep.get("layer", 0)),
+        }
+        state_file = directory / f"intkey_{key}.bin"
+        state = torch.load(state_file, map_location="cpu", weights_only=True) if state_file.is_file() else {}
+        if iv["kind"] == "low_rank_rotated_space":
+            tensors[f"{name}.basis"] = _orthogonal_weight(state, "rotate_layer.")
+            iv["low_rank_dimension"] = int(tensors[f"{name}.basis"].shape[1])
+        elif iv["kind"] == "rotated_space":
+            tensors[f"{name}.rotation"] = _orthogonal_weight(state, "rotate_layer.")
+            k = dims[i] if isinstance(dims[i], int) else int(rep.get("low_rank_dimension") or 1)
+            tensors[f"{name}.interchange_dim"] = torch.tensor(k)
+            iv["interchange_dim"] = k
+        elif "source_representation" in state:  # a constant source: a fixed vector
+            tensors[f"{name}.vector"] = state["source_representation"].float().reshape(-1)
+            iv["kind"] = "set" if iv["kind"] == "vanilla" else iv["kind"]
+            iv["vector"] = "."
+        interventions.append(iv)
+    return interventions, tensors

@@ -143,9 +143,11 @@ def components(
         f"d_model {info.d_model}, {info.n_heads} heads ({info.n_kv_heads} key/value), head_dim "
         f"{info.head_dim}, d_mlp {info.d_mlp}, vocab {info.vocab_size}"
     )
+    from rich.markup import escape
+
     table = Table("component", "module (layer N)", "hook", "shape")
     for row in comps.table(lm.model, info):
-        table.add_row(str(row["name"]), str(row["module"]), str(row["hook"]), str(row["shape"]))
+        table.add_row(str(row["name"]), str(row["module"]), str(row["hook"]), escape(str(row["shape"])))
     console.print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -29,16 +30,18 @@ class Prepared:
     dropped: list[dict[str, Any]] | None = None
 
 
-def prepare(path: str | Path, overrides: tuple[str, ...] = ()) -> Prepared:
+def prepare(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -> Prepared:
     """Validate the config, load the model, tokenize prompts and expand the plan.
 
+    `lm` reuses an already loaded `models.LoadedModel` (library use: many configs, one model).
     Raises ConfigError (schema and model-aware problems) or models.ModelLoadError.
     """
     from ivx import models, plan, positions
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
-    lm = models.load(spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
+    if lm is None:
+        lm = models.load(spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
     try:
         prompts = positions.tokenize(lm.tokenizer, cfg.records)
     except positions.PositionError as exc:
@@ -115,6 +118,7 @@ def run(
     out_root: str | None = None,
     resume: Path | None = None,
     progress: bool = True,
+    lm: Any = None,
 ) -> Path:
     """Execute an experiment into a new (or resumed) run directory and return its path."""
     import torch
@@ -123,12 +127,26 @@ def run(
     from ivx import plots, runner, tracing
 
     if resume is not None:
-        path = resume / "config.yaml"
-        overrides = tuple(json.loads((resume / "manifest.json").read_text()).get("overrides", []))
-    prep = prepare(path, overrides)
+        previous = json.loads((resume / "manifest.json").read_text())
+        original = Path(previous.get("config") or "")
+        # the original file (relative prompt files resolve next to it), else the run's copy
+        path = original if original.is_file() else resume / "config.yaml"
+        overrides = tuple(previous.get("overrides", []))
+    prep = prepare(path, overrides, lm)
     exp = prep.cfg.experiment
     torch.manual_seed(exp.seed)
+    digest = hashlib.sha256(prep.cfg.text.encode()).hexdigest()
     if resume is not None:
+        if previous.get("config_sha256") not in (None, digest):
+            raise ConfigError(
+                [
+                    prep.cfg.problem(
+                        (),
+                        f"this config changed since run {resume} started; resuming would mix "
+                        "results of two experiments (start a new run instead)",
+                    )
+                ]
+            )
         run_dir = resume
         manifest = rundir.Manifest.read(run_dir)
         manifest.update(status="running", resumed=rundir._now())
@@ -139,6 +157,7 @@ def run(
             run_dir,
             name=exp.name,
             config=str(Path(path).resolve()),
+            config_sha256=digest,
             overrides=list(overrides),
             model={
                 "name": exp.model.name,

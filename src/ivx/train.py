@@ -210,8 +210,10 @@ def train_run(
     from ivx.schema import TRAINABLE_KINDS, Train, is_ref
 
     if resume is not None:
-        config = resume / "config.yaml"
-        overrides = tuple(json.loads((resume / "manifest.json").read_text()).get("overrides", []))
+        previous = json.loads((resume / "manifest.json").read_text())
+        original = Path(previous.get("config") or "")
+        config = original if original.is_file() else resume / "config.yaml"
+        overrides = tuple(previous.get("overrides", []))
     cfg = config_mod.load(config, overrides)
     exp = cfg.experiment
     settings = exp.train or Train()

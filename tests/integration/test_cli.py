@@ -136,3 +136,33 @@ def test_missing_prompt_file_and_unknown_model(tmp_path: Path, monkeypatch: pyte
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2
     assert "no-such-org/no-such-model" in result.output and "Traceback" not in result.output
+
+
+def test_components_command_lists_shapes() -> None:
+    result = runner.invoke(app, ["components", "ivx-toy"], env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    assert "4 layers" in result.output and "d_model 128" in result.output
+    assert "head_attention_value_output" in result.output and "4 heads × 32" in result.output
+
+
+def test_resume_computes_only_missing_cells(tmp_path: Path) -> None:
+    args = [
+        "run",
+        str(ROOT / "configs" / "activation_patching.yaml"),
+        "--out",
+        str(tmp_path),
+        "--quiet",
+        "--set",
+        "prompts.limit=3",
+    ]
+    result = runner.invoke(app, args)
+    run_dir = Path(result.output.strip().splitlines()[-1])
+    full = (run_dir / "results.jsonl").read_text().splitlines()
+    (run_dir / "results.jsonl").write_text("\n".join(full[:20]) + "\n" + full[20][:15])  # a crash mid-write
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    (run_dir / "manifest.json").write_text(json.dumps({**manifest, "status": "failed"}))
+    result = runner.invoke(app, ["run", "--resume", str(run_dir), "--quiet"])
+    assert result.exit_code == 0, result.output
+    again = (run_dir / "results.jsonl").read_text().splitlines()
+    assert sorted(again) == sorted(full)
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"

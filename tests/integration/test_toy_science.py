@@ -81,3 +81,12 @@ def test_ioi_patching_moves_names_to_the_end(tmp_path: Path) -> None:
     assert all(
         abs(grid[(layer, pos)]) < 1e-6 for layer in range(n_layers) for pos in range(s2)
     )  # identical prefix
+
+
+@pytest.mark.slow
+def test_retraining_from_scratch_reaches_the_bar(tmp_path: Path) -> None:
+    """The shipped recipe (seed 0) retrains to the bar; takes ~5-8 minutes on 2 cores."""
+    from ivx.toy.train import Settings, train
+
+    report = train(tmp_path / "toy", Settings(), log=lambda m: None)
+    assert report["accuracy"]["facts"] >= BAR["facts"] and report["accuracy"]["ioi"] >= BAR["ioi"]

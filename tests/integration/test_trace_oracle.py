@@ -138,3 +138,85 @@ def test_trace_equals_hand_written_rome(arch: str, tmp_path: Path) -> None:
         assert row["p_corrupted"] == pytest.approx(p_corrupt, abs=1e-5)
         checked += 1
     assert checked == 3 * 4 * 3  # 3 components × 4 layers (window edges at 0 and 3) × 3 positions
+
+
+def test_severed_mlp_path_equals_hand_written(tmp_path: Path) -> None:
+    """Restore the hidden state at (0, p) while later MLPs stay at their corrupted values."""
+    from tests.tiny import build
+
+    model_dir = build("gpt2", tmp_path / "gpt2", n_layers=3)
+    cfg = {
+        "name": "sever",
+        "model": {"name": str(model_dir)},
+        "seed": 1,
+        "prompts": [{"base": PROMPT, "subject": SUBJECT, "target": " Seattle"}],
+        "corrupt": {"samples": 3},
+        "sweep": {"position": "all"},
+        "interventions": [
+            {
+                "kind": "vanilla",
+                "component": "block_output",
+                "layer": 0,
+                "position": "$position",
+                "sever": "mlp_output",
+            }
+        ],
+        "metrics": ["indirect_effect"],
+        "output": {"plots": False, "logits": "none"},
+    }
+    path = tmp_path / "sever.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rows = [
+        json.loads(x)
+        for x in (experiment.run(path, out_root=str(tmp_path / "r"), progress=False) / "results.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    lm = models.load(str(model_dir))
+    model = lm.model
+    ids = torch.tensor([lm.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]])
+    subj = (0, 3)  # "The Space Needle"
+    sigma = float(model.transformer.wte.weight.detach()[ids[0, :3]].std())
+    target = lm.tokenizer(" Seattle", add_special_tokens=False)["input_ids"][0]
+    clean = {}
+    h = model.transformer.h[0].register_forward_hook(lambda m, a, o: clean.__setitem__(0, o.clone()))
+    with torch.no_grad():
+        model(ids)
+    h.remove()
+    for row in rows:
+        pos = row["position"]
+        restored, corrupted = [], []
+        for s in range(3):
+            draw = interventions.noise(1, 0, s, 3, lm.info.d_model, 3.0 * sigma)
+            noise = model.transformer.wte.register_forward_hook(
+                lambda m, a, o, draw=draw: (
+                    o + torch.nn.functional.pad(draw, (0, 0, subj[0], o.shape[1] - subj[1]))[None]
+                )
+            )
+            frozen = {}
+            hs = [
+                model.transformer.h[L].mlp.register_forward_hook(
+                    lambda m, a, o, L=L: frozen.__setitem__(L, o.clone())
+                )
+                for L in (1, 2)
+            ]
+            with torch.no_grad():
+                corrupted.append(torch.softmax(model(ids).logits[0, -1], -1)[target].item())
+            for x in hs:
+                x.remove()
+
+            def restore(m, a, o):
+                o = o.clone()
+                o[0, pos] = clean[0][0, pos]
+                return o
+
+            hs = [model.transformer.h[0].register_forward_hook(restore)]
+            hs += [
+                model.transformer.h[L].mlp.register_forward_hook(lambda m, a, o, L=L: frozen[L])
+                for L in (1, 2)
+            ]
+            with torch.no_grad():
+                restored.append(torch.softmax(model(ids).logits[0, -1], -1)[target].item())
+            for x in hs + [noise]:
+                x.remove()
+        assert row["indirect_effect"] == pytest.approx(sum(restored) / 3 - sum(corrupted) / 3, abs=1e-5)
