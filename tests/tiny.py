@@ -17,23 +17,10 @@ WORDS = (
 
 
 def tokenizer():  # type: ignore[no-untyped-def]
-    """A word-level fast tokenizer with offsets (Whitespace pre-tokenizer)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """A word-level fast tokenizer with offsets (the same builder as ivx-toy's)."""
+    from ivx.toy.tokenizer import build as build_tokenizer
 
-    vocab = {"<|endoftext|>": 0, "[UNK]": 1}
-    for word in WORDS:
-        vocab.setdefault(word, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        eos_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
+    return build_tokenizer(list(WORDS))
 
 
 def config(arch: str, n_layers: int, d_model: int, n_heads: int, vocab: int):  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ class ModelLoadError(Exception):
 
 @dataclass
 class LoadedModel:
-    """A model ready for interventions: eval mode, frozen, with its description."""
+    """A model ready for interventions: eval mode, with its description."""
 
     model: Any
     tokenizer: Any
@@ -132,7 +132,7 @@ def load(
     device: str = "auto",
     trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load model + tokenizer, eval mode, parameters frozen; pad token defaults to eos."""
+    """Load model + tokenizer in eval mode; the pad token defaults to eos."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -151,9 +151,9 @@ def load(
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     tokenizer = _from_pretrained(_tokenizer_class(path, AutoTokenizer), path, **kwargs)
     model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **kwargs)
+    # eval mode; parameters keep requires_grad: ivx runs under inference_mode, and on CPU (torch 2.13)
+    # a forward with frozen parameters measured ~35% slower. `ivx train` freezes them itself.
     model.to(dev).eval()
-    for param in model.parameters():
-        param.requires_grad_(False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

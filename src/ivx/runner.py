@@ -74,6 +74,7 @@ class Executor:
         self.sites: dict[tuple[str, int], Site] = {}
         self.vectors: dict[str, torch.Tensor] = {}
         self.trained: dict[str, Callable] = {}
+        self._reference: dict[int, tuple[dict[str, float], dict[str, float]]] = {}
         corrupt = self.exp.corrupt
         self.samples = corrupt.samples if corrupt is not None and corrupt.kind == "noise" else 1
         self.keep_logits = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
@@ -462,7 +463,12 @@ class Executor:
         return outputs
 
     def reference_values(self, prompt: int) -> tuple[dict[str, float], dict[str, float]]:
-        """(corrupted, clean) sample-averaged metric values of one prompt."""
+        """(corrupted, clean) sample-averaged metric values of one prompt (computed once)."""
+        if prompt not in self._reference and prompt in self.base.corrupt_logits:
+            self._reference[prompt] = self._reference_values(prompt)
+        return self._reference.get(prompt) or self._reference_values(prompt)
+
+    def _reference_values(self, prompt: int) -> tuple[dict[str, float], dict[str, float]]:
         import torch
 
         p = self.prompts[prompt]

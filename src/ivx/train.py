@@ -229,6 +229,8 @@ def train_run(
         )
     spec = exp.model
     lm = models.load(spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
+    for param in lm.model.parameters():  # the model is frozen: only the intervention trains
+        param.requires_grad_(False)
     records = cfg.records[: settings.max_records] if settings.max_records else cfg.records
     prompts = positions.tokenize(lm.tokenizer, records)
     plan.expand(cfg, lm.info, prompts[:1])  # model-aware checks (layers, positions) before training

@@ -146,3 +146,22 @@ def test_steering_shifts_toy_predictions(tmp_path: Path) -> None:
     assert len(rows) >= 10
     assert before <= len(rows) // 5 and after >= 0.6 * len(rows), (before, after, len(rows))
     assert (run_dir / "interventions.safetensors").is_file()
+
+
+def test_sampling_is_seeded_and_stop_strings_cut(tiny_model_dir) -> None:
+    lm = models.load(str(tiny_model_dir("gpt2")))
+    settings = Generate(
+        max_new_tokens=6, do_sample=True, temperature=1.5, top_k=20, top_p=0.9, num_return_sequences=3
+    )
+    a = generate.run_generation(lm, PROMPTS, [], settings, seed=7)
+    b = generate.run_generation(lm, PROMPTS, [], settings, seed=7)
+    c = generate.run_generation(lm, PROMPTS, [], settings, seed=8)
+    assert [r["token_ids"] for r in a] == [r["token_ids"] for r in b]
+    assert [r["token_ids"] for r in a] != [r["token_ids"] for r in c]
+    assert [r["prompt_index"] for r in a] == [0, 0, 0, 1, 1, 1]
+    for row in a:  # every sampled token is inside the top-k of its step
+        assert all(0 < p <= 1 for p in row["probs"])
+    greedy = generate.run_generation(lm, [PROMPTS[0]], [], Generate(max_new_tokens=6), 0)[0]
+    word = greedy["text"].split()[1] if len(greedy["text"].split()) > 1 else greedy["text"].split()[0]
+    stopped = generate.run_generation(lm, [PROMPTS[0]], [], Generate(max_new_tokens=6, stop=[word]), 0)[0]
+    assert word not in stopped["text"] and greedy["text"].startswith(stopped["text"].strip())
