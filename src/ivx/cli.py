@@ -65,17 +65,28 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     """Check a config (schema, files, model-aware checks) and print the plan size."""
     from ivx import experiment
 
-    prep = experiment.prepare(config, tuple(set_ or ()))
+    preps = experiment.prepare_all(config, tuple(set_ or ()))
+    prep = preps[0]
     exp = prep.cfg.experiment
-    samples = exp.corrupt.samples if exp.corrupt and exp.corrupt.kind == "noise" else 1
     info = prep.lm.info
+    cells = sum(len(p.plan.cells) for p in preps)
+    rows = 0
+    for p in preps:
+        corrupt = p.cfg.experiment.corrupt
+        rows += len(p.plan.cells) * (
+            corrupt.samples if corrupt is not None and corrupt.kind == "noise" else 1
+        )
     typer.echo(f"{config}: ok")
     typer.echo(
         f"  model      {exp.model.name} ({info.model_type}, {info.n_layers} layers, d_model {info.d_model})"
     )
-    typer.echo(f"  prompts    {len(prep.prompts)}")
+    typer.echo(
+        f"  prompts    {len(prep.prompts)}" + (f" ({len(prep.dropped)} dropped)" if prep.dropped else "")
+    )
     typer.echo("  sweep      " + (", ".join(f"{k}={v}" for k, v in exp.sweep.items()) or "none"))
-    typer.echo(f"  cells      {len(prep.plan.cells)} ({len(prep.plan.cells) * samples} forward rows)")
+    if len(preps) > 1:
+        typer.echo("  corruption " + ", ".join(str(p.label) for p in preps))
+    typer.echo(f"  cells      {cells} ({rows} forward rows)")
 
 
 @app.command()
@@ -115,10 +126,11 @@ def run(
         import json
 
         summary = json.loads((run_dir / "summary.json").read_text())
-        if "trace" in summary:
-            from ivx import tracing
+        from ivx import tracing
 
-            _err(tracing.table_text(summary["trace"]))
+        for label, trace in (summary.get("traces") or {None: summary.get("trace")}).items():
+            if trace:
+                _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
     typer.echo(str(run_dir))
 
 

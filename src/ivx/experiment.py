@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -28,6 +29,21 @@ class Prepared:
     prompts: list
     plan: Plan
     dropped: list[dict[str, Any]] | None = None
+    label: str | None = None  # the corruption's name when `corrupt` lists several
+
+
+def variants(cfg: LoadedConfig) -> list[tuple[str | None, LoadedConfig]]:
+    """One config per corruption when `corrupt` is a list (labelled by kind), else the config."""
+    corrupt = cfg.experiment.corrupt
+    if not isinstance(corrupt, list):
+        return [(None, cfg)]
+    out = []
+    kinds = [c.kind for c in corrupt]
+    for i, single in enumerate(corrupt):
+        label = single.kind if kinds.count(single.kind) == 1 else f"{single.kind}{i}"
+        copy = dataclasses.replace(cfg, experiment=cfg.experiment.model_copy(update={"corrupt": single}))
+        out.append((label, copy))
+    return out
 
 
 def prepare(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -> Prepared:
@@ -36,6 +52,11 @@ def prepare(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -
     `lm` reuses an already loaded `models.LoadedModel` (library use: many configs, one model).
     Raises ConfigError (schema and model-aware problems) or models.ModelLoadError.
     """
+    return prepare_all(path, overrides, lm)[0]
+
+
+def prepare_all(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -> list[Prepared]:
+    """`prepare` for every corruption variant (one item unless `corrupt` is a list)."""
     from ivx import models, plan, positions
 
     cfg = config_mod.load(path, overrides)
@@ -54,7 +75,14 @@ def prepare(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -
             raise ConfigError(
                 [cfg.problem(("trace", "select_correct"), "the model predicts none of the targets")]
             )
-    return Prepared(cfg, lm, prompts, plan.expand(cfg, lm.info, prompts), dropped)
+    out = []
+    offset = 0
+    for label, variant in variants(cfg):
+        expanded = plan.expand(variant, lm.info, prompts)
+        cells = tuple(dataclasses.replace(c, index=c.index + offset) for c in expanded.cells)
+        offset += len(cells)  # cell indices stay unique across corruption variants
+        out.append(Prepared(variant, lm, prompts, dataclasses.replace(expanded, cells=cells), dropped, label))
+    return out
 
 
 def select_correct(lm: Any, prompts: list) -> tuple[list, list[dict[str, Any]]]:
@@ -132,8 +160,10 @@ def run(
         # the original file (relative prompt files resolve next to it), else the run's copy
         path = original if original.is_file() else resume / "config.yaml"
         overrides = tuple(previous.get("overrides", []))
-    prep = prepare(path, overrides, lm)
+    preps = prepare_all(path, overrides, lm)
+    prep = preps[0]
     exp = prep.cfg.experiment
+    labelled = prep.label is not None
     torch.manual_seed(exp.seed)
     digest = hashlib.sha256(prep.cfg.text.encode()).hexdigest()
     if resume is not None:
@@ -170,52 +200,81 @@ def run(
             device=str(prep.lm.device),
             dtype=str(prep.lm.dtype).removeprefix("torch."),
             seed=exp.seed,
-            cells=len(prep.plan.cells),
+            cells=sum(len(p.plan.cells) for p in preps),
             prompts=len(prep.prompts),
+            corruptions=[p.label for p in preps] if labelled else None,
         )
         rundir.write_text(run_dir / "resolved.yaml", _resolved(prep))
-        rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in prep.plan.to_rows()))
+        plan_rows = [
+            {**row, **({"corruption": p.label} if labelled else {})}
+            for p in preps
+            for row in p.plan.to_rows()
+        ]
+        rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in plan_rows))
     results = rundir.Results(run_dir)
     results.repair()
     done = results.done_cells()
     parts = run_dir / "tensors.parts"
     started = time.perf_counter()
+    metric_names = [m for m in exp.metrics if m != "top_k"]
+    axes = tuple(prep.plan.axes) + (("corruption",) if labelled else ())
     try:
-        executor = runner.Executor(prep.cfg, prep.lm, prep.prompts, prep.plan)
+        executors = []
         with torch.inference_mode():
-            base = executor.prepare()
-            todo = [c for c in prep.plan.cells if c.index not in done]
-            with _progress(progress, len(todo)) as advance:
-                for n_batch, outputs in enumerate(executor.execute(todo)):
-                    tensors: dict[str, torch.Tensor] = {}
-                    for out in outputs:
-                        if exp.output.logits != "none" and out.logits is not None:
-                            tensors[f"cell{out.cell.index}"] = out.logits.contiguous()
-                        tensors.update({k: v.contiguous() for k, v in out.collected.items()})
-                    if tensors:
-                        parts.mkdir(exist_ok=True)
-                        stamp = f"{int(time.time() * 1000)}-{n_batch:06d}"
-                        save_file(tensors, str(parts / f"part-{stamp}.safetensors"))
-                    results.append([o.row for o in outputs])
-                    advance(len(outputs))
+            todo_total = sum(1 for p in preps for c in p.plan.cells if c.index not in done)
+            with _progress(progress, todo_total) as advance:
+                for variant in preps:
+                    executor = runner.Executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
+                    executor.prepare()
+                    executors.append(executor)
+                    todo = [c for c in variant.plan.cells if c.index not in done]
+                    for n_batch, outputs in enumerate(executor.execute(todo)):
+                        tensors: dict[str, torch.Tensor] = {}
+                        for out in outputs:
+                            if labelled:
+                                out.row["corruption"] = variant.label
+                            if exp.output.logits != "none" and out.logits is not None:
+                                tensors[f"cell{out.cell.index}"] = out.logits.contiguous()
+                            tensors.update({k: v.contiguous() for k, v in out.collected.items()})
+                        if tensors:
+                            parts.mkdir(exist_ok=True)
+                            stamp = f"{int(time.time() * 1000)}-{n_batch:06d}"
+                            save_file(tensors, str(parts / f"part-{stamp}.safetensors"))
+                        results.append([o.row for o in outputs])
+                        advance(len(outputs))
             rows = results.rows()
-            metric_names = [m for m in exp.metrics if m != "top_k"]
             summary: dict[str, Any] = {
                 "name": exp.name,
                 "metrics": metric_names,
-                "axes": list(prep.plan.axes),
-                "grid": summarize(rows, prep.plan.axes, metric_names),
-                "prompts": _prompt_table(executor),
+                "axes": list(axes),
+                "grid": summarize(rows, axes, metric_names),
+                "prompts": _prompt_table(executors[0]),
             }
-            if base.sigma is not None:
-                summary["noise_std"] = exp.corrupt.scale * base.sigma  # type: ignore[union-attr]
-            if tracing.applies(prep):
-                summary["trace"] = tracing.aggregate(prep, rows, executor)
+            if prep.dropped:
+                summary["dropped"] = prep.dropped
+            traces = {}
+            for variant, executor in zip(preps, executors, strict=True):
+                mine = [r for r in rows if r.get("corruption") == variant.label] if labelled else rows
+                if executor.base.sigma is not None:
+                    key = f"noise_std_{variant.label}" if labelled else "noise_std"
+                    summary[key] = variant.cfg.experiment.corrupt.scale * executor.base.sigma  # type: ignore[union-attr]
+                if tracing.applies(variant):
+                    traces[variant.label] = tracing.aggregate(variant, mine, executor)
+            if traces:
+                summary["trace"] = next(iter(traces.values()))
+                if labelled:
+                    summary["traces"] = traces
             rundir.write_json(run_dir / "summary.json", summary)
             results.write_csv(rows)
-            _merge_tensors(run_dir, parts, base, exp.output.logits)
+            _merge_tensors(
+                run_dir, parts, [e.base for e in executors], [p.label for p in preps], exp.output.logits
+            )
             if exp.output.plots:
-                plots.write_all(run_dir, prep, rows, summary)
+                for variant in preps:
+                    mine = [r for r in rows if r.get("corruption") == variant.label] if labelled else rows
+                    trace = traces.get(variant.label)
+                    suffix = f"_{variant.label}" if labelled else ""
+                    plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
     except BaseException as exc:
         manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -240,7 +299,9 @@ def _prompt_table(executor: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _merge_tensors(run_dir: Path, parts: Path, base: Any, logits: str) -> None:
+def _merge_tensors(
+    run_dir: Path, parts: Path, bases: list[Any], labels: list[str | None], logits: str
+) -> None:
     import shutil
 
     import torch
@@ -248,12 +309,14 @@ def _merge_tensors(run_dir: Path, parts: Path, base: Any, logits: str) -> None:
 
     tensors: dict[str, torch.Tensor] = {}
     if logits != "none":
-        for p, v in base.clean_logits.items():
-            tensors[f"clean.prompt{p}"] = v.contiguous()
-        for p, v in base.corrupt_logits.items():
-            tensors[f"corrupted.prompt{p}"] = v.contiguous()
-        for p, v in base.source_logits.items():
-            tensors[f"source.prompt{p}"] = v.contiguous()
+        for base, label in zip(bases, labels, strict=True):
+            tag = f"{label}." if label else ""
+            for p, v in base.clean_logits.items():
+                tensors[f"clean.prompt{p}"] = v.contiguous()
+            for p, v in base.corrupt_logits.items():
+                tensors[f"{tag}corrupted.prompt{p}"] = v.contiguous()
+            for p, v in base.source_logits.items():
+                tensors[f"source.prompt{p}"] = v.contiguous()
     if parts.exists():
         for part in sorted(parts.glob("part-*.safetensors")):
             tensors.update(load_file(str(part)))

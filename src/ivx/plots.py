@@ -87,7 +87,9 @@ def _lines(path: Path, trace: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def write_all(run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dict[str, Any]) -> list[Path]:
+def write_all(
+    run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dict[str, Any], suffix: str = ""
+) -> list[Path]:
     """Write every plot the run supports into run_dir/plots; return their paths."""
     from ivx import tracing
 
@@ -100,7 +102,7 @@ def write_all(run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dic
     metric = trace["metric"]
     n_layers = trace["n_layers"]
     comps = list(trace["components"])
-    name = prep.cfg.experiment.name
+    name = prep.cfg.experiment.name + (f" ({suffix.lstrip('_')} corruption)" if suffix else "")
     # dataset average by token category
     cats = [c for c in CATEGORY_LABELS if any(c in trace["components"][k]["by_category"] for k in comps)]
     matrices = {
@@ -110,7 +112,7 @@ def write_all(run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dic
         ]
         for k in comps
     }
-    path = out_dir / "average_by_category.png"
+    path = out_dir / f"average_by_category{suffix}.png"
     _panels(
         path,
         f"{name}: average {metric} over {trace['facts']} prompts",
@@ -120,7 +122,7 @@ def write_all(run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dic
         n_layers,
     )
     written.append(path)
-    path = out_dir / "average_by_category_ci.png"
+    path = out_dir / f"average_by_category_ci{suffix}.png"
     _lines(path, trace)
     written.append(path)
     # position × layer when all prompts share a length
@@ -128,7 +130,7 @@ def write_all(run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dic
         first = trace["components"][comps[0]]["by_position"]
         tokens = first["tokens"] or [str(i) for i in range(len(first["mean"]))]
         matrices = {k: trace["components"][k]["by_position"]["mean"] for k in comps}
-        path = out_dir / "average_by_position.png"
+        path = out_dir / f"average_by_position{suffix}.png"
         _panels(path, f"{name}: {metric} by position", matrices, tokens, metric, n_layers)
         written.append(path)
     # per fact
@@ -149,7 +151,7 @@ def write_all(run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dic
             for i, t in enumerate(p.base_tokens)
         ]
         target = p.record.target or ""
-        path = out_dir / f"prompt{p.index:04d}.png"
+        path = out_dir / f"prompt{p.index:04d}{suffix}.png"
         _panels(path, f"{p.record.base!r} → {target!r}", grid, labels, metric, n_layers)
         written.append(path)
     return written

@@ -449,7 +449,11 @@ class Experiment(Strict):
     model: ModelSpec
     seed: int = 0
     prompts: Prompts
-    corrupt: Corrupt | None = None
+    corrupt: Corrupt | list[Corrupt] | None = Field(
+        None,
+        description="How the base run is corrupted; a list runs the experiment once per corruption "
+        "and reports them side by side (e.g. Gaussian noise and symmetric token replacement).",
+    )
     sweep: dict[str, SweepValue] = Field(default_factory=dict)
     interventions: list[Intervention] = Field(default_factory=list)
     metrics: list[str] = Field(default_factory=lambda: ["target_prob"])

@@ -90,3 +90,32 @@ def test_retraining_from_scratch_reaches_the_bar(tmp_path: Path) -> None:
 
     report = train(tmp_path / "toy", Settings(), log=lambda m: None)
     assert report["accuracy"]["facts"] >= BAR["facts"] and report["accuracy"]["ioi"] >= BAR["ioi"]
+
+
+def test_noise_and_token_replacement_side_by_side(tmp_path: Path) -> None:
+    """`corrupt` as a list: both corruptions traced in one run, reported side by side."""
+    import yaml
+
+    from ivx.config import parse
+
+    cfg = parse((ROOT / "configs" / "causal_trace.yaml").read_text())
+    cfg["corrupt"] = [{"kind": "noise", "samples": 3}, {"kind": "replace"}]
+    cfg["prompts"] = {"file": str(ROOT / "configs" / "data" / "facts.jsonl"), "limit": 40}
+    cfg["sweep"]["component"] = ["block_output"]
+    cfg["trace"] = {"plots_per_fact": 1}
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run_dir = experiment.run(path, out_root=str(tmp_path), progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["traces"]) == {"noise", "replace"}
+    rows = [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert {r["corruption"] for r in rows} == {"noise", "replace"}
+    assert len({r["cell"] for r in rows}) == len(rows)
+    for label, trace in summary["traces"].items():
+        cats = trace["components"]["block_output"]["by_category"]
+        assert trace["p_clean"] - trace["p_corrupted"] > 0.3, label
+        assert max(abs(v) for v in cats["before_subject"]["mean"]) < 0.02, label
+        assert cats["last"]["mean"][-1] > 0.8 * (trace["p_clean"] - trace["p_corrupted"]), label
+        assert (run_dir / "plots" / f"average_by_category_{label}.png").is_file()
+    # replacing the subject with another subject: the other subject's city wins, clean p drops to ~0
+    assert summary["traces"]["replace"]["p_corrupted"] < summary["traces"]["noise"]["p_corrupted"]
