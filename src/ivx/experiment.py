@@ -75,6 +75,7 @@ def prepare_all(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = Non
             raise ConfigError(
                 [cfg.problem(("trace", "select_correct"), "the model predicts none of the targets")]
             )
+    _check_files(cfg)
     out = []
     offset = 0
     for label, variant in variants(cfg):
@@ -83,6 +84,23 @@ def prepare_all(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = Non
         offset += len(cells)  # cell indices stay unique across corruption variants
         out.append(Prepared(variant, lm, prompts, dataclasses.replace(expanded, cells=cells), dropped, label))
     return out
+
+
+def _check_files(cfg: LoadedConfig) -> None:
+    """Vector and bundle references must exist before anything runs (hf:// is checked on load)."""
+    problems = []
+    for i, iv in enumerate(cfg.experiment.interventions):
+        for field in ("vector", "bundle"):
+            ref = getattr(iv, field)
+            if not isinstance(ref, str) or ref.startswith("hf://") or ref.startswith("$"):
+                continue
+            path = Path(ref) if Path(ref).is_absolute() else cfg.path.parent / ref
+            if not path.exists():
+                problems.append(
+                    cfg.problem(("interventions", i, field), f"{ref!r} not found (looked at {path})")
+                )
+    if problems:
+        raise ConfigError(problems)
 
 
 def select_correct(lm: Any, prompts: list) -> tuple[list, list[dict[str, Any]]]:

@@ -166,3 +166,14 @@ def test_resume_computes_only_missing_cells(tmp_path: Path) -> None:
     again = (run_dir / "results.jsonl").read_text().splitlines()
     assert sorted(again) == sorted(full)
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_missing_vector_file_is_a_config_error_before_running(tmp_path: Path) -> None:
+    text = BASE.replace("    source: base\n", "").replace(
+        "kind: vanilla", "kind: set\n    vector: nope.safetensors"
+    )
+    path = write(tmp_path, text)
+    result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert f"{path}:7  interventions[0].vector  'nope.safetensors' not found" in result.output
+    assert not (tmp_path / "runs").exists()
