@@ -34,18 +34,25 @@ def test_every_shipped_config_validates(path: Path, monkeypatch: pytest.MonkeyPa
     assert "cells" in result.output
 
 
-@pytest.mark.parametrize("name", ["activation_patching.yaml"])
+OFFLINE_RUNS = {
+    "activation_patching.yaml": ["prompts.limit=4"],
+    "causal_trace.yaml": ["prompts.limit=5", "corrupt.samples=2", "trace.plots_per_fact=1"],
+    "das_eval.yaml": ["prompts.limit=10"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFLINE_RUNS))
 def test_offline_config_runs_through_cli(name: str, tmp_path: Path) -> None:
+    sets = [x for item in OFFLINE_RUNS[name] for x in ("--set", item)]
     result = runner.invoke(
-        app,
-        ["run", str(ROOT / "configs" / name), "--out", str(tmp_path), "--quiet", "--set", "prompts.limit=4"],
+        app, ["run", str(ROOT / "configs" / name), "--out", str(tmp_path), "--quiet", *sets]
     )
     assert result.exit_code == 0, result.output
     run_dir = Path(result.output.strip().splitlines()[-1])
     assert run_dir.parent == tmp_path
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    for name in (
+    for file in (
         "config.yaml",
         "resolved.yaml",
         "plan.jsonl",
@@ -53,8 +60,33 @@ def test_offline_config_runs_through_cli(name: str, tmp_path: Path) -> None:
         "results.csv",
         "summary.json",
     ):
-        assert (run_dir / name).is_file(), name
-    assert list((run_dir / "plots").glob("*.png"))
+        assert (run_dir / file).is_file(), file
+    if yaml.safe_load((ROOT / "configs" / name).read_text()).get("output", {}).get("plots", True):
+        assert list((run_dir / "plots").glob("*.png"))
+
+
+def test_train_config_runs_through_cli(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(ROOT / "configs" / "das.yaml"),
+            "--out",
+            str(tmp_path),
+            "--set",
+            "sweep.layer=[3]",
+            "--set",
+            "sweep.position=[last]",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "prompts.limit=80",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    run_dir = Path(result.output.strip().splitlines()[-1])
+    assert (run_dir / "bundle" / "ivx_bundle.json").is_file() and (run_dir / "metrics.jsonl").is_file()
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
 
 
 def write(tmp_path: Path, text: str) -> Path:
