@@ -374,6 +374,11 @@ def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
     return whole(f"{block}.{path}", "output", heads * hd, heads if head_unit else 1)
 
 
+def blocks(model: Any) -> list[Any]:
+    """The decoder blocks, in order."""
+    return list(model.get_submodule(_layout(model)[2]))
+
+
 def read(site: Site, raw: torch.Tensor) -> torch.Tensor:
     """The component `[..., dim]` inside a raw hook tensor."""
     part = raw.reshape(*raw.shape[:-1], site.groups, site.width)[..., site.lo : site.hi]

@@ -13,6 +13,7 @@ import inspect
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,12 @@ class Executor:
         self.keep_logits = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
         self.base = Baselines()
         self.reuse = self.exp.batch.prefix_reuse and self.exp.output.logits != "all"
+        info = lm.info
+        state_bytes = sum(4 * info.n_layers * self.samples * p.length * info.d_model for p in prompts)
+        self.layer_reuse = (
+            self.reuse and self.exp.batch.layer_reuse and state_bytes < self.exp.batch.memory_gb * 2**29
+        )
+        self.states: dict[int, torch.Tensor] = {}  # per prompt: baseline block outputs [layers, S, seq, d]
         self.caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per prompt, per layer
 
     # ---- helpers -------------------------------------------------------------------------
@@ -117,6 +124,55 @@ class Executor:
         if not self.reuse or cell.index < 0 or not cell.edits or cell.prompt not in self.caches:
             return 0
         return min(min(e.positions) for e in cell.edits)
+
+    def _skip(self, cell: Cell) -> int:
+        """Blocks below the first edited layer: their outputs equal the baseline run's."""
+        if not self.layer_reuse or cell.index < 0 or not cell.edits or cell.prompt not in self.states:
+            return 0
+        first = [
+            0 if e.component == "embedding" else e.layer + (e.component == "block_output") for e in cell.edits
+        ]
+        return min(first)
+
+    @contextmanager
+    def _skipping(self, count: int, states: torch.Tensor) -> Iterator[None]:
+        """Make blocks 0..count-1 return `states` (the baseline's output of block count-1)."""
+        from ivx import components
+
+        skipped = components.blocks(self.lm.model)[:count]
+        try:
+            for block in skipped:
+                block.forward = lambda *args, **kwargs: states  # noqa: ARG005
+            yield
+        finally:
+            for block in skipped:
+                del block.forward
+
+    def _blocks_return_tuples(self) -> bool:
+        """Whether decoder blocks return a tuple (then their forward cannot be short-cut)."""
+        if not hasattr(self, "_tuple_blocks"):
+            import torch
+
+            from ivx import components
+
+            seen: list[bool] = []
+            block = components.blocks(self.lm.model)[0]
+            handle = block.register_forward_hook(lambda m, a, out: seen.append(isinstance(out, tuple)))
+            try:
+                with torch.inference_mode():
+                    self.lm.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.lm.device))
+            finally:
+                handle.remove()
+            self._tuple_blocks = bool(seen and seen[0])
+        return self._tuple_blocks
+
+    def _keep_states(self, chunk: list[Cell], store: dict, sites: list) -> None:
+        import torch
+
+        S = self.samples
+        stacked = torch.stack([store[site] for site in sites])  # [layers, rows, seq, d]
+        for i, cell in enumerate(chunk):
+            self.states[cell.prompt] = stacked[:, i * S : (i + 1) * S].clone()
 
     def _keep_cache(self, cache: Any, rows: slice) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if hasattr(cache, "layers"):
@@ -191,6 +247,8 @@ class Executor:
         import torch
 
         base = self.base
+        if self.layer_reuse:
+            self._blocks_return_tuples()  # probe once, before any capture is active
         need_clean = {(e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "base"}
         need_src = {(e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "source"}
         base.clean_logits, base.clean_acts = self._capture_pass(
@@ -400,10 +458,14 @@ class Executor:
 
         S = self.samples
         all_logits = self.exp.output.logits == "all"
-        by_shape: dict[tuple[int, int], list[Cell]] = defaultdict(list)
+        by_shape: dict[tuple[int, int, int], list[Cell]] = defaultdict(list)
         for cell in cells:
-            by_shape[(self.prompts[cell.prompt].length, self._prefix(cell))].append(cell)
-        for (length, prefix), group in sorted(by_shape.items()):
+            key = (self.prompts[cell.prompt].length, self._prefix(cell), self._skip(cell))
+            by_shape[key].append(cell)
+        state_sites = []
+        if self.layer_reuse:
+            state_sites = [self.site("block_output", layer) for layer in range(self.lm.info.n_layers)]
+        for (length, prefix, skip), group in sorted(by_shape.items()):
             per_batch = max(1, self.batch_rows(length - prefix) // S)
             for start in range(0, len(group), per_batch):
                 chunk = group[start : start + per_batch]
@@ -413,13 +475,24 @@ class Executor:
                 patches, collect_index = self._patches(chunk, offset=prefix)
                 past = self._past(chunk, prefix) if prefix else None
                 baseline = self.reuse and chunk[0].index < 0
-                with hooks.patching(self.lm.model, patches):
+                states = None
+                if skip:
+                    states = torch.cat([self.states[c.prompt][skip - 1][:, prefix:] for c in chunk])
+                with (
+                    hooks.patching(self.lm.model, patches),
+                    hooks.capturing(self.lm.model, state_sites if baseline else []) as store,
+                    self._skipping(skip, states) if skip else nullcontext(),
+                ):
                     logits, cache = self.forward(
                         ids[:, prefix:], all_logits and collect_logits, past, keep_cache=baseline
                     )
                 if baseline:
                     for i, cell in enumerate(chunk):
                         self.caches[cell.prompt] = self._keep_cache(cache, slice(i * S, (i + 1) * S))
+                    if state_sites and not self._blocks_return_tuples():
+                        self._keep_states(chunk, store, state_sites)
+                    elif state_sites:  # older transformers: blocks return tuples; skipping is unsafe
+                        self.layer_reuse, state_sites = False, []
                 yield self._outputs(chunk, logits, collect_index)
 
     def _outputs(

@@ -387,6 +387,11 @@ class Batch(Strict):
         description="Continue cells from the KV cache of the unpatched prefix (a patch at position "
         "p leaves positions < p unchanged), instead of recomputing it.",
     )
+    layer_reuse: bool = Field(
+        True,
+        description="With prefix reuse, also skip the blocks below the first edited layer: their "
+        "outputs equal the baseline run's, which is kept per prompt.",
+    )
 
 
 class Trace(Strict):
