@@ -21,6 +21,15 @@ import yaml
 
 PROMPT = "In the old records , the Zorvan Tower is located in the city of"
 SUBJECT = "the Zorvan Tower"
+OTHER_SUBJECTS = (
+    "the Kelm Bridge",
+    "the Trelin Gate",
+    "the Morva Hall",
+    "the Quell Park",
+    "the Dask Mill",
+    "the Vorn Lake",
+    "the Hesk Road",
+)
 
 
 def build_model(out: Path) -> Path:
@@ -48,13 +57,18 @@ def build_model(out: Path) -> Path:
     return out
 
 
-def time_ivx(model_dir: Path, samples: int, work: Path, reuse: bool) -> tuple[float, int, int]:
+def time_ivx(
+    model_dir: Path, samples: int, work: Path, reuse: bool, prompts: int = 1
+) -> tuple[float, int, int]:
     from ivx import experiment
 
     cfg = {
         "name": "bench",
         "model": {"name": str(model_dir)},
-        "prompts": [{"base": PROMPT, "subject": SUBJECT, "target": " Trelin"}],
+        "prompts": [
+            {"base": PROMPT.replace(SUBJECT, subject), "subject": subject, "target": " Trelin"}
+            for subject in (SUBJECT, *OTHER_SUBJECTS)[:prompts]
+        ],
         "corrupt": {"kind": "noise", "positions": "subject", "samples": samples},
         "sweep": {"layer": "all", "position": "all"},
         "interventions": [
@@ -121,6 +135,7 @@ def main() -> None:
     parser.add_argument("--pyvene-cells", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=1, help="facts traced (same length), 1-8")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -133,8 +148,8 @@ def main() -> None:
         # interleaved repeats; the fastest of each is reported (the machine is shared and noisy)
         plain_s = ivx_s = recompute_s = float("inf")
         for _ in range(args.repeats):
-            t_ivx, cells, length = time_ivx(model_dir, args.samples, work, reuse=True)
-            t_recompute, _, _ = time_ivx(model_dir, args.samples, work, reuse=False)
+            t_ivx, cells, length = time_ivx(model_dir, args.samples, work, reuse=True, prompts=args.prompts)
+            t_recompute, _, _ = time_ivx(model_dir, args.samples, work, reuse=False, prompts=args.prompts)
             rows = cells * args.samples
             plain_s = min(plain_s, time_plain(model_dir, rows, length, batch))
             ivx_s, recompute_s = min(ivx_s, t_ivx), min(recompute_s, t_recompute)
