@@ -296,7 +296,12 @@ def run(
     except BaseException as exc:
         manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    manifest.finish("complete", seconds=round(time.perf_counter() - started, 3), cells_done=len(rows))
+    manifest.finish(
+        "complete",
+        seconds=round(time.perf_counter() - started, 3),
+        cells_done=len(rows),
+        cells_noop=sum(e.noop_cells for e in executors),
+    )
     return run_dir
 
 

@@ -87,6 +87,8 @@ class Executor:
             self.reuse and self.exp.batch.layer_reuse and state_bytes < self.exp.batch.memory_gb * 2**29
         )
         self.states: dict[int, torch.Tensor] = {}  # per prompt: baseline block outputs [layers, S, seq, d]
+        self.skip_noop = self.exp.batch.skip_noop and self.exp.output.logits != "all"
+        self.noop_cells = 0  # cells answered by the corrupted baseline without a forward pass
         self.caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per prompt, per layer
 
     # ---- helpers -------------------------------------------------------------------------
@@ -133,6 +135,42 @@ class Executor:
             0 if e.component == "embedding" else e.layer + (e.component == "block_output") for e in cell.edits
         ]
         return min(first)
+
+    # ---- no-op cells ---------------------------------------------------------------------
+    def _divergence(self, prompt: int, source: str) -> int:
+        """First position where the cells' input run can differ from the `source` run.
+
+        Cells run the corrupted base input; in a causal model every activation at an earlier
+        position is computed from identical tokens in both runs, so it is identical.
+        """
+        p = self.prompts[prompt]
+        run_ids = self.base.corrupt_ids.get(prompt, p.base_ids)
+        other = p.base_ids if source == "base" else p.source_ids
+        if other is None or len(other) != len(run_ids):
+            return 0
+        differ = [i for i, (a, b) in enumerate(zip(run_ids, other, strict=True)) if a != b]
+        if self.base.noise:
+            differ += list(self.plan.corrupt_positions[prompt])
+        return min(differ, default=len(run_ids))
+
+    def _noop(self, cell: Cell) -> bool:
+        """Whether every edit of a cell copies the value its site already has in the cell's run.
+
+        Then (by induction over the forward pass) the cell's run is the corrupted baseline run
+        itself, and its outputs are that run's logits: exact, and not recomputed.
+        """
+        if not self.skip_noop or cell.index < 0 or not cell.edits:
+            return False
+        for e in cell.edits:
+            if e.kind != "vanilla" or e.source_positions != e.positions or e.vector is not None:
+                return False
+            if e.source == "corrupted":
+                continue
+            if e.source not in ("base", "source") or max(e.positions) >= self._divergence(
+                cell.prompt, e.source
+            ):
+                return False
+        return cell.prompt in self.base.corrupt_logits
 
     @contextmanager
     def _skipping(self, count: int, states: torch.Tensor) -> Iterator[None]:
@@ -273,7 +311,7 @@ class Executor:
             base.corrupt_ids = self._replacements()
         # corrupted baseline: the base input with its corruption and no site edits
         if corrupt is None and not self.reuse:
-            base.corrupt_logits = {p: v.unsqueeze(0) for p, v in base.clean_logits.items()}
+            base.corrupt_logits = {p: v.unsqueeze(0).clone() for p, v in base.clean_logits.items()}
             return base
         empty = [Cell(-1 - p.index, p.index, (), ()) for p in self.prompts.values()]
         need_corrupt = {
@@ -458,8 +496,17 @@ class Executor:
 
         S = self.samples
         all_logits = self.exp.output.logits == "all"
+        noop = [cell for cell in cells if self._noop(cell)]
+        for start in range(0, len(noop), MAX_ROWS):
+            chunk = noop[start : start + MAX_ROWS]
+            self.noop_cells += len(chunk)
+            logits = torch.cat([self.base.corrupt_logits[c.prompt] for c in chunk])
+            yield self._outputs(chunk, logits.to(self.lm.device), [])
+        skipped = {cell.index for cell in noop}
         by_shape: dict[tuple[int, int, int], list[Cell]] = defaultdict(list)
         for cell in cells:
+            if cell.index in skipped:
+                continue
             key = (self.prompts[cell.prompt].length, self._prefix(cell), self._skip(cell))
             by_shape[key].append(cell)
         state_sites = []

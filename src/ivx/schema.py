@@ -392,6 +392,12 @@ class Batch(Strict):
         description="With prefix reuse, also skip the blocks below the first edited layer: their "
         "outputs equal the baseline run's, which is kept per prompt.",
     )
+    skip_noop: bool = Field(
+        True,
+        description="Do not run cells whose every edit writes the value the site already holds, e.g. "
+        "restoring a clean state before the first corrupted token (a causal model's clean and "
+        "corrupted runs agree there): their outputs are the corrupted baseline's.",
+    )
 
 
 class Trace(Strict):
