@@ -76,7 +76,7 @@ def time_ivx(
         ],
         "metrics": ["indirect_effect"],
         "output": {"plots": False, "logits": "none"},
-        "batch": {"prefix_reuse": reuse, "skip_noop": reuse},
+        "batch": {"prefix_reuse": reuse, "skip_noop": reuse, "defer_head": reuse},
     }
     path = work / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))

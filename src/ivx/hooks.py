@@ -125,7 +125,7 @@ def patching(model: Any, patches: Sequence[Patch]) -> Iterator[None]:
         site = group[0].site
         by_module[(site.module, site.hook)].append((site, group))
     shape: dict[str, int] = {}
-    handles = [model.register_forward_pre_hook(_shape_hook(shape), with_kwargs=True)]
+    handles = _shape_hooks(model, shape)
     try:
         for (module_path, hook), groups in by_module.items():
             module = _module(model, module_path)
@@ -137,6 +137,13 @@ def patching(model: Any, patches: Sequence[Patch]) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _shape_hooks(model: Any, shape: dict[str, int]) -> list[Any]:
+    """Record input shapes at the model and at its backbone (which ivx may call on its own)."""
+    backbone = getattr(model, "base_model", model)
+    tops = [model] if backbone is model else [model, backbone]
+    return [m.register_forward_pre_hook(_shape_hook(shape), with_kwargs=True) for m in tops]
 
 
 def _shape_hook(shape: dict[str, int]) -> Any:
@@ -188,7 +195,7 @@ def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Te
     for site in sites:
         by_module[(site.module, site.hook)].append(site)
     shape: dict[str, int] = {}
-    handles = [model.register_forward_pre_hook(_shape_hook(shape), with_kwargs=True)]
+    handles = _shape_hooks(model, shape)
 
     def record(group: list[Site], raw: torch.Tensor) -> None:
         raw = _as_3d(raw, shape)

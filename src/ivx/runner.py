@@ -13,7 +13,7 @@ import inspect
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -120,6 +120,43 @@ class Executor:
         logits = out.logits.float() if all_logits else out.logits[:, -1].float()
         return logits, (out.past_key_values if keep_cache else None)
 
+    # ---- deferred unembedding ------------------------------------------------------------
+    def _final_hidden(self, ids: torch.Tensor, past: Any = None) -> torch.Tensor:
+        """The backbone's last-position output (after the final norm): [b, d]."""
+        kwargs: dict[str, Any] = {"input_ids": ids.to(self.lm.device), "use_cache": past is not None}
+        if past is not None:
+            kwargs["past_key_values"] = past
+        out = self.lm.model.base_model(**kwargs)
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return hidden[:, -1]
+
+    def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm.model.get_output_embeddings()(hidden).float()
+
+    def defers_head(self) -> bool:
+        """Whether logits are exactly `lm_head(backbone output)` for this model (probed once).
+
+        Then cells run the backbone only and the unembedding (a vocab × d matrix, the largest
+        read of a small batch on CPU) runs once for many cells. Models that scale or cap their
+        logits after the head (Gemma 2's soft-capping, ...) fail the probe and keep the full path.
+        """
+        if not hasattr(self, "_defer_head"):
+            import torch
+
+            ok = False
+            model = self.lm.model
+            if model.base_model is not model and model.get_output_embeddings() is not None:
+                ids = torch.arange(5, dtype=torch.long).unsqueeze(0) % self.lm.info.vocab_size
+                try:
+                    with torch.inference_mode():
+                        full = model(input_ids=ids.to(self.lm.device)).logits[:, -1].float()
+                        mine = self._unembed(self._final_hidden(ids))
+                    ok = full.shape == mine.shape and bool(torch.allclose(full, mine, rtol=1e-4, atol=1e-5))
+                except Exception:  # an unusual backbone signature: keep the full forward
+                    ok = False
+            self._defer_head = ok and self.exp.batch.defer_head
+        return self._defer_head
+
     # ---- prefix reuse ---------------------------------------------------------------------
     def _prefix(self, cell: Cell) -> int:
         """Tokens before the first edited position: their states equal the baseline run's."""
@@ -177,6 +214,9 @@ class Executor:
         """Make blocks 0..count-1 return `states` (the baseline's output of block count-1)."""
         from ivx import components
 
+        if not count:
+            yield
+            return
         skipped = components.blocks(self.lm.model)[:count]
         try:
             for block in skipped:
@@ -287,6 +327,7 @@ class Executor:
         base = self.base
         if self.layer_reuse:
             self._blocks_return_tuples()  # probe once, before any capture is active
+        self.defers_head()
         need_clean = {(e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "base"}
         need_src = {(e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "source"}
         base.clean_logits, base.clean_acts = self._capture_pass(
@@ -512,6 +553,14 @@ class Executor:
         state_sites = []
         if self.layer_reuse:
             state_sites = [self.site("block_output", layer) for layer in range(self.lm.info.n_layers)]
+        defer = not all_logits and self.defers_head()
+        pending: list[tuple[list[Cell], torch.Tensor]] = []  # cells whose logits are not yet computed
+
+        def flush() -> list[CellOutput]:
+            chunks, hidden = [c for chunk, _ in pending for c in chunk], torch.cat([h for _, h in pending])
+            pending.clear()
+            return self._outputs(chunks, self._unembed(hidden), [])
+
         for (length, prefix, skip), group in sorted(by_shape.items()):
             per_batch = max(1, self.batch_rows(length - prefix) // S)
             for start in range(0, len(group), per_batch):
@@ -525,10 +574,17 @@ class Executor:
                 states = None
                 if skip:
                     states = torch.cat([self.states[c.prompt][skip - 1][:, prefix:] for c in chunk])
+                if defer and not baseline and not collect_index:
+                    with hooks.patching(self.lm.model, patches), self._skipping(skip, states):
+                        hidden = self._final_hidden(ids[:, prefix:], past)
+                    if sum(len(h) for _, h in pending) + len(hidden) > MAX_ROWS:
+                        yield flush()
+                    pending.append((chunk, hidden))
+                    continue
                 with (
                     hooks.patching(self.lm.model, patches),
                     hooks.capturing(self.lm.model, state_sites if baseline else []) as store,
-                    self._skipping(skip, states) if skip else nullcontext(),
+                    self._skipping(skip, states),
                 ):
                     logits, cache = self.forward(
                         ids[:, prefix:], all_logits and collect_logits, past, keep_cache=baseline
@@ -541,6 +597,8 @@ class Executor:
                     elif state_sites:  # older transformers: blocks return tuples; skipping is unsafe
                         self.layer_reuse, state_sites = False, []
                 yield self._outputs(chunk, logits, collect_index)
+        if pending:
+            yield flush()
 
     def _outputs(
         self, chunk: list[Cell], logits: torch.Tensor, collect_index: list[tuple]
@@ -555,7 +613,9 @@ class Executor:
             return torch.tensor([-1 if v is None else v for v in raw]).repeat_interleave(S)
 
         target, foil = ids_of("target_id"), ids_of("foil_id")
-        ref = torch.stack([self.base.reference_logits(c.prompt) for c in chunk]).repeat_interleave(S, 0)
+        ref = None
+        if "kl" in self.exp.metrics:
+            ref = torch.stack([self.base.reference_logits(c.prompt) for c in chunk]).repeat_interleave(S, 0)
         values = metrics.row_values(last.cpu(), target, foil, ref)
         collected: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
         offsets: dict[tuple, int] = defaultdict(int)

@@ -392,6 +392,11 @@ class Batch(Strict):
         description="With prefix reuse, also skip the blocks below the first edited layer: their "
         "outputs equal the baseline run's, which is kept per prompt.",
     )
+    defer_head: bool = Field(
+        True,
+        description="Run cells through the backbone and unembed many cells' last positions at "
+        "once (used only where a probe shows logits are exactly lm_head(backbone output)).",
+    )
     skip_noop: bool = Field(
         True,
         description="Do not run cells whose every edit writes the value the site already holds, e.g. "

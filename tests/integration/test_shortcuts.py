@@ -1,4 +1,4 @@
-"""ivx's execution shortcuts (prefix reuse, layer reuse, no-op cells) change no number.
+"""ivx's execution shortcuts (prefix reuse, layer reuse, no-op cells, deferred unembedding) change no number.
 
 Each experiment runs twice: with every shortcut on (the default) and with all of them off
 (every cell a full forward pass with hooks, the path the hand-written-hook oracles check).
@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from ivx import experiment
 
-OFF = {"prefix_reuse": False, "layer_reuse": False, "skip_noop": False}
+OFF = {"prefix_reuse": False, "layer_reuse": False, "skip_noop": False, "defer_head": False}
 # Five tokens before the subject, so some restored positions precede every corrupted token.
 FACTS = [
     {"base": f"In the old records , {s} is located in the city of", "subject": s, "target": t}
@@ -46,7 +46,7 @@ def _compare(fast: list[dict], slow: list[dict], keys: tuple[str, ...]) -> None:
             assert a[key] == pytest.approx(b[key], abs=2e-6), (a, b, key)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "opt", "gemma"])
 def test_causal_trace_shortcuts_change_no_number(arch: str, tiny_model_dir, tmp_path: Path) -> None:
     body = {
         "model": {"name": str(tiny_model_dir(arch))},
