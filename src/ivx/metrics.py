@@ -24,25 +24,29 @@ def row_values(
     target: torch.Tensor,  # [n] long (or -1 when absent)
     foil: torch.Tensor,  # [n] long (or -1 when absent)
     clean_logits: torch.Tensor | None = None,  # [n, vocab]
+    rank: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Every per-row metric that can be computed from these logits."""
+    """Every per-row metric that can be computed from these logits (`kl` only with clean
+    logits, `target_rank` unless `rank=False`: both read the whole vocabulary again)."""
     import torch
 
     logits = logits.float()
-    logp = torch.log_softmax(logits, dim=-1)
     safe_t = target.clamp(min=0).unsqueeze(1)
     out: dict[str, torch.Tensor] = {}
     t_logit = logits.gather(1, safe_t).squeeze(1)
-    out["target_prob"] = logp.gather(1, safe_t).squeeze(1).exp()
+    out["target_prob"] = (t_logit - torch.logsumexp(logits, dim=-1)).exp()
     out["target_logit"] = t_logit
-    out["target_rank"] = (logits > t_logit.unsqueeze(1)).sum(dim=1).float()
+    if rank:
+        out["target_rank"] = (logits > t_logit.unsqueeze(1)).sum(dim=1).float()
     safe_f = foil.clamp(min=0).unsqueeze(1)
     out["logit_diff"] = t_logit - logits.gather(1, safe_f).squeeze(1)
     nan = torch.full_like(t_logit, float("nan"))
     for key in ("target_prob", "target_logit", "target_rank"):
-        out[key] = torch.where(target >= 0, out[key], nan)
+        if key in out:
+            out[key] = torch.where(target >= 0, out[key], nan)
     out["logit_diff"] = torch.where((target >= 0) & (foil >= 0), out["logit_diff"], nan)
     if clean_logits is not None:
+        logp = torch.log_softmax(logits, dim=-1)
         clean_logp = torch.log_softmax(clean_logits.float(), dim=-1)
         out["kl"] = (clean_logp.exp() * (clean_logp - logp)).sum(dim=-1)
     return out

@@ -616,7 +616,7 @@ class Executor:
         ref = None
         if "kl" in self.exp.metrics:
             ref = torch.stack([self.base.reference_logits(c.prompt) for c in chunk]).repeat_interleave(S, 0)
-        values = metrics.row_values(last.cpu(), target, foil, ref)
+        values = metrics.row_values(last.cpu(), target, foil, ref, rank="target_rank" in self.exp.metrics)
         collected: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
         offsets: dict[tuple, int] = defaultdict(int)
         for key, cell_index, name, layer, n in collect_index:
