@@ -61,11 +61,22 @@ SetOpt = Annotated[
 
 @app.command()
 @_user_errors
-def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+def validate(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    weights: Annotated[
+        bool,
+        typer.Option(
+            "--weights",
+            help="Also load the weights and run what needs forward passes (trace.select_correct). "
+            "By default the model is built on the meta device from its config: fast, nothing big read.",
+        ),
+    ] = False,
+) -> None:
     """Check a config (schema, files, model-aware checks) and print the plan size."""
     from ivx import experiment
 
-    preps = experiment.prepare_all(config, tuple(set_ or ()))
+    preps = experiment.prepare_all(config, tuple(set_ or ()), weights=weights)
     prep = preps[0]
     exp = prep.cfg.experiment
     info = prep.lm.info
@@ -87,6 +98,9 @@ def validate(config: ConfigArg, set_: SetOpt = None) -> None:
     if len(preps) > 1:
         typer.echo("  corruption " + ", ".join(str(p.label) for p in preps))
     typer.echo(f"  cells      {cells} ({rows} forward rows)")
+    trace = exp.trace
+    if trace is not None and trace.select_correct and not weights:
+        typer.echo("  note       trace.select_correct drops facts at run time (see them now: --weights)")
 
 
 @app.command()

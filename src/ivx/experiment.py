@@ -55,21 +55,29 @@ def prepare(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -
     return prepare_all(path, overrides, lm)[0]
 
 
-def prepare_all(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -> list[Prepared]:
-    """`prepare` for every corruption variant (one item unless `corrupt` is a list)."""
+def prepare_all(
+    path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None, weights: bool = True
+) -> list[Prepared]:
+    """`prepare` for every corruption variant (one item unless `corrupt` is a list).
+
+    `weights=False` checks against the model's structure only (meta device, nothing downloaded
+    but its config and tokenizer); fact selection, which needs forward passes, is then skipped.
+    """
     from ivx import models, plan, positions
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
     if lm is None:
-        lm = models.load(spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
+        lm = models.load(
+            spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, weights=weights
+        )
     try:
         prompts = positions.tokenize(lm.tokenizer, cfg.records)
     except positions.PositionError as exc:
         raise ConfigError([cfg.problem(("prompts",), str(exc))]) from None
     dropped = None
     trace = cfg.experiment.trace
-    if trace is not None and trace.select_correct:
+    if trace is not None and trace.select_correct and weights:
         prompts, dropped = select_correct(lm, prompts)
         if not prompts:
             raise ConfigError(

@@ -57,13 +57,13 @@ def resolve_path(name: str) -> str:
 
 def _hub_error(name: str, exc: Exception) -> ModelLoadError:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    why = (
-        "HF_HUB_OFFLINE is set and it is not in the local cache"
-        if offline
-        else (
-            "it is not in the local Hugging Face cache and the Hub could not be reached or does not have it"
-        )
-    )
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if offline:
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache"
+    elif not _REACHABLE.get(endpoint, True):
+        why = f"it is not in the local Hugging Face cache and the Hub ({endpoint}) cannot be reached"
+    else:
+        why = "it is not in the local Hugging Face cache and the Hub could not be reached or does not have it"
     return ModelLoadError(
         f"cannot load model {name!r}: {why} ({type(exc).__name__}). Point the config at a local copy "
         f"(`model: {{name: /path/to/saved/model}}`, a directory made by save_pretrained), use the bundled "
@@ -71,14 +71,42 @@ def _hub_error(name: str, exc: Exception) -> ModelLoadError:
     )
 
 
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub endpoint (HF_ENDPOINT) opens: one quick probe per
+    process, so an offline machine gets its error at once instead of after minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    proxies = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+    if any(os.environ.get(name) for name in proxies):
+        return True  # a proxy decides what is reachable: let the Hub client try
+    if endpoint not in _REACHABLE:
+        url = urlparse(endpoint)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            with socket.create_connection((url.hostname or "", port), timeout=timeout):
+                _REACHABLE[endpoint] = True
+        except OSError:
+            _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
+
+
 def _from_pretrained(loader: Any, path: str, **kwargs: Any) -> Any:
     """Offline-first: the local cache, then the Hub."""
     if Path(path).is_dir():
-        return loader.from_pretrained(path, **kwargs)
+        try:
+            return loader.from_pretrained(path, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a broken local copy: say which and why
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load {loader.__name__} from {path}: {first}") from None
     try:
         return loader.from_pretrained(path, local_files_only=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - not cached: try the Hub below
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not hub_reachable():
             raise _hub_error(path, exc) from None
     try:
         return loader.from_pretrained(path, **kwargs)
@@ -131,8 +159,13 @@ def load(
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
+    weights: bool = True,
 ) -> LoadedModel:
-    """Load model + tokenizer in eval mode; the pad token defaults to eos."""
+    """Load model + tokenizer in eval mode; the pad token defaults to eos.
+
+    `weights=False` builds the model's modules on the meta device from its config alone (no
+    weight file is read or downloaded): enough for every structural check `ivx validate` makes.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -150,10 +183,19 @@ def load(
     )
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     tokenizer = _from_pretrained(_tokenizer_class(path, AutoTokenizer), path, **kwargs)
-    model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **kwargs)
-    # eval mode; parameters keep requires_grad: ivx runs under inference_mode, and on CPU (torch 2.13)
-    # a forward with frozen parameters measured ~35% slower. `ivx train` freezes them itself.
-    model.to(dev).eval()
+    if weights:
+        model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **kwargs)
+        # eval mode; parameters keep requires_grad: ivx runs under inference_mode, and on CPU (torch
+        # 2.13) a forward with frozen parameters measured ~35% slower. `ivx train` freezes them itself.
+        model.to(dev).eval()
+    else:
+        from transformers import AutoConfig
+
+        config = _from_pretrained(AutoConfig, path, **kwargs)
+        dev = torch.device("meta")
+        with dev:
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

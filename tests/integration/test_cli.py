@@ -209,3 +209,34 @@ def test_missing_vector_file_is_a_config_error_before_running(tmp_path: Path) ->
     assert result.exit_code == 2, result.output
     assert f"{path}:7  interventions[0].vector  'nope.safetensors' not found" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_validate_reads_no_weights_unless_asked(tiny_model_dir, tmp_path: Path) -> None:
+    import shutil
+
+    model = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir("llama"), model)
+    (model / "model.safetensors").unlink()
+    cfg = {
+        "name": "v",
+        "model": {"name": str(model)},
+        "prompts": [
+            {"base": "When Mary and John went to the store , John gave a drink to", "target": " Mary"}
+        ],
+        "sweep": {"layer": "all", "position": [0, -1]},
+        "interventions": [
+            {"kind": "zero", "component": "mlp_output", "layer": "$layer", "position": "$position"}
+        ],
+    }
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "cells      4" in result.output  # 2 layers x 2 positions
+    cfg["sweep"]["layer"] = [0, 5]  # model-aware checks still apply on the meta device
+    path.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "layer" in result.output and "5" in result.output, result.output
+    result = runner.invoke(app, ["validate", str(path), "--weights"])
+    assert result.exit_code == 2 and f"from {model}" in result.output, result.output
+    assert "Traceback" not in result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -108,6 +110,40 @@ def test_offline_unknown_model_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     assert "definitely-not/a-model" in message and "HF_HUB_OFFLINE" in message and "local copy" in message
     with pytest.raises(models.ModelLoadError, match="does not exist"):
         models.load("./no/such/dir")
+
+
+def test_unreachable_hub_is_a_clear_error_without_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    assert not models.hub_reachable()
+    with pytest.raises(models.ModelLoadError) as info:
+        models.load("someone/not-cached-model")
+    message = str(info.value)
+    assert (
+        "someone/not-cached-model" in message
+        and f"127.0.0.1:{port}" in message
+        and "cannot be reached" in message
+    )
+
+
+def test_broken_local_copy_names_the_directory(tiny_model_dir, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir("gpt2"), copy)
+    (copy / "model.safetensors").unlink()
+    with pytest.raises(models.ModelLoadError, match=f"from {copy}"):
+        models.load(str(copy))
+    # the structure alone (meta device) needs no weight file: what `ivx validate` uses
+    lm = models.load(str(copy), weights=False)
+    assert lm.info.n_layers == 2 and lm.device.type == "meta"
+    assert next(lm.model.parameters()).is_meta
 
 
 def test_components_table_lists_heads(tiny_model_dir) -> None:
