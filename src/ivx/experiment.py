@@ -67,6 +67,10 @@ def prepare_all(
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
+    if lm is None and weights:
+        # model-aware checks first, on the structure alone: a bad layer or position is reported
+        # before minutes of loading a large model's weights
+        prepare_all(path, overrides, weights=False)
     if lm is None:
         lm = models.load(
             spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, weights=weights

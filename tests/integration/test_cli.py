@@ -237,6 +237,11 @@ def test_validate_reads_no_weights_unless_asked(tiny_model_dir, tmp_path: Path) 
     path.write_text(yaml.safe_dump(cfg))
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 2 and "layer" in result.output and "5" in result.output, result.output
+    # with --weights (as in `ivx run`) the structural problem is still reported before any load
+    result = runner.invoke(app, ["validate", str(path), "--weights"])
+    assert result.exit_code == 2 and "layer" in result.output and "from " not in result.output, result.output
+    cfg["sweep"]["layer"] = "all"
+    path.write_text(yaml.safe_dump(cfg))
     result = runner.invoke(app, ["validate", str(path), "--weights"])
     assert result.exit_code == 2 and f"from {model}" in result.output, result.output
     assert "Traceback" not in result.output
