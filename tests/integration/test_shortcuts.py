@@ -110,3 +110,29 @@ def test_source_patching_shortcuts_change_no_number(tiny_model_dir, tmp_path: Pa
         torch.testing.assert_close(fast_logits[key], slow_logits[key], atol=2e-5, rtol=1e-5)
     # base and source first differ at token 9 (John/Mary): positions 0-8 x 2 layers
     assert manifest["cells_noop"] == 9 * 2
+
+
+def test_severed_trace_shortcuts_change_no_number(tiny_model_dir, tmp_path: Path) -> None:
+    body = {
+        "model": {"name": str(tiny_model_dir("gpt2"))},
+        "prompts": FACTS,
+        "corrupt": {"kind": "noise", "positions": "subject", "samples": 3},
+        "sweep": {"layer": "all", "position": "all"},
+        "interventions": [
+            {
+                "kind": "vanilla",
+                "component": "block_output",
+                "layer": "$layer",
+                "position": "$position",
+                "sever": "mlp_output",
+            }
+        ],
+        "output": {"plots": False, "logits": "last"},
+    }
+    fast, manifest, fast_logits = _run(tmp_path, "fast", body)
+    slow, _, slow_logits = _run(tmp_path, "slow", {**body, "batch": OFF})
+    _compare(fast, slow, ("indirect_effect", "target_prob"))
+    for key in fast_logits:
+        torch.testing.assert_close(fast_logits[key], slow_logits[key], atol=2e-5, rtol=1e-5)
+    # restoring before the subject while later MLPs keep their corrupted values: the corrupted run
+    assert manifest["cells_noop"] == 5 * 2 * 2
