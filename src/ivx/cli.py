@@ -161,7 +161,7 @@ def components(
     from ivx import components as comps
     from ivx import models
 
-    lm = models.load(model, revision)
+    lm = models.load(model, revision, weights=False)  # structure only: no weights are read
     info = lm.info
     console = Console()
     console.print(
@@ -175,6 +175,46 @@ def components(
     for row in comps.table(lm.model, info):
         table.add_row(str(row["name"]), str(row["module"]), str(row["hook"]), escape(str(row["shape"])))
     console.print(table)
+
+
+@app.command()
+def schema(
+    section: Annotated[
+        str | None,
+        typer.Argument(
+            help="One section (model, corrupt, interventions, batch, ...); default: all.", show_default=False
+        ),
+    ] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the whole reference as Markdown.")
+    ] = False,
+) -> None:
+    """Every experiment-file field: type, default and meaning (from the validator's own schema)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ivx import reference
+
+    if markdown:
+        typer.echo(reference.markdown())
+        return
+    known = reference.sections()
+    if section is not None and section not in known:
+        import difflib
+
+        near = difflib.get_close_matches(section, known, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        _err(f"error: unknown section {section!r}{hint}; sections: {', '.join(known)}")
+        raise typer.Exit(2)
+    console = Console()
+    for name in [section] if section else list(known):
+        table = Table(
+            "field", "type", "default", "description", title=f"[bold]{name}[/]", title_justify="left"
+        )
+        for row in reference.rows(name):
+            table.add_row(*(escape(row[k]) for k in ("field", "type", "default", "description")))
+        console.print(table)
 
 
 def _register_all() -> None:

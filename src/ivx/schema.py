@@ -461,23 +461,35 @@ class Experiment(Strict):
     """The whole experiment file."""
 
     name: str = Field("experiment", description="Used in the run directory name.")
-    description: str | None = None
-    model: ModelSpec
-    seed: int = 0
-    prompts: Prompts
+    description: str | None = Field(
+        None, description="Free text for readers of the config (copied into the run as config.yaml)."
+    )
+    model: ModelSpec = Field(description="The model: see section `model`.")
+    seed: int = Field(0, description="Seeds noise draws, sampling and training.")
+    prompts: Prompts = Field(
+        description="Inline list of records (section `prompts`) or {file: data.jsonl, limit: N}."
+    )
     corrupt: Corrupt | list[Corrupt] | None = Field(
         None,
         description="How the base run is corrupted; a list runs the experiment once per corruption "
         "and reports them side by side (e.g. Gaussian noise and symmetric token replacement).",
     )
-    sweep: dict[str, SweepValue] = Field(default_factory=dict)
-    interventions: list[Intervention] = Field(default_factory=list)
-    metrics: list[str] = Field(default_factory=lambda: ["target_prob"])
-    output: Output = Field(default_factory=Output)
-    batch: Batch = Field(default_factory=Batch)
-    trace: Trace | None = None
-    generate: Generate | None = None
-    train: Train | None = None
+    sweep: dict[str, SweepValue] = Field(
+        default_factory=dict,
+        description="Axis name → list of values (or 'all' for layer/position); fields bind with $axis. "
+        "The grid is the product of all axes.",
+    )
+    interventions: list[Intervention] = Field(
+        default_factory=list, description="Edits applied together in each cell: see `interventions`."
+    )
+    metrics: list[str] = Field(
+        default_factory=lambda: ["target_prob"], description="Any of: " + ", ".join(METRICS) + "."
+    )
+    output: Output = Field(default_factory=Output, description="What is written: see `output`.")
+    batch: Batch = Field(default_factory=Batch, description="Batching and exact shortcuts: see `batch`.")
+    trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
+    generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
+    train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")
 
     @field_validator("prompts", mode="before")
     @classmethod
