@@ -145,6 +145,8 @@ def run(
         for label, trace in (summary.get("traces") or {None: summary.get("trace")}).items():
             if trace:
                 _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
+        for warning in summary.get("warnings", []):
+            _err(f"warning: {warning}")
     typer.echo(str(run_dir))
 
 

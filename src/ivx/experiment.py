@@ -282,6 +282,9 @@ def run(
             }
             if prep.dropped:
                 summary["dropped"] = prep.dropped
+            warnings = _contrast_warnings(summary["prompts"], metric_names)
+            if warnings:
+                summary["warnings"] = warnings
             traces = {}
             for variant, executor in zip(preps, executors, strict=True):
                 mine = [r for r in rows if r.get("corruption") == variant.label] if labelled else rows
@@ -315,6 +318,35 @@ def run(
         cells_noop=sum(e.noop_cells for e in executors),
     )
     return run_dir
+
+
+# below these gaps between the clean and the corrupted run, effects are noise-dominated
+MIN_GAP = {"target_prob": 0.05, "logit_diff": 1.0}
+GAP_METRICS = {
+    "indirect_effect": "target_prob",
+    "indirect_effect_norm": "target_prob",
+    "logit_diff_norm": "logit_diff",
+}
+
+
+def _contrast_warnings(prompts: list[dict[str, Any]], metric_names: list[str]) -> list[str]:
+    """Warn when the clean and corrupted runs barely differ: there is then nothing to restore,
+    and normalised metrics divide by a near-zero difference."""
+    out = []
+    for key in sorted({GAP_METRICS[m] for m in metric_names if m in GAP_METRICS}):
+        gaps = [
+            abs(p["clean"][key] - p["corrupted"][key])
+            for p in prompts
+            if isinstance(p["clean"].get(key), float) and isinstance(p["corrupted"].get(key), float)
+        ]
+        small = sum(g < MIN_GAP[key] for g in gaps)
+        if gaps and small > 0.2 * len(gaps):
+            out.append(
+                f"{small} of {len(gaps)} prompts: clean and corrupted {key} differ by less than "
+                f"{MIN_GAP[key]}; the corruption barely changes the model's answer there, so "
+                f"effects measured against it are noise-dominated (summary.json: prompts)"
+            )
+    return out
 
 
 def _prompt_table(executor: Any) -> list[dict[str, Any]]:

@@ -114,6 +114,7 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str,
             same = len({p.base_ids for p in prep.prompts}) == 1
             entry["by_position"] = {
                 "tokens": list(prep.prompts[0].base_tokens) if same else None,
+                "example_tokens": list(prep.prompts[0].base_tokens),
                 "mean": [[s[0] for s in row] for row in stats],
                 "stderr": [[s[1] for s in row] for row in stats],
             }
@@ -122,6 +123,7 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str,
     out["p_clean"] = _stats([c["target_prob"] for _, c in ref])[0]
     out["p_corrupted"] = _stats([k["target_prob"] for k, _ in ref])[0]
     out["facts"] = len(prep.prompts)
+    out["has_subject"] = any(p.subject_span for p in prep.prompts)
     if getattr(prep, "dropped", None):
         out["dropped"] = prep.dropped
     return out
@@ -132,6 +134,20 @@ def table_text(trace: dict[str, Any]) -> str:
     lines = []
     n_layers = trace["n_layers"]
     for comp, entry in trace["components"].items():
+        by_position = entry.get("by_position")
+        if not trace.get("has_subject", True) and by_position:
+            # no subject, so no token categories: positions (aligned prompts), labelled by prompt 0
+            lines.append(
+                f"{trace['metric']} by position × layer — {comp} (mean over {trace['facts']} prompts)"
+            )
+            lines.append(f"{'':>20}" + "".join(f"{'L' + str(i):>9}" for i in range(n_layers)))
+            tokens = by_position.get("example_tokens") or []
+            for pos, means in enumerate(by_position["mean"]):
+                label = f"{pos} {tokens[pos].strip()[:14]}" if pos < len(tokens) else str(pos)
+                cells = "".join(f"{v:>9.3f}" if v == v else f"{'-':>9}" for v in means)
+                lines.append(f"{label:>20}{cells}")
+            lines.append("")
+            continue
         lines.append(
             f"{trace['metric']} by token category × layer — {comp} (mean over {trace['facts']} prompts)"
         )
