@@ -177,7 +177,9 @@ ivx so causal-intervention experiments show real effects offline.
 - Factual recall: {len(world.subjects)} invented subjects of 1-3 words, each with a city, country
   and language, rendered through training templates; evaluation uses held-out templates.
 - IOI: "When Mary and John went to the store , John gave a drink to" → " Mary", {len(toy_world.NAMES)}
-  names; evaluation uses held-out name pairs and a held-out template.
+  names; either name may be the repeated one (S2), so only finding the repeated name answers
+  (neither "first name" nor "second name" does); evaluation uses held-out name pairs and a
+  held-out template.
 
 ## Training
 AdamW (lr {s["lr"]}, weight decay {s["weight_decay"]}, {s["warmup"]} warm-up steps, cosine decay),

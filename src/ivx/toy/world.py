@@ -147,11 +147,11 @@ def _fact_templates() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
 # {s}: subject; the answer is the attribute's value (one token).
 FACT_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = _fact_templates()
 IOI_INTROS: tuple[str, ...] = ("When", "While", "After", "Then , when", "Yesterday , when")
-IOI_BODIES: tuple[str, ...] = (
-    "{a} and {b} went to the {p} , {b} gave a {o} to",
-    "{a} and {b} were at the {p} , {b} handed a {o} to",
-    "{a} and {b} left the {p} , {b} sent a {o} to",
-    "{a} and {b} walked to the {p} , {b} brought a {o} to",
+IOI_BODIES: tuple[str, ...] = (  # {s}: the repeated name (S2), either of {a} and {b}
+    "{a} and {b} went to the {p} , {s} gave a {o} to",
+    "{a} and {b} were at the {p} , {s} handed a {o} to",
+    "{a} and {b} left the {p} , {s} sent a {o} to",
+    "{a} and {b} walked to the {p} , {s} brought a {o} to",
 )
 IOI_HELDOUT: tuple[tuple[int, int], ...] = ((4, 3), (2, 0))
 
@@ -261,7 +261,11 @@ def fact_passages(world: World, n: int, seed: int = 0) -> list[str]:
 
 
 def ioi_prompts(world: World, split: str, n: int, seed: int = 0) -> list[dict[str, str]]:
-    """IOI records: base ends with the repeated name (S2); target is the other name (IO)."""
+    """IOI records: the second clause repeats one name (S2); the target is the other (IO).
+
+    Either name may be repeated, so neither "the first name" nor "the second name" answers:
+    the model has to find which name was repeated.
+    """
     rng = random.Random(seed + (0 if split == "train" else 1))
     pairs = world.train_pairs if split == "train" else world.heldout_pairs
     templates = IOI_TEMPLATES[0] if split == "train" else IOI_TEMPLATES[1]
@@ -270,8 +274,9 @@ def ioi_prompts(world: World, split: str, n: int, seed: int = 0) -> list[dict[st
         a, b = rng.choice(pairs)
         if rng.random() < 0.5:
             a, b = b, a
-        text = rng.choice(templates).format(a=a, b=b, p=rng.choice(PLACES), o=rng.choice(OBJECTS))
-        out.append({"base": text, "target": " " + a, "foil": " " + b})
+        io, s2 = (a, b) if rng.random() < 0.5 else (b, a)
+        text = rng.choice(templates).format(a=a, b=b, s=s2, p=rng.choice(PLACES), o=rng.choice(OBJECTS))
+        out.append({"base": text, "target": " " + io, "foil": " " + s2})
     return out
 
 
