@@ -532,14 +532,20 @@ class Executor:
         return fn
 
     def execute(self, cells: list[Cell], collect_logits: bool = True) -> Iterator[list[CellOutput]]:
-        """Run cells in batches of equal prompt length; yield each batch's outputs."""
+        """Run cells in batches; yield each batch's outputs.
+
+        No-op cells are answered from the corrupted baseline; the rest are grouped by (prompt
+        length, reusable prefix, skippable blocks) and run as batched forwards, their last
+        positions unembedded together when the head can be deferred.
+        """
         import torch
 
         S = self.samples
         all_logits = self.exp.output.logits == "all"
         noop = [cell for cell in cells if self._noop(cell)]
-        for start in range(0, len(noop), MAX_ROWS):
-            chunk = noop[start : start + MAX_ROWS]
+        step = max(1, MAX_ROWS // S)  # rows of [vocab] logits held at once, as for a forward
+        for start in range(0, len(noop), step):
+            chunk = noop[start : start + step]
             self.noop_cells += len(chunk)
             logits = torch.cat([self.base.corrupt_logits[c.prompt] for c in chunk])
             yield self._outputs(chunk, logits.to(self.lm.device), [])
