@@ -98,6 +98,11 @@ def validate(
     if len(preps) > 1:
         typer.echo("  corruption " + ", ".join(str(p.label) for p in preps))
     typer.echo(f"  cells      {cells} ({rows} forward rows)")
+    size = experiment.tensor_bytes(preps)
+    typer.echo(f"  tensors    ~{experiment.human_size(size)} of logits (output.logits: {exp.output.logits})")
+    warning = experiment.size_warning(preps)
+    if warning:
+        _err(f"warning: {warning}")
     trace = exp.trace
     if trace is not None and trace.select_correct and not weights:
         typer.echo("  note       trace.select_correct drops facts at run time (see them now: --weights)")

@@ -98,6 +98,45 @@ def prepare_all(
     return out
 
 
+LARGE_TENSORS = 2 * 2**30  # bytes of tensors.safetensors above which a run warns first
+
+
+def tensor_bytes(preps: list[Prepared]) -> int:
+    """Approximate size of the run's tensors.safetensors (float32 logits; collected activations
+    not counted): per-cell logits per `output.logits`, plus the baselines."""
+    exp = preps[0].cfg.experiment
+    if exp.output.logits == "none":
+        return 0
+    vocab = preps[0].lm.info.vocab_size
+    total = 0
+    for prep in preps:
+        lengths = {p.index: p.length for p in prep.prompts}
+        per_cell = [lengths[c.prompt] if exp.output.logits == "all" else 1 for c in prep.plan.cells]
+        total += 4 * vocab * (sum(per_cell) + 3 * len(prep.prompts))
+    return total
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def size_warning(preps: list[Prepared]) -> str | None:
+    """A warning when `output.logits` would write (and merge in memory) a very large file."""
+    size = tensor_bytes(preps)
+    if size <= LARGE_TENSORS:
+        return None
+    logits = preps[0].cfg.experiment.output.logits
+    return (
+        f"output.logits: {logits} keeps full-vocabulary logits for every cell: tensors.safetensors "
+        f"will be ~{human_size(size)}. Metrics need none of it; set `output.logits: none` unless you "
+        "want the logits themselves."
+    )
+
+
 def _check_files(cfg: LoadedConfig) -> None:
     """Vector and bundle references must exist before anything runs (hf:// is checked on load)."""
     problems = []
@@ -194,6 +233,11 @@ def run(
     prep = preps[0]
     exp = prep.cfg.experiment
     labelled = prep.label is not None
+    warning = size_warning(preps)
+    if warning and progress:
+        import sys
+
+        print(f"warning: {warning}", file=sys.stderr)
     torch.manual_seed(exp.seed)
     digest = hashlib.sha256(prep.cfg.text.encode()).hexdigest()
     if resume is not None:
