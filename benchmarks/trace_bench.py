@@ -12,6 +12,7 @@ unembedding; each exact, see tests/integration/test_shortcuts.py) and with all o
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -32,6 +33,9 @@ OTHER_SUBJECTS = (
     "the Vorn Lake",
     "the Hesk Road",
 )
+
+
+NOOP: dict[bool, int] = {}  # cells answered by the corrupted baseline, per mode
 
 
 def build_model(out: Path) -> Path:
@@ -86,8 +90,10 @@ def time_ivx(
     cells = len(prep.plan.cells)
     length = prep.prompts[0].length
     start = time.perf_counter()
-    experiment.run(path, out_root=str(work / "runs"), progress=False, lm=prep.lm)
-    return time.perf_counter() - start, cells, length
+    run_dir = experiment.run(path, out_root=str(work / "runs"), progress=False, lm=prep.lm)
+    seconds = time.perf_counter() - start
+    NOOP[reuse] = json.loads((run_dir / "manifest.json").read_text()).get("cells_noop", 0)
+    return seconds, cells, length
 
 
 def time_plain(model_dir: Path, rows: int, length: int, batch: int) -> float:
@@ -170,6 +176,7 @@ def main() -> None:
         f"  plain batched forward, no hooks (limit)         {plain_s:8.2f} s  {cells / plain_s:8.1f} cells/s"
     )
     print(f"  ratio ivx full recompute / plain forward        {recompute_s / plain_s:8.3f}x  (hook overhead)")
+    print(f"  cells answered without a forward (no-op)        {NOOP.get(True, 0):8d} of {cells}")
     print(f"  ratio ivx default / plain forward               {ivx_s / plain_s:8.3f}x")
     if pv_per_cell is None:
         print("  pyvene: not installed (pip install pyvene) — skipped")
