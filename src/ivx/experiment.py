@@ -70,7 +70,10 @@ def prepare_all(
     if lm is None and weights:
         # model-aware checks first, on the structure alone: a bad layer or position is reported
         # before minutes of loading a large model's weights
-        prepare_all(path, overrides, weights=False)
+        try:
+            prepare_all(path, overrides, weights=False)
+        except models.MetaUnsupported:
+            pass  # the same checks run below, once the weights are loaded
     if lm is None:
         lm = models.load(
             spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, weights=weights

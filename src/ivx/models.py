@@ -21,6 +21,10 @@ class ModelLoadError(Exception):
     """A model that cannot be loaded, with what to do about it."""
 
 
+class MetaUnsupported(ModelLoadError):
+    """The model's structure cannot be built without its weights (its own init code needs data)."""
+
+
 @dataclass
 class LoadedModel:
     """A model ready for interventions: eval mode, with its description."""
@@ -193,8 +197,14 @@ def load(
 
         config = _from_pretrained(AutoConfig, path, **kwargs)
         dev = torch.device("meta")
-        with dev:
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        try:
+            with dev:
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        except Exception as exc:  # noqa: BLE001 - some custom inits touch tensor data
+            raise MetaUnsupported(
+                f"cannot build {name!r} from its config alone ({type(exc).__name__}: {exc}); "
+                "check it with its weights (`ivx validate --weights`)"
+            ) from None
         model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

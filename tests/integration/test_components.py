@@ -151,3 +151,34 @@ def test_components_table_lists_heads(tiny_model_dir) -> None:
     rows = {r["name"]: r for r in components.table(lm.model, lm.info)}
     assert rows["head_key_output"]["shape"] == "[b, s, 2 heads × 8]"
     assert rows["block_output"]["module"] == "model.layers.N"
+
+
+def test_models_that_cannot_be_built_without_weights_still_run(
+    tiny_model_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If a model's own init code needs real tensors, the structural pre-check steps aside."""
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from ivx import experiment
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+
+    model_dir = tiny_model_dir("gpt2")
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", refuse)
+    with pytest.raises(models.MetaUnsupported, match="--weights"):
+        models.load(str(model_dir), weights=False)
+    cfg = {
+        "name": "m",
+        "model": {"name": str(model_dir)},
+        "prompts": [
+            {"base": "When Mary and John went to the store , John gave a drink to", "target": " Mary"}
+        ],
+        "interventions": [{"kind": "zero", "component": "mlp_output", "layer": 1, "position": -1}],
+        "output": {"plots": False},
+    }
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    run_dir = experiment.run(path, out_root=str(tmp_path / "runs"), progress=False)
+    assert (run_dir / "results.jsonl").read_text().count("\n") == 1
