@@ -191,6 +191,9 @@ def _edits(
             )
             continue
         size = iv.window.get(component) if isinstance(iv.window, dict) else iv.window
+        trace = cfg.experiment.trace
+        if iv.window is None and trace is not None and iv.kind == "vanilla":
+            size = trace.window.get(component)  # the ROME protocol's default window
         for lay in _window(concrete, size, info.n_layers):
             if lay not in layers:
                 layers.append(lay)

@@ -412,6 +412,22 @@ class Trace(Strict):
         False, description="Keep only facts whose greedy top-1 prediction is the target."
     )
     plots_per_fact: int = Field(3, ge=0, description="Per-fact heatmaps written (dataset mean always).")
+    window: dict[str, int] = Field(
+        default_factory=lambda: {"mlp_output": 10, "attention_output": 10},
+        description="Layer window of vanilla restorations that set no `window` of their own, per "
+        "component (ROME: 10 for MLP and attention outputs, hidden states one layer); clipped at "
+        "the ends. {} restores single layers.",
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _trace_window(cls, value: dict[str, int]) -> dict[str, int]:
+        for key, size in value.items():
+            if key not in COMPONENT_NAMES:
+                raise ValueError(f"trace.window key {key!r} is not a component name")
+            if size < 1:
+                raise ValueError(f"window must be ≥ 1 (got {size} for {key})")
+        return value
 
 
 class Generate(Strict):

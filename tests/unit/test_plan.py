@@ -103,6 +103,34 @@ def test_grid_expansion_all_layers_positions_and_rome_window(tmp_path: Path) -> 
     assert all(e.source == "base" for c in p.cells for e in c.edits)
 
 
+def test_trace_section_applies_romes_window_where_none_is_set(tmp_path: Path) -> None:
+    body = """
+        sweep: {component: [block_output, mlp_output, attention_output], layer: all}
+        interventions:
+          - {kind: vanilla, component: $component, layer: $layer, position: 1}
+        """
+    info = FakeInfo(n_layers=24)
+    with_trace = plan.expand(load(tmp_path, body + "trace: {}\n"), info, [prompt(0, 5)])
+    by_point = {tuple(v for _, v in c.point): c for c in with_trace.cells}
+    # ROME: a window of 10 layers centred on the layer for MLP and attention, clipped at the ends
+    assert [e.layer for e in by_point[("mlp_output", 12)].edits] == list(range(7, 17))
+    assert [e.layer for e in by_point[("attention_output", 2)].edits] == list(range(0, 7))
+    assert [e.layer for e in by_point[("mlp_output", 23)].edits] == list(range(18, 24))
+    assert [e.layer for e in by_point[("block_output", 12)].edits] == [12]
+    # without a trace section, or with an explicit window, nothing is widened
+    plain = plan.expand(load(tmp_path, body), info, [prompt(0, 5)])
+    assert all(len(c.edits) == 1 for c in plain.cells)
+    narrow = plan.expand(load(tmp_path, body + "trace: {window: {}}\n"), info, [prompt(0, 5)])
+    assert all(len(c.edits) == 1 for c in narrow.cells)
+    explicit = body.replace("position: 1}", "position: 1, window: {mlp_output: 2}}") + "trace: {}\n"
+    by_point = {
+        tuple(v for _, v in c.point): c
+        for c in plan.expand(load(tmp_path, explicit), info, [prompt(0, 5)]).cells
+    }
+    assert [e.layer for e in by_point[("mlp_output", 12)].edits] == [11, 12]
+    assert [e.layer for e in by_point[("attention_output", 12)].edits] == [12]
+
+
 def test_model_aware_problems_are_collected(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
