@@ -9,10 +9,24 @@ from ivx.positions import category
 
 LABELS = {
     "block_output": "hidden state (block output)",
+    "block_input": "hidden state (block input)",
+    "residual_mid": "hidden state (after attention)",
     "mlp_output": "MLP output",
     "attention_output": "attention output",
 }
-CMAPS = {"block_output": "Purples", "mlp_output": "Greens", "attention_output": "Reds"}
+
+
+def _cmap(component: str) -> str:
+    """One colour family per kind of site (as in the ROME figures), white at zero."""
+    if component.startswith(("mlp",)):
+        return "Greens"
+    if component.startswith("head_"):
+        return "Oranges"
+    if component.startswith(("attention", "query", "key", "value")):
+        return "Reds"
+    return "Purples"  # the residual stream: embedding, block input/output, residual_mid
+
+
 CATEGORY_LABELS = {
     "before_subject": "before subject",
     "subject_first": "first subject token",
@@ -44,7 +58,7 @@ def _panels(
     fig, axes = plt.subplots(1, len(comps), figsize=(width, height), squeeze=False, constrained_layout=True)
     for ax, comp in zip(axes[0], comps, strict=True):
         data = np.array(matrices[comp], dtype=float)
-        image = ax.imshow(data, aspect="auto", cmap=CMAPS.get(comp, "viridis"), interpolation="nearest")
+        image = ax.imshow(data, aspect="auto", cmap=_cmap(comp), interpolation="nearest")
         ax.set_yticks(range(len(row_labels)))
         ax.set_yticklabels(row_labels if comp == comps[0] else [""] * len(row_labels), fontsize=8)
         step = max(1, n_layers // 12)
@@ -128,7 +142,7 @@ def write_all(
     # position × layer when all prompts share a length
     if all("by_position" in trace["components"][k] for k in comps):
         first = trace["components"][comps[0]]["by_position"]
-        tokens = first["tokens"] or [str(i) for i in range(len(first["mean"]))]
+        tokens = first.get("labels") or first["tokens"] or [str(i) for i in range(len(first["mean"]))]
         matrices = {k: trace["components"][k]["by_position"]["mean"] for k in comps}
         path = out_dir / f"average_by_position{suffix}.png"
         _panels(path, f"{name}: {metric} by position", matrices, tokens, metric, n_layers)

@@ -114,7 +114,7 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str,
             same = len({p.base_ids for p in prep.prompts}) == 1
             entry["by_position"] = {
                 "tokens": list(prep.prompts[0].base_tokens) if same else None,
-                "example_tokens": list(prep.prompts[0].base_tokens),
+                "labels": position_labels(prep.prompts),
                 "mean": [[s[0] for s in row] for row in stats],
                 "stderr": [[s[1] for s in row] for row in stats],
             }
@@ -129,6 +129,17 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str,
     return out
 
 
+def position_labels(prompts: list[Any]) -> list[str]:
+    """A label per position of equal-length prompts: the token where all prompts share it, else
+    the first prompt's token in parentheses (e.g. a name that varies across IOI prompts)."""
+    labels = []
+    for pos, token in enumerate(prompts[0].base_tokens):
+        shared = all(p.base_ids[pos] == prompts[0].base_ids[pos] for p in prompts)
+        text = token.strip() or repr(token)
+        labels.append(text if shared else f"({text})")
+    return labels
+
+
 def table_text(trace: dict[str, Any]) -> str:
     """A plain-text AIE table by token category × layer for each component."""
     lines = []
@@ -141,9 +152,9 @@ def table_text(trace: dict[str, Any]) -> str:
                 f"{trace['metric']} by position × layer — {comp} (mean over {trace['facts']} prompts)"
             )
             lines.append(f"{'':>20}" + "".join(f"{'L' + str(i):>9}" for i in range(n_layers)))
-            tokens = by_position.get("example_tokens") or []
+            tokens = by_position.get("labels") or []
             for pos, means in enumerate(by_position["mean"]):
-                label = f"{pos} {tokens[pos].strip()[:14]}" if pos < len(tokens) else str(pos)
+                label = f"{pos} {tokens[pos][:14]}" if pos < len(tokens) else str(pos)
                 cells = "".join(f"{v:>9.3f}" if v == v else f"{'-':>9}" for v in means)
                 lines.append(f"{label:>20}{cells}")
             lines.append("")
