@@ -171,3 +171,14 @@ def test_negative_layers_and_heads_default_to_all(tmp_path: Path) -> None:
     cfg = load(tmp_path, "interventions: [{kind: zero, component: head_attention_value_output, layer: -1}]\n")
     (cell,) = plan.expand(cfg, FakeInfo(), [prompt(0, 4)]).cells
     assert cell.edits[0].layer == 3 and cell.edits[0].heads == (0, 1, 2, 3)
+
+
+def test_position_labels_mark_tokens_that_vary() -> None:
+    from dataclasses import replace
+
+    from ivx.tracing import position_labels
+
+    a = prompt(0, 4)
+    b = replace(prompt(1, 4), base_ids=(0, 1, 9, 3))
+    assert position_labels([a, b]) == ["0", "1", "(2)", "3"]
+    assert position_labels([a]) == ["0", "1", "2", "3"]
