@@ -218,13 +218,19 @@ class Executor:
             yield
             return
         skipped = components.blocks(self.lm.model)[:count]
+        # a block may already carry an instance-level forward (accelerate's device hooks wrap it
+        # that way): keep it and put it back, never delete what ivx did not set
+        saved = [(block, block.__dict__.get("forward")) for block in skipped]
         try:
             for block in skipped:
                 block.forward = lambda *args, **kwargs: states  # noqa: ARG005
             yield
         finally:
-            for block in skipped:
-                del block.forward
+            for block, previous in saved:
+                if previous is None:
+                    block.__dict__.pop("forward", None)
+                else:
+                    block.forward = previous
 
     def _blocks_return_tuples(self) -> bool:
         """Whether decoder blocks return a tuple (then their forward cannot be short-cut)."""

@@ -136,3 +136,42 @@ def test_severed_trace_shortcuts_change_no_number(tiny_model_dir, tmp_path: Path
         torch.testing.assert_close(fast_logits[key], slow_logits[key], atol=2e-5, rtol=1e-5)
     # restoring before the subject while later MLPs keep their corrupted values: the corrupted run
     assert manifest["cells_noop"] == 5 * 2 * 2
+
+
+def test_layer_reuse_keeps_foreign_instance_forwards(tiny_model_dir, tmp_path: Path) -> None:
+    """Blocks whose forward is wrapped per instance (as accelerate's device hooks do) keep the
+    wrapper after layer reuse has short-cut them, and the numbers still match a full recompute."""
+    from ivx import components, models
+
+    lm = models.load(str(tiny_model_dir("gpt2")))
+    calls: list[int] = []
+    blocks = components.blocks(lm.model)
+    for i, block in enumerate(blocks):
+        original = block.forward
+
+        def wrapped(*args, _original=original, _i=i, **kwargs):
+            calls.append(_i)
+            return _original(*args, **kwargs)
+
+        block.forward = wrapped
+    wrappers = [block.__dict__["forward"] for block in blocks]
+    body = {
+        "model": {"name": str(tiny_model_dir("gpt2"))},
+        "prompts": FACTS,
+        "corrupt": {"kind": "noise", "positions": "subject", "samples": 2},
+        "sweep": {"layer": "all", "position": "all"},
+        "interventions": [
+            {"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}
+        ],
+        "output": {"plots": False, "logits": "last"},
+    }
+    paths = []
+    for name, batch in (("fast", {}), ("slow", OFF)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, **body, "batch": batch, "metrics": ["target_prob"]}))
+        paths.append(experiment.run(path, out_root=str(tmp_path / "runs"), progress=False, lm=lm))
+    assert [block.__dict__.get("forward") for block in blocks] == wrappers
+    assert calls  # the wrappers ran where blocks were computed
+    fast, slow = (load_file(str(p / "tensors.safetensors")) for p in paths)
+    for key in fast:
+        torch.testing.assert_close(fast[key], slow[key], atol=2e-5, rtol=1e-5)
