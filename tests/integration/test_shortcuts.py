@@ -26,6 +26,26 @@ BASE = "When Mary and John went to the store , John gave a drink to"
 SOURCE = "When Mary and John went to the store , Mary gave a drink to"
 
 
+def _block_trace(model_dir: Path, samples: int, **restore: str) -> dict:
+    """A noise trace restoring block_output at every (layer, position) of FACTS."""
+    return {
+        "model": {"name": str(model_dir)},
+        "prompts": FACTS,
+        "corrupt": {"kind": "noise", "positions": "subject", "samples": samples},
+        "sweep": {"layer": "all", "position": "all"},
+        "interventions": [
+            {
+                "kind": "vanilla",
+                "component": "block_output",
+                "layer": "$layer",
+                "position": "$position",
+                **restore,
+            }
+        ],
+        "output": {"plots": False, "logits": "last"},
+    }
+
+
 def _run(tmp_path: Path, name: str, body: dict) -> tuple[list[dict], dict, dict]:
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "metrics": ["target_prob", "indirect_effect"], **body}))
@@ -113,22 +133,7 @@ def test_source_patching_shortcuts_change_no_number(tiny_model_dir, tmp_path: Pa
 
 
 def test_severed_trace_shortcuts_change_no_number(tiny_model_dir, tmp_path: Path) -> None:
-    body = {
-        "model": {"name": str(tiny_model_dir("gpt2"))},
-        "prompts": FACTS,
-        "corrupt": {"kind": "noise", "positions": "subject", "samples": 3},
-        "sweep": {"layer": "all", "position": "all"},
-        "interventions": [
-            {
-                "kind": "vanilla",
-                "component": "block_output",
-                "layer": "$layer",
-                "position": "$position",
-                "sever": "mlp_output",
-            }
-        ],
-        "output": {"plots": False, "logits": "last"},
-    }
+    body = _block_trace(tiny_model_dir("gpt2"), samples=3, sever="mlp_output")
     fast, manifest, fast_logits = _run(tmp_path, "fast", body)
     slow, _, slow_logits = _run(tmp_path, "slow", {**body, "batch": OFF})
     _compare(fast, slow, ("indirect_effect", "target_prob"))
@@ -155,16 +160,7 @@ def test_layer_reuse_keeps_foreign_instance_forwards(tiny_model_dir, tmp_path: P
 
         block.forward = wrapped
     wrappers = [block.__dict__["forward"] for block in blocks]
-    body = {
-        "model": {"name": str(tiny_model_dir("gpt2"))},
-        "prompts": FACTS,
-        "corrupt": {"kind": "noise", "positions": "subject", "samples": 2},
-        "sweep": {"layer": "all", "position": "all"},
-        "interventions": [
-            {"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}
-        ],
-        "output": {"plots": False, "logits": "last"},
-    }
+    body = _block_trace(tiny_model_dir("gpt2"), samples=2)
     paths = []
     for name, batch in (("fast", {}), ("slow", OFF)):
         path = tmp_path / f"{name}.yaml"
