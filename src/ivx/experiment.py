@@ -63,26 +63,29 @@ def prepare_all(
     `weights=False` checks against the model's structure only (meta device, nothing downloaded
     but its config and tokenizer); fact selection, which needs forward passes, is then skipped.
     """
-    from ivx import models, plan, positions
+    from ivx import models, positions
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
-    if lm is None and weights:
-        # model-aware checks first, on the structure alone: a bad layer or position is reported
-        # before minutes of loading a large model's weights
-        try:
-            prepare_all(path, overrides, weights=False)
-        except models.MetaUnsupported:
-            pass  # the same checks run below, once the weights are loaded
+    load = (spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
     if lm is None:
-        lm = models.load(
-            spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, weights=weights
-        )
+        # the structure first (meta device): a bad layer or position is reported before minutes
+        # of loading a large model's weights
+        try:
+            lm = models.load(*load, weights=False)
+        except models.MetaUnsupported:
+            if not weights:
+                raise
+            lm = models.load(*load)  # its init needs real tensors: check after loading
     try:
         prompts = positions.tokenize(lm.tokenizer, cfg.records)
     except positions.PositionError as exc:
         raise ConfigError([cfg.problem(("prompts",), str(exc))]) from None
-    dropped = None
+    _check_files(cfg)
+    out = _expand(cfg, lm, prompts, None)  # raises ConfigError with every model-aware problem
+    if weights and lm.device.type == "meta":
+        lm = models.load(*load)
+        out = [dataclasses.replace(prep, lm=lm) for prep in out]
     trace = cfg.experiment.trace
     if trace is not None and trace.select_correct and weights:
         prompts, dropped = select_correct(lm, prompts)
@@ -90,13 +93,20 @@ def prepare_all(
             raise ConfigError(
                 [cfg.problem(("trace", "select_correct"), "the model predicts none of the targets")]
             )
-    _check_files(cfg)
+        out = _expand(cfg, lm, prompts, dropped)
+    return out
+
+
+def _expand(cfg: LoadedConfig, lm: Any, prompts: list, dropped: list | None) -> list[Prepared]:
+    """One Prepared per corruption variant, cell indices unique across variants."""
+    from ivx import plan
+
     out = []
     offset = 0
     for label, variant in variants(cfg):
         expanded = plan.expand(variant, lm.info, prompts)
         cells = tuple(dataclasses.replace(c, index=c.index + offset) for c in expanded.cells)
-        offset += len(cells)  # cell indices stay unique across corruption variants
+        offset += len(cells)
         out.append(Prepared(variant, lm, prompts, dataclasses.replace(expanded, cells=cells), dropped, label))
     return out
 
@@ -120,11 +130,14 @@ def tensor_bytes(preps: list[Prepared]) -> int:
 
 
 def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    """Bytes as B / KB / MB / GB."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB"):
         n /= 1024
-    return f"{n:.1f} GB"
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GB"
 
 
 def size_warning(preps: list[Prepared]) -> str | None:

@@ -89,6 +89,7 @@ class Executor:
         self.states: dict[int, torch.Tensor] = {}  # per prompt: baseline block outputs [layers, S, seq, d]
         self.skip_noop = self.exp.batch.skip_noop and self.exp.output.logits != "all"
         self.noop_cells = 0  # cells answered by the corrupted baseline without a forward pass
+        self._divergences: dict[tuple[int, str], int] = {}
         self.caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per prompt, per layer
 
     # ---- helpers -------------------------------------------------------------------------
@@ -178,8 +179,15 @@ class Executor:
         """First position where the cells' input run can differ from the `source` run.
 
         Cells run the corrupted base input; in a causal model every activation at an earlier
-        position is computed from identical tokens in both runs, so it is identical.
+        position is computed from identical tokens in both runs, so it is identical. (Called
+        after `prepare`, which fixes the corrupted inputs.)
         """
+        key = (prompt, source)
+        if key not in self._divergences:
+            self._divergences[key] = self._first_difference(prompt, source)
+        return self._divergences[key]
+
+    def _first_difference(self, prompt: int, source: str) -> int:
         p = self.prompts[prompt]
         run_ids = self.base.corrupt_ids.get(prompt, p.base_ids)
         other = p.base_ids if source == "base" else p.source_ids

@@ -147,25 +147,21 @@ def table_text(trace: dict[str, Any]) -> str:
     for comp, entry in trace["components"].items():
         by_position = entry.get("by_position")
         if not trace.get("has_subject", True) and by_position:
-            # no subject, so no token categories: positions (aligned prompts), labelled by prompt 0
-            lines.append(
-                f"{trace['metric']} by position × layer — {comp} (mean over {trace['facts']} prompts)"
-            )
-            lines.append(f"{'':>20}" + "".join(f"{'L' + str(i):>9}" for i in range(n_layers)))
-            tokens = by_position.get("labels") or []
-            for pos, means in enumerate(by_position["mean"]):
-                label = f"{pos} {tokens[pos][:14]}" if pos < len(tokens) else str(pos)
-                cells = "".join(f"{v:>9.3f}" if v == v else f"{'-':>9}" for v in means)
-                lines.append(f"{label:>20}{cells}")
-            lines.append("")
-            continue
-        lines.append(
-            f"{trace['metric']} by token category × layer — {comp} (mean over {trace['facts']} prompts)"
-        )
+            # no subject, so no token categories: positions of the aligned prompts
+            axis = "position"
+            labels = by_position.get("labels") or []
+            rows = [
+                (f"{pos} {labels[pos][:14]}" if pos < len(labels) else str(pos), means)
+                for pos, means in enumerate(by_position["mean"])
+            ]
+        else:
+            axis = "token category"
+            rows = [(cat, stats["mean"]) for cat, stats in entry["by_category"].items()]
+        lines.append(f"{trace['metric']} by {axis} × layer — {comp} (mean over {trace['facts']} prompts)")
         lines.append(f"{'':>20}" + "".join(f"{'L' + str(i):>9}" for i in range(n_layers)))
-        for cat, stats in entry["by_category"].items():
-            cells = "".join(f"{v:>9.3f}" if v == v else f"{'-':>9}" for v in stats["mean"])
-            lines.append(f"{cat:>20}{cells}")
+        for label, means in rows:
+            cells = "".join(f"{v:>9.3f}" if v == v else f"{'-':>9}" for v in means)
+            lines.append(f"{label:>20}{cells}")
         lines.append("")
     lines.append(f"p(clean) = {trace['p_clean']:.3f}   p(corrupted) = {trace['p_corrupted']:.3f}")
     return "\n".join(lines)
