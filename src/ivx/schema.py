@@ -194,6 +194,21 @@ Component = Annotated[Any, AfterValidator(_check_component)]
 Kind = Annotated[Any, AfterValidator(_check_kind)]
 
 
+def check_window(value: Any) -> Any:
+    """A layer window: a size ≥ 1, or {component: size} with real component names."""
+    import difflib
+
+    items = value.items() if isinstance(value, dict) else [("window", value)]
+    for key, size in items:
+        if size is not None and size < 1:
+            raise ValueError(f"window must be ≥ 1 (got {size} for {key})")
+        if isinstance(value, dict) and key not in COMPONENT_NAMES:
+            near = difflib.get_close_matches(key, COMPONENT_NAMES, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"window key {key!r} is not a component name{hint}")
+    return value
+
+
 class Strict(BaseModel):
     """Base for every schema section: unknown keys are errors, values are frozen."""
 
@@ -331,13 +346,7 @@ class Intervention(Strict):
     @field_validator("window")
     @classmethod
     def _window(cls, value: int | dict[str, int] | None) -> int | dict[str, int] | None:
-        items = value.items() if isinstance(value, dict) else [("window", value)]
-        for key, size in items:
-            if size is not None and size < 1:
-                raise ValueError(f"window must be ≥ 1 (got {size} for {key})")
-            if isinstance(value, dict) and key not in COMPONENT_NAMES:
-                raise ValueError(f"window key {key!r} is not a component name")
-        return value
+        return check_window(value)
 
     @field_validator("subspace")
     @classmethod
@@ -422,12 +431,7 @@ class Trace(Strict):
     @field_validator("window")
     @classmethod
     def _trace_window(cls, value: dict[str, int]) -> dict[str, int]:
-        for key, size in value.items():
-            if key not in COMPONENT_NAMES:
-                raise ValueError(f"trace.window key {key!r} is not a component name")
-            if size < 1:
-                raise ValueError(f"window must be ≥ 1 (got {size} for {key})")
-        return value
+        return check_window(value)
 
 
 class Generate(Strict):
