@@ -376,6 +376,11 @@ def run(
         seconds=round(time.perf_counter() - started, 3),
         cells_done=len(rows),
         cells_noop=sum(e.noop_cells for e in executors),
+        shortcuts=(
+            {p.label: e.report for p, e in zip(preps, executors, strict=True)}
+            if labelled
+            else executors[0].report
+        ),
     )
     return run_dir
 
