@@ -82,6 +82,7 @@ class Executor:
         self.report: dict[str, Any] = {"groups": []}  # what ran, for the manifest and the terminal
         self.states: dict[int, torch.Tensor] = {}  # per prompt: baseline block outputs [layers, S, seq, d]
         self.noop_cells = 0  # cells answered by the corrupted baseline without a forward pass
+        self.tuple_blocks = False  # skipped blocks return (states,) instead of states
         self._divergences: dict[tuple[int, str], int] = {}
         self.caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per prompt, per layer
 
@@ -123,19 +124,27 @@ class Executor:
             prompt = min(self.base.corrupt_logits)
             if not self._replays(prompt, set(wanted)):
                 for name in wanted:
+                    if name == "layer_reuse" and not self._replays(prompt, {name}):
+                        self.tuple_blocks = True  # blocks of transformers 4.x return tuples
                     if not self._replays(prompt, {name}):
+                        self.tuple_blocks = self.tuple_blocks and name != "layer_reuse"
                         self.why_off[name] = (
                             f"{self._replay_error or 'results differ from the plain forward'} "
                             f"(transformers {transformers.__version__}); switched off"
                         )
                 if self.why_off["prefix_reuse"] is not None and self.why_off["layer_reuse"] is None:
                     self.why_off["layer_reuse"] = "needs prefix reuse"
+                alive = {n for n in names if self.why_off[n] is None}
+                if alive and not self._replays(prompt, alive):  # each works alone, not together
+                    for name in alive:
+                        self.why_off[name] = "results differ when combined with the other shortcuts"
         if not self.reuse:
             self.caches.clear()
         if not self.layer_reuse:
             self.states.clear()
         self.report["transformers"] = transformers.__version__
         self.report["cache_argument"] = kvcache.argument(self.lm.model.forward)
+        self.report["tuple_blocks"] = self.tuple_blocks
         self.report["shortcuts"] = {
             name: {"on": why is None, **({"why": why} if why else {})} for name, why in self.why_off.items()
         }
@@ -279,7 +288,7 @@ class Executor:
         return cell.prompt in self.base.corrupt_logits
 
     def _skipping(self, count: int, states: torch.Tensor | None) -> Any:
-        return shortcuts.skipping(self.lm, count, states)
+        return shortcuts.skipping(self.lm, count, states, self.tuple_blocks)
 
     def _keep_states(self, chunk: list[Cell], store: dict, sites: list) -> None:
         import torch

@@ -63,8 +63,13 @@ def unembed(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def skipping(lm: LoadedModel, count: int, states: torch.Tensor | None) -> Iterator[None]:
-    """Make blocks 0..count-1 return `states` (the baseline's output of block count-1)."""
+def skipping(
+    lm: LoadedModel, count: int, states: torch.Tensor | None, as_tuple: bool = False
+) -> Iterator[None]:
+    """Make blocks 0..count-1 return `states` (the baseline's output of block count-1).
+
+    `as_tuple`: return `(states,)`, for releases whose blocks return tuples (transformers 4.x).
+    """
     from ivx import components
 
     if not count:
@@ -75,8 +80,9 @@ def skipping(lm: LoadedModel, count: int, states: torch.Tensor | None) -> Iterat
     # that way): keep it and put it back, never delete what ivx did not set
     saved = [(block, block.__dict__.get("forward")) for block in skipped]
     try:
+        value = (states,) if as_tuple else states
         for block in skipped:
-            block.forward = lambda *args, **kwargs: states  # noqa: ARG005
+            block.forward = lambda *args, **kwargs: value  # noqa: ARG005
         yield
     finally:
         for block, previous in saved:
