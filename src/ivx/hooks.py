@@ -222,3 +222,45 @@ def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Te
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _alias(raw: torch.Tensor) -> torch.Tensor:
+    """A new autograd node for `raw`: gradients w.r.t. it flow only through its consumers."""
+    return raw.view_as(raw) if raw.requires_grad else raw.detach().requires_grad_()
+
+
+@contextmanager
+def tracking(model: Any, sites: Sequence[Site]) -> Iterator[dict[tuple[str, str], torch.Tensor]]:
+    """Like `capturing`, but keep the autograd graph: store the tensor each hooked module consumes.
+
+    Each hook swaps its tensor for an alias that only that module (input hooks) or every consumer
+    of the output (output hooks) reads, so `torch.autograd.grad(metric, store[key])` is the
+    gradient of patching that site, as an exact patch would. Values are raw `[b, s, width]`
+    (or flattened `[b*s, width]`) tensors keyed by (module, hook side).
+    """
+    store: dict[tuple[str, str], torch.Tensor] = {}
+    handles = []
+    try:
+        for module_path, hook in dict.fromkeys((site.module, site.hook) for site in sites):
+            module = _module(model, module_path)
+            key = (module_path, hook)
+            if hook == "output":
+
+                def out_hook(mod: Any, args: Any, output: Any, key: tuple[str, str] = key) -> Any:
+                    raw = _alias(output[0] if isinstance(output, tuple) else output)
+                    store[key] = raw
+                    return (raw, *output[1:]) if isinstance(output, tuple) else raw
+
+                handles.append(module.register_forward_hook(out_hook))
+            else:
+
+                def in_hook(mod: Any, args: tuple, kwargs: dict, key: tuple[str, str] = key) -> Any:
+                    raw, where = _hidden_from_inputs(args, kwargs)
+                    raw = store[key] = _alias(raw)
+                    return ((raw, *args[1:]), kwargs) if where == 0 else (args, {**kwargs, where: raw})
+
+                handles.append(module.register_forward_pre_hook(in_hook, with_kwargs=True))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
