@@ -130,3 +130,106 @@ def test_estimate_is_the_first_order_term(tiny_model_dir, tmp_path: Path) -> Non
         assert a["target_logit"] - run_logit == pytest.approx(slope, abs=1e-7), a
         moved += abs(slope) > 1e-4  # 1000× the tolerance (a random tiny model's logits move little)
     assert moved >= 4  # the derivative is not trivially zero
+
+
+def capture(lm, module: str, ids: list[int], grad: bool = False, target: int | None = None, patch=None):
+    """A module's output in a run of `ids` (optionally its target-logit gradient; `patch` edits
+    another module's output first: (module, fn))."""
+    store = {}
+
+    def keep(m, a, out):
+        raw = out[0] if isinstance(out, tuple) else out
+        if grad:
+            raw.retain_grad()
+        store["out"] = raw
+
+    handles = [lm.model.get_submodule(module).register_forward_hook(keep)]
+    if patch is not None:
+        handles.insert(0, lm.model.get_submodule(patch[0]).register_forward_hook(patch[1]))
+    try:
+        with torch.enable_grad():
+            logit = lm.model(input_ids=torch.tensor([ids])).logits[0, -1, target or 0]
+            if grad:
+                logit.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    out = store["out"]
+    return (out.detach().clone(), out.grad.clone()) if grad else out.detach().clone()
+
+
+def tokens(lm, record: dict) -> tuple[list[int], list[int], int]:
+    tok = lm.tokenizer
+    ids = tok(record["base"], add_special_tokens=False)["input_ids"]
+    src = tok(record["source"], add_special_tokens=False)["input_ids"]
+    return ids, src, tok(record["target"], add_special_tokens=False)["input_ids"][0]
+
+
+def test_qk_fix_is_exact_through_the_attention_layer(tiny_model_dir, tmp_path: Path) -> None:
+    """QK fix = (attention output with the patched key/query − the run's) · ∂metric/∂attention
+    output, computed here with real patched forwards and autograd."""
+    lm = models.load(str(tiny_model_dir("gpt2")))
+    with torch.no_grad():  # sharpen the attention (queries × 8): the saturated regime AtP* targets
+        for block in lm.model.transformer.h:
+            block.attn.c_attn.weight[:, : lm.info.d_model] *= 8
+    fields = {
+        "prompts": RECORDS[:1],
+        "attribution": {"qk_fix": True},
+        "sweep": {"component": ["head_key_output", "head_query_output"], "head": [0, 1], "position": [9, 13]},
+        "interventions": [
+            {"kind": "vanilla", "component": "$component", "layer": 1, "head": "$head", "position": "$position"}
+        ],
+        "metrics": ["target_logit"],
+    }
+    approx = run_rows(lm, tmp_path, "attribution", **fields)
+    ids, src, target = tokens(lm, RECORDS[0])
+    d, hd = lm.info.d_model, lm.info.head_dim
+    src_qkv = capture(lm, "transformer.h.1.attn.c_attn", src)
+    run_attn, grad_attn = capture(lm, "transformer.h.1.attn", ids, grad=True, target=target)
+    with torch.no_grad():
+        run_logit = float(lm.model(input_ids=torch.tensor([ids])).logits[0, -1, target])
+    moved = 0
+    for a in approx:
+        lo = (d if a["component"] == "head_key_output" else 0) + a["head"] * hd
+        pos = a["position"]
+
+        def patch(m, args, out, lo=lo, pos=pos):
+            out = out.clone()
+            out[0, pos, lo : lo + hd] = src_qkv[0, pos, lo : lo + hd]
+            return out
+
+        with torch.no_grad():
+            patched = capture(lm, "transformer.h.1.attn", ids, patch=("transformer.h.1.attn.c_attn", patch))
+        oracle = float(((patched - run_attn) * grad_attn).sum())
+        # a random tiny model's logits move little: compare to 4 significant digits instead
+        assert a["target_logit"] - run_logit == pytest.approx(oracle, rel=1e-3, abs=1e-9), a
+        moved += abs(oracle) > 1e-7
+    assert moved >= 4
+
+
+def test_grad_drop_score(tiny_model_dir, tmp_path: Path) -> None:
+    """GradDrop on a 2-layer model: an MLP of the last layer scores |estimate| (dropping layer 0
+    changes nothing above it, dropping its own layer zeroes it); an MLP of layer 0 scores
+    |Δ · ∂metric/∂(last residual)|, the path that skips layer 1's branch."""
+    lm = models.load(str(tiny_model_dir("gpt2")))
+    fields = {
+        "prompts": RECORDS[:1],
+        "attribution": {"grad_drop": True},
+        "sweep": {"layer": [0, 1], "position": [9, 12]},
+        "interventions": [{"kind": "vanilla", "component": "mlp_output", "layer": "$layer", "position": "$position"}],
+        "metrics": ["target_logit"],
+    }
+    approx = run_rows(lm, tmp_path, "attribution", **fields)
+    ids, src, target = tokens(lm, RECORDS[0])
+    with torch.no_grad():
+        run_logit = float(lm.model(input_ids=torch.tensor([ids])).logits[0, -1, target])
+    _, grad_last = capture(lm, "transformer.h.1", ids, grad=True, target=target)
+    run_mlp0, src_mlp0 = (capture(lm, "transformer.h.0.mlp", x) for x in (ids, src))
+    for a in approx:
+        if a["layer"] == 1:
+            assert a["grad_drop"] == pytest.approx(abs(a["target_logit"] - run_logit), rel=1e-4, abs=1e-7)
+        else:
+            pos = a["position"]
+            direct = float(((src_mlp0 - run_mlp0)[0, pos] * grad_last[0, pos]).sum())
+            assert a["grad_drop"] == pytest.approx(abs(direct), rel=1e-4, abs=1e-9)
+            assert abs(direct) > 1e-6 or pos != 13  # only the last position reaches the logits directly
