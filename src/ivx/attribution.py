@@ -338,7 +338,7 @@ def _row(executor: Executor, est: Estimates, cell: Cell) -> dict[str, Any]:
     names = list(executor.exp.metrics)
     row: dict[str, Any] = {"cell": cell.index, "prompt_index": cell.prompt, **dict(cell.point)}
     row.update(metrics.cell_values(names, patched, run_values, clean))
-    if "target_prob" in patched and executor.prompts[cell.prompt].target_id is not None:
+    if executor.prompts[cell.prompt].target_id is not None:
         row["p_clean"] = clean["target_prob"]
         row["p_corrupted"] = corrupted["target_prob"]
     if executor.exp.attribution.grad_drop:
