@@ -43,7 +43,9 @@ def prompts(tokenizer: object, length: int) -> list[dict[str, str]]:
     return [{"base": base, "source": source, "target": " Trelin"}]
 
 
-def time_run(lm: object, work: Path, method: str, layers: object, heads: object, records: list) -> tuple[float, int]:
+def time_run(
+    lm: object, work: Path, method: str, layers: object, heads: object, records: list
+) -> tuple[float, int]:
     """Seconds and cells of one `ivx run` of the head × position sweep."""
     from ivx import experiment
 

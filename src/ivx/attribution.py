@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from ivx import hooks, metrics
@@ -90,41 +90,6 @@ def check(cfg: LoadedConfig) -> list[Problem]:
     return problems
 
 
-@contextmanager
-def _gates(model: Any, state: dict[str, int]) -> Iterator[None]:
-    """Write each block's output as input + branch, the branch's gradient dropped when
-    `state["drop"]` is its layer (GradDrop); the forward values are unchanged."""
-    from ivx import components
-
-    inputs: dict[int, Any] = {}
-    handles = []
-
-    def pre(layer: int) -> Any:
-        def hook(mod: Any, args: tuple, kwargs: dict) -> None:
-            inputs[layer] = hooks._hidden_from_inputs(args, kwargs)[0]
-
-        return hook
-
-    def post(layer: int) -> Any:
-        def hook(mod: Any, args: Any, output: Any) -> Any:
-            raw = output[0] if isinstance(output, tuple) else output
-            branch = raw - inputs[layer]
-            branch.register_hook(lambda g: g * 0 if state.get("drop") == layer else g)
-            new = inputs[layer] + branch
-            return (new, *output[1:]) if isinstance(output, tuple) else new
-
-        return hook
-
-    try:
-        for layer, block in enumerate(components.blocks(model)):
-            handles.append(block.register_forward_pre_hook(pre(layer), with_kwargs=True))
-            handles.append(block.register_forward_hook(post(layer)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 class Gradients:
     """One tracked forward of the run being patched into, and the metric gradients at every site.
 
@@ -134,6 +99,8 @@ class Gradients:
 
     def __init__(self, executor: Executor, prompt: int, sites: list[Site], quantities: list[str]) -> None:
         import torch
+
+        from ivx import components
 
         self.executor = executor
         self.prompt = prompt
@@ -148,7 +115,7 @@ class Gradients:
             ids = ids.repeat(S, 1)
             with (
                 hooks.patching(lm.model, self._corruption()),
-                _gates(lm.model, state) if grad_drop else _nothing(),
+                hooks.branch_gates(components.blocks(lm.model), state) if grad_drop else nullcontext(),
                 hooks.tracking(lm.model, sites) as store,
             ):
                 logits = lm.model(input_ids=ids).logits[:, -1].float()  # [S, vocab]
@@ -206,11 +173,6 @@ class Gradients:
             ref = self.executor.base.reference_logits(self.prompt).unsqueeze(0).expand(n, -1).clone()
         values = metrics.row_values(logits, target.to(logits.device), foil.to(logits.device), ref, rank=False)
         return {q: values[q] for q in names}
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _mask(site: Site, edit: Edit, device: Any) -> torch.Tensor:
@@ -296,17 +258,24 @@ class Estimates:
         delta = (source - act) * _mask(site, edit, act.device)
         return (delta * self._read(site, quantity, drop)[:, positions]).sum((1, 2))
 
+    def _change(self, cell: Cell, quantity: str, drop: int | None) -> torch.Tensor:
+        """[S] estimated change of `quantity` from all edits of a cell (zero without edits)."""
+        import torch
+
+        total = torch.zeros(self.grads.samples, device=self.executor.lm.device)
+        for edit in cell.edits:
+            total = total + self._edit(edit, quantity, drop)
+        return total
+
     def cell(self, cell: Cell) -> dict[str, float]:
         """Sample-averaged estimated change of every quantity for one cell."""
-        return {q: float(sum(self._edit(e, q, None) for e in cell.edits).mean()) for q in self.quantities}
+        return {q: float(self._change(cell, q, None).mean()) for q in self.quantities}
 
     def grad_drop(self, cell: Cell) -> float:
         """GradDrop score of the first quantity: 1/(L−1) Σ_ℓ |estimate with layer ℓ dropped|."""
         q = self.quantities[0]
         n_layers = self.executor.lm.info.n_layers
-        total = sum(
-            float(sum(self._edit(e, q, drop) for e in cell.edits).abs().mean()) for drop in range(n_layers)
-        )
+        total = sum(float(self._change(cell, q, drop).abs().mean()) for drop in range(n_layers))
         return total / max(1, n_layers - 1)
 
 

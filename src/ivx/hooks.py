@@ -264,3 +264,36 @@ def tracking(model: Any, sites: Sequence[Site]) -> Iterator[dict[tuple[str, str]
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def branch_gates(blocks: Sequence[Any], state: dict[str, int]) -> Iterator[None]:
+    """Write each block's output as input + branch, the branch's gradient dropped while
+    `state["drop"]` is the block's index (AtP*'s GradDrop); forward values are unchanged."""
+    inputs: dict[int, Any] = {}
+    handles = []
+
+    def pre(layer: int) -> Any:
+        def hook(mod: Any, args: tuple, kwargs: dict) -> None:
+            inputs[layer] = _hidden_from_inputs(args, kwargs)[0]
+
+        return hook
+
+    def post(layer: int) -> Any:
+        def hook(mod: Any, args: Any, output: Any) -> Any:
+            raw = output[0] if isinstance(output, tuple) else output
+            branch = raw - inputs[layer]
+            branch.register_hook(lambda g: g * 0 if state.get("drop") == layer else g)
+            new = inputs[layer] + branch
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+    try:
+        for layer, block in enumerate(blocks):
+            handles.append(block.register_forward_pre_hook(pre(layer), with_kwargs=True))
+            handles.append(block.register_forward_hook(post(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -485,7 +485,7 @@ class Attribution(Strict):
         "layer's residual-branch gradient dropped; written as `grad_drop` and used to rank for verify.",
     )
     verify: Verify | None = Field(
-        None, description="Re-check cells with exact patching and report correlations: see `attribution.verify`."
+        None, description="Re-check cells exactly and report correlations: see `attribution.verify`."
     )
 
 

@@ -77,11 +77,18 @@ def verify(executor: Executor, rows: list[dict[str, Any]]) -> dict[str, Any] | N
     for outputs in executor.execute([by_index[i] for i in chosen if i in by_index]):
         exact.update({o.cell.index: o.row for o in outputs})
     estimates = {r["cell"]: r for r in rows}
-    report: dict[str, Any] = {"cells": len(exact), "top_k": spec.top_k, "random": spec.random, "ranked_by": key}
+    report: dict[str, Any] = {
+        "cells": len(exact),
+        "top_k": spec.top_k,
+        "random": spec.random,
+        "ranked_by": key,
+    }
     per_metric = {}
     for name in exp.metrics:
         pairs = [
-            (_value(estimates[i], name), _value(exact[i], name)) for i in chosen if i in exact and i in estimates
+            (_value(estimates[i], name), _value(exact[i], name))
+            for i in chosen
+            if i in exact and i in estimates
         ]
         pairs = [(e, x) for e, x in pairs if e is not None and x is not None]
         est, ex = [p[0] for p in pairs], [p[1] for p in pairs]

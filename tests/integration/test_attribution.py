@@ -15,10 +15,18 @@ from ivx.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDS = [
-    {"base": "When Mary and John went to the store , John gave a drink to", "target": " Mary", "foil": " John",
-     "source": "When Mary and John went to the store , Mary gave a drink to"},
-    {"base": "When Tom and James went to the park , James gave a ball to", "target": " Tom", "foil": " James",
-     "source": "When Tom and James went to the park , Tom gave a ball to"},
+    {
+        "base": "When Mary and John went to the store , John gave a drink to",
+        "target": " Mary",
+        "foil": " John",
+        "source": "When Mary and John went to the store , Mary gave a drink to",
+    },
+    {
+        "base": "When Tom and James went to the park , James gave a ball to",
+        "target": " Tom",
+        "foil": " James",
+        "source": "When Tom and James went to the park , Tom gave a ball to",
+    },
 ]
 
 
@@ -74,7 +82,9 @@ def test_linear_readout_is_exact(arch: str, tiny_model_dir, tmp_path: Path) -> N
     assert moved > 4  # the patches change the answer: the agreement is not trivial
 
 
-def first_order(lm, module: str, ids: list[int], src_ids: list[int], pos: int, cols: slice, target: int) -> float:
+def first_order(
+    lm, module: str, ids: list[int], src_ids: list[int], pos: int, cols: slice, target: int
+) -> float:
     """d/dε of the target logit when a slice of `module`'s output moves ε of the way to the
     source run's value, by forward-mode AD (torch.func.jvp) through a hand-written hook."""
     mod = lm.model.get_submodule(module)
@@ -107,9 +117,19 @@ def test_estimate_is_the_first_order_term(tiny_model_dir, tmp_path: Path) -> Non
     lm = models.load(str(tiny_model_dir("llama")))
     fields = {
         "prompts": RECORDS[:1],
-        "sweep": {"component": ["head_key_output", "head_value_output"], "head": [0, 1], "position": [9, 11, 13]},
+        "sweep": {
+            "component": ["head_key_output", "head_value_output"],
+            "head": [0, 1],
+            "position": [9, 11, 13],
+        },
         "interventions": [
-            {"kind": "vanilla", "component": "$component", "layer": 1, "head": "$head", "position": "$position"}
+            {
+                "kind": "vanilla",
+                "component": "$component",
+                "layer": 1,
+                "head": "$head",
+                "position": "$position",
+            }
         ],
         "metrics": ["target_logit"],
     }
@@ -177,7 +197,13 @@ def test_qk_fix_is_exact_through_the_attention_layer(tiny_model_dir, tmp_path: P
         "attribution": {"qk_fix": True},
         "sweep": {"component": ["head_key_output", "head_query_output"], "head": [0, 1], "position": [9, 13]},
         "interventions": [
-            {"kind": "vanilla", "component": "$component", "layer": 1, "head": "$head", "position": "$position"}
+            {
+                "kind": "vanilla",
+                "component": "$component",
+                "layer": 1,
+                "head": "$head",
+                "position": "$position",
+            }
         ],
         "metrics": ["target_logit"],
     }
@@ -216,7 +242,9 @@ def test_grad_drop_score(tiny_model_dir, tmp_path: Path) -> None:
         "prompts": RECORDS[:1],
         "attribution": {"grad_drop": True},
         "sweep": {"layer": [0, 1], "position": [9, 12]},
-        "interventions": [{"kind": "vanilla", "component": "mlp_output", "layer": "$layer", "position": "$position"}],
+        "interventions": [
+            {"kind": "vanilla", "component": "mlp_output", "layer": "$layer", "position": "$position"}
+        ],
         "metrics": ["target_logit"],
     }
     approx = run_rows(lm, tmp_path, "attribution", **fields)
@@ -257,7 +285,9 @@ def test_correlates_with_exact_on_the_toy_trace(tmp_path: Path) -> None:
         path = tmp_path / f"{method}.yaml"
         path.write_text(yaml.safe_dump({**cfg, "method": method}))
         run_dir = experiment.run(path, progress=False, lm=lm)
-        rows[method] = {r["cell"]: r for r in map(json.loads, (run_dir / "results.jsonl").read_text().splitlines())}
+        rows[method] = {
+            r["cell"]: r for r in map(json.loads, (run_dir / "results.jsonl").read_text().splitlines())
+        }
     cells = sorted(rows["exact"])
     assert len(cells) > 100 and sorted(rows["attribution"]) == cells
 
@@ -275,7 +305,13 @@ def test_shipped_config_runs_and_verifies(tmp_path: Path) -> None:
     """configs/attribution_trace.yaml through the CLI: approximate rows, a verification report
     in summary.json whose exact values match the exact method's own rows, and terminal lines."""
     path = ROOT / "configs" / "attribution_trace.yaml"
-    sets = ["prompts.limit=2", "corrupt.samples=2", "sweep.head=[0, 1]", "attribution.verify.top_k=5", "attribution.verify.random=5"]
+    sets = [
+        "prompts.limit=2",
+        "corrupt.samples=2",
+        "sweep.head=[0, 1]",
+        "attribution.verify.top_k=5",
+        "attribution.verify.random=5",
+    ]
     args = ["run", str(path), "--out", str(tmp_path), *[x for s in sets for x in ("--set", s)]]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
