@@ -90,6 +90,16 @@ def check(cfg: LoadedConfig) -> list[Problem]:
     return problems
 
 
+def check_model(cfg: LoadedConfig, lm: Any) -> None:
+    """Model-aware problems of `method: attribution` (the QK fix's architectures): ConfigError."""
+    from ivx import qkfix
+    from ivx.config import ConfigError
+
+    reason = qkfix.unsupported(lm)
+    if cfg.experiment.method == "attribution" and cfg.experiment.attribution.qk_fix and reason:
+        raise ConfigError([cfg.problem(("attribution", "qk_fix"), f"{reason}; set it to false")])
+
+
 class Gradients:
     """One tracked forward of the run being patched into, and the metric gradients at every site.
 
@@ -281,13 +291,9 @@ class Estimates:
 
 def execute(executor: Executor, cells: list[Cell]) -> Iterator[list[CellOutput]]:
     """Estimate cells prompt by prompt (after `executor.prepare()`); yield rows like the exact path."""
-    from ivx import qkfix
-    from ivx.config import ConfigError
     from ivx.runner import CellOutput
 
-    reason = qkfix.unsupported(executor.lm)
-    if executor.exp.attribution.qk_fix and reason:
-        raise ConfigError([executor.cfg.problem(("attribution", "qk_fix"), reason)])
+    check_model(executor.cfg, executor.lm)
     by_prompt: dict[int, list[Cell]] = defaultdict(list)
     for cell in cells:
         by_prompt[cell.prompt].append(cell)

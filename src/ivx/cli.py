@@ -154,7 +154,7 @@ def run(
         if checks:
             from ivx import verification
 
-            for label, report in (checks.items() if "metrics" not in checks else [(None, checks)]):
+            for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:
                 _err((f"== {label} corruption ==\n" if label else "") + verification.text(report))
         for warning in summary.get("warnings", []):
             _err(f"warning: {warning}")

@@ -82,6 +82,10 @@ def prepare_all(
     except positions.PositionError as exc:
         raise ConfigError([cfg.problem(("prompts",), str(exc))]) from None
     _check_files(cfg)
+    if cfg.experiment.method == "attribution":
+        from ivx import attribution
+
+        attribution.check_model(cfg, lm)
     out = _expand(cfg, lm, prompts, None)  # raises ConfigError with every model-aware problem
     if weights and lm.device.type == "meta":
         lm = models.load(*load)

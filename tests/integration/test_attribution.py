@@ -348,3 +348,19 @@ def test_unsupported_kinds_and_metrics_are_config_errors(tmp_path: Path) -> None
     assert any("interventions[0].kind" in line and "'zero'" in line and "vanilla" in line for line in lines)
     assert any("metrics[1]" in line and "'target_rank'" in line for line in lines)
     assert all(line.split()[0].rsplit(":", 1)[1].isdigit() for line in lines)
+
+
+def test_qk_fix_on_a_rotary_model_is_a_config_error(tiny_model_dir, tmp_path: Path) -> None:
+    """The QK fix models GPT-2's attention only: elsewhere `validate` names the field, exit 2."""
+    cfg = {
+        "model": {"name": str(tiny_model_dir("llama"))},
+        "prompts": RECORDS,
+        "method": "attribution",
+        "attribution": {"qk_fix": True},
+        "interventions": [{"kind": "vanilla", "component": "head_key_output", "layer": 0, "position": "last"}],
+    }
+    path = tmp_path / "rotary.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"{path}:" in result.output and "attribution.qk_fix" in result.output and "llama" in result.output
