@@ -309,6 +309,7 @@ def test_shipped_config_runs_and_verifies(tmp_path: Path) -> None:
         "prompts.limit=2",
         "corrupt.samples=2",
         "sweep.head=[0, 1]",
+        "sweep.component=[head_query_output, head_key_output]",
         "attribution.verify.top_k=5",
         "attribution.verify.random=5",
     ]
@@ -357,7 +358,9 @@ def test_qk_fix_on_a_rotary_model_is_a_config_error(tiny_model_dir, tmp_path: Pa
         "prompts": RECORDS,
         "method": "attribution",
         "attribution": {"qk_fix": True},
-        "interventions": [{"kind": "vanilla", "component": "head_key_output", "layer": 0, "position": "last"}],
+        "interventions": [
+            {"kind": "vanilla", "component": "head_key_output", "layer": 0, "position": "last"}
+        ],
     }
     path = tmp_path / "rotary.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
