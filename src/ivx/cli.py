@@ -150,6 +150,12 @@ def run(
         for label, trace in (summary.get("traces") or {None: summary.get("trace")}).items():
             if trace:
                 _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
+        checks = summary.get("attribution_verification")
+        if checks:
+            from ivx import verification
+
+            for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:
+                _err((f"== {label} corruption ==\n" if label else "") + verification.text(report))
         for warning in summary.get("warnings", []):
             _err(f"warning: {warning}")
         _print_shortcuts(run_dir)

@@ -82,6 +82,10 @@ def prepare_all(
     except positions.PositionError as exc:
         raise ConfigError([cfg.problem(("prompts",), str(exc))]) from None
     _check_files(cfg)
+    if cfg.experiment.method == "attribution":
+        from ivx import attribution
+
+        attribution.check_model(cfg, lm)
     out = _expand(cfg, lm, prompts, None)  # raises ConfigError with every model-aware problem
     if weights and lm.device.type == "meta":
         lm = models.load(*load)
@@ -237,7 +241,7 @@ def run(
     import torch
     from safetensors.torch import save_file
 
-    from ivx import plots, runner, tracing
+    from ivx import attribution, plots, runner, tracing, verification
 
     if resume is not None:
         previous = json.loads((resume / "manifest.json").read_text())
@@ -318,7 +322,11 @@ def run(
                     executor.prepare()
                     executors.append(executor)
                     todo = [c for c in variant.plan.cells if c.index not in done]
-                    for n_batch, outputs in enumerate(executor.execute(todo)):
+                    if exp.method == "attribution":
+                        batches = attribution.execute(executor, todo)
+                    else:
+                        batches = executor.execute(todo)
+                    for n_batch, outputs in enumerate(batches):
                         tensors: dict[str, torch.Tensor] = {}
                         for out in outputs:
                             if labelled:
@@ -357,6 +365,10 @@ def run(
                 summary["trace"] = next(iter(traces.values()))
                 if labelled:
                     summary["traces"] = traces
+            if exp.method == "attribution":
+                checks = verification.for_run(executors, [p.label for p in preps], rows)
+                if checks:
+                    summary["attribution_verification"] = checks
             rundir.write_json(run_dir / "summary.json", summary)
             results.write_csv(rows)
             _merge_tensors(

@@ -464,6 +464,31 @@ class Train(Strict):
     max_records: int | None = Field(None, ge=2, description="Use at most this many records.")
 
 
+class Verify(Strict):
+    """`attribution.verify:` re-run some cells with exact patching and compare."""
+
+    top_k: int = Field(10, ge=0, description="Re-run the N cells with the largest |estimate| exactly.")
+    random: int = Field(10, ge=0, description="Also re-run this many other cells, drawn at random (seeded).")
+
+
+class Attribution(Strict):
+    """`attribution:` settings of `method: attribution` (AtP / AtP*, Kramár et al. 2024)."""
+
+    qk_fix: bool = Field(
+        False,
+        description="head query/key sites: compute the attention pattern's change exactly (softmax "
+        "recomputed per query position) and linearise only after it (AtP*; GPT-2 layout only).",
+    )
+    grad_drop: bool = Field(
+        False,
+        description="Also score cells by GradDrop (AtP*): mean over layers of |estimate| with that "
+        "layer's residual-branch gradient dropped; written as `grad_drop` and used to rank for verify.",
+    )
+    verify: Verify | None = Field(
+        None, description="Re-check cells exactly and report correlations: see `attribution.verify`."
+    )
+
+
 SweepValue = Any
 
 
@@ -504,6 +529,14 @@ class Experiment(Strict):
     )
     metrics: list[str] = Field(
         default_factory=lambda: ["target_prob"], description="Any of: " + ", ".join(METRICS) + "."
+    )
+    method: Literal["exact", "attribution"] = Field(
+        "exact",
+        description="exact: patch every cell; attribution: estimate every cell's effect from one "
+        "gradient per prompt (attribution patching, an approximation; see `attribution`).",
+    )
+    attribution: Attribution = Field(
+        default_factory=Attribution, description="AtP* options and verification: see `attribution`."
     )
     output: Output = Field(default_factory=Output, description="What is written: see `output`.")
     batch: Batch = Field(default_factory=Batch, description="Batching and exact shortcuts: see `batch`.")
