@@ -136,23 +136,33 @@ def run(
             config or Path(), tuple(set_ or ()), str(out) if out else None, resume, progress=not quiet
         )
     except (KeyboardInterrupt, RuntimeError, OSError) as exc:
-        _err(
-            f"error: run failed: {type(exc).__name__}: {exc} (the run directory is marked failed; "
-            "`ivx run --resume RUN_DIR` continues it)"
-        )
-        raise typer.Exit(1) from None
+        failed = getattr(exc, "run_dir", None)
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"run failed: {type(exc).__name__}: {exc}"
+        if failed is None:
+            _err(f"error: {what} (before a run directory was created)")
+        else:
+            _err(f"error: {what}; {failed} is marked failed and keeps every finished batch")
+            _err(f"resume: ivx run --resume {failed}")
+        raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
     if not quiet:
-        import json
-
-        summary = json.loads((run_dir / "summary.json").read_text())
-        from ivx import tracing
-
-        for label, trace in (summary.get("traces") or {None: summary.get("trace")}).items():
-            if trace:
-                _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
-        for warning in summary.get("warnings", []):
-            _err(f"warning: {warning}")
+        _print_summary(run_dir)
     typer.echo(str(run_dir))
+
+
+def _print_summary(run_dir: Path) -> None:
+    """The run's terminal tables (trace tables for layer × position sweeps) and warnings, on stderr."""
+    import json
+
+    from ivx import report, tracing
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    traces = summary.get("traces") or ({None: summary["trace"]} if summary.get("trace") else {})
+    for label, trace in traces.items():
+        _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
+    if not traces:
+        _err(report.table(summary))
+    for warning in summary.get("warnings", []):
+        _err(f"warning: {warning}")
 
 
 @app.command()
