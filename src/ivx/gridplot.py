@@ -17,7 +17,9 @@ from typing import Any
 from ivx import report
 
 SIGNED = frozenset({"indirect_effect", "logit_diff"})
-UNIT = frozenset({"logit_diff_norm", "indirect_effect_norm", "target_prob", "p_clean", "p_corrupted"})
+UNIT = frozenset(
+    {"logit_diff_norm", "indirect_effect_norm", "target_prob", "p_clean", "p_corrupted", "iia", "control_iia"}
+)
 
 
 def norm_for(metric: str, values: list[float]) -> tuple[Any, str]:
