@@ -1,11 +1,11 @@
 """The Python entry point: run an experiment from a file or a dict, load a run directory.
 
-    import ivx
-    r = ivx.run("configs/activation_patching.yaml", prompts={"limit": 5})
-    r.results          # pandas DataFrame, one row per cell × prompt
-    r.summary["grid"]  # mean ± standard error per grid point
-    r.plot()           # the sweep figure of the main metric (a matplotlib Figure)
-    ivx.load_run("runs/20261122-140512_activation_patching").tensors["clean.prompt0"]
+import ivx
+r = ivx.run("configs/activation_patching.yaml", prompts={"limit": 5})
+r.results          # pandas DataFrame, one row per cell × prompt
+r.summary["grid"]  # mean ± standard error per grid point
+r.plot()           # the sweep figure of the main metric (a matplotlib Figure)
+ivx.load_run("runs/20261122-140512_activation_patching").tensors["clean.prompt0"]
 """
 
 from __future__ import annotations

@@ -182,13 +182,14 @@ def run(
         )
     except (KeyboardInterrupt, RuntimeError, OSError) as exc:
         failed = getattr(exc, "run_dir", None)
-        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"run failed: {type(exc).__name__}: {exc}"
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        what = "interrupted" if interrupted else f"run failed: {type(exc).__name__}: {exc}"
         if failed is None:
             _err(f"error: {what} (before a run directory was created)")
         else:
             _err(f"error: {what}; {failed} is marked failed and keeps every finished batch")
             _err(f"resume: ivx run --resume {failed}")
-        raise typer.Exit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
+        raise typer.Exit(130 if interrupted else 1) from None
     if not quiet:
         _print_summary(run_dir)
     typer.echo(str(run_dir))
@@ -196,17 +197,11 @@ def run(
 
 def _print_summary(run_dir: Path) -> None:
     """The run's terminal tables (trace tables for layer × position sweeps) and warnings, on stderr."""
-    import json
+    from ivx.api import Run
 
-    from ivx import report, tracing
-
-    summary = json.loads((run_dir / "summary.json").read_text())
-    traces = summary.get("traces") or ({None: summary["trace"]} if summary.get("trace") else {})
-    for label, trace in traces.items():
-        _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
-    if not traces:
-        _err(report.table(summary))
-    for warning in summary.get("warnings", []):
+    run = Run(run_dir)
+    _err(run.table())
+    for warning in run.summary.get("warnings", []):
         _err(f"warning: {warning}")
 
 

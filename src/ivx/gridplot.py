@@ -80,7 +80,8 @@ def line_figure(summary: dict[str, Any], axis: str, metric: str) -> Any:
     n = max((e.get("n", 0) for e in entries), default=0)
     ax.set_ylabel(f"{metric} (mean ± s.e., n={n})")
     if metric in UNIT:
-        ax.set_ylim(min(0.0, min(m - e for m, e in zip(means, errs))), max(1.0, max(means) + max(errs)))
+        low = min(m - e for m, e in zip(means, errs, strict=True))
+        ax.set_ylim(min(0.0, low), max(1.0, max(means) + max(errs)))
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_title(f"{summary.get('name', '')}: {metric} by {axis}", fontsize=10)
     return fig

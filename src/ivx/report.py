@@ -138,7 +138,8 @@ def _matrix_tables(grid: list[dict[str, Any]], axes: list[str], metric: str, wid
         where = "".join(f", {k}={label(v)}" for k, v in fixed.items())
         parts.append(f"{metric} by {row} × {col}{where} (mean over {n} prompts)")
         header = [f"{row} \\ {col}"] + [label(c) for c in cols]
-        parts.append(wrap(header, [[label(r)] + [_fmt(v) for v in line] for r, line in zip(rows, data)], width))
+        body = [[label(r)] + [_fmt(v) for v in line] for r, line in zip(rows, data, strict=True)]
+        parts.append(wrap(header, body, width))
         parts.append("")
     return "\n".join(parts).rstrip("\n")
 

@@ -44,7 +44,8 @@ def panel(row: dict[str, Any], prep: Any) -> str:
     """The panel a traced cell belongs to: its component, plus the values of any other sweep axis
     (e.g. `block_output | sever=mlp_output`), so conditions are aggregated apart, never mixed."""
     axes = bound_axes(prep)
-    comp = str(row[axes["component"]]) if "component" in axes else str(prep.cfg.experiment.interventions[0].component)
+    default = str(prep.cfg.experiment.interventions[0].component)
+    comp = str(row[axes["component"]]) if "component" in axes else default
     extra = [a for a in prep.plan.axes if a not in axes.values()]
     return comp + "".join(f" | {a}={row.get(a) if row.get(a) is not None else 'none'}" for a in extra)
 

@@ -62,8 +62,13 @@ def training_figure(history: list[dict[str, Any]], points: list[dict[str, Any]],
     rows = report.ordered_values(points, row) if row else [None]
     cols = report.ordered_values(points, col) if col else [None]
     fig, grid = plt.subplots(
-        len(rows), len(cols), figsize=(2.2 * len(cols) + 1, 1.8 * len(rows) + 0.8),
-        squeeze=False, sharex=True, sharey=True, constrained_layout=True,
+        len(rows),
+        len(cols),
+        figsize=(2.2 * len(cols) + 1, 1.8 * len(rows) + 0.8),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        constrained_layout=True,
     )
     for p in points:
         i = rows.index(p.get(row)) if row else 0
@@ -85,7 +90,8 @@ def training_figure(history: list[dict[str, Any]], points: list[dict[str, Any]],
         ax.set_xlabel("epoch")
     for line in grid:
         line[0].set_ylabel("IIA")
-    handles, labels = (sum(x, []) for x in zip(*(a.get_legend_handles_labels() for a in legend_from)))
+    pairs = [a.get_legend_handles_labels() for a in legend_from]
+    handles, labels = [h for hs, _ in pairs for h in hs], [t for _, ts in pairs for t in ts]
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7)
     return fig
 
@@ -154,6 +160,6 @@ def export_point(run_dir: Path, point: int, out: Path) -> Path:
         concrete["layer"] += model["n_layers"]
     prefix = f"{concrete['name']}.point{point}."
     weights = load_file(str(run_dir / "interventions.safetensors"))
-    mine = {f"{concrete['name']}.{k[len(prefix):]}": v for k, v in weights.items() if k.startswith(prefix)}
+    mine = {f"{concrete['name']}.{k[len(prefix) :]}": v for k, v in weights.items() if k.startswith(prefix)}
     base = {k: model.get(k) for k in ("name", "revision", "d_model", "n_layers")}
     return bundle.save(out, [concrete], mine, base)

@@ -36,6 +36,7 @@ def manual_head_patch(layer: int, head: int, limit: int) -> float:
     d_head = lm.info.head_dim
     values = []
     for p in positions.tokenize(lm.tokenizer, cfg.records):
+
         def ld(ids: tuple[int, ...], hook=None) -> float:
             handle = proj.register_forward_pre_hook(hook) if hook else None
             try:
@@ -47,8 +48,10 @@ def manual_head_patch(layer: int, head: int, limit: int) -> float:
             return float(logits[p.target_id] - logits[p.foil_id])
 
         saved = {}
+
         def grab(module, args):  # noqa: ANN001, ANN202
             saved["x"] = args[0].detach().clone()
+
         def put(module, args):  # noqa: ANN001, ANN202
             x = args[0].clone()
             x[..., head * d_head : (head + 1) * d_head] = saved["x"][..., head * d_head : (head + 1) * d_head]

@@ -15,10 +15,21 @@ def grid_2d() -> dict:
     for layer in range(3):
         for head in (2, 0, 1):  # config order, deliberately unsorted
             grid.append(
-                {"layer": layer, "head": head, "n": 4, "logit_diff": layer * 10.0 + head - 5,
-                 "logit_diff_norm": (layer * 3 + head) / 8, "logit_diff_stderr": 0.1}
+                {
+                    "layer": layer,
+                    "head": head,
+                    "n": 4,
+                    "logit_diff": layer * 10.0 + head - 5,
+                    "logit_diff_norm": (layer * 3 + head) / 8,
+                    "logit_diff_stderr": 0.1,
+                }
             )
-    return {"name": "t", "axes": ["layer", "head"], "metrics": ["logit_diff", "logit_diff_norm"], "grid": grid}
+    return {
+        "name": "t",
+        "axes": ["layer", "head"],
+        "metrics": ["logit_diff", "logit_diff_norm"],
+        "grid": grid,
+    }
 
 
 def grid_1d() -> dict:
@@ -62,8 +73,11 @@ def test_line_table_and_point_table() -> None:
     text = report.table(grid_1d(), width=200).splitlines()
     assert [line.split()[0] for line in text[1:]] == ["0", "subject_first", "last"]
     assert text[2].split()[1:3] == ["0.200", "0.020"]
-    point = {"axes": [], "metrics": ["target_prob", "target_rank"],
-             "grid": [{"n": 100, "target_prob": 0.975, "target_prob_stderr": 0.01, "target_rank": 0.0}]}
+    point = {
+        "axes": [],
+        "metrics": ["target_prob", "target_rank"],
+        "grid": [{"n": 100, "target_prob": 0.975, "target_prob_stderr": 0.01, "target_rank": 0.0}],
+    }
     out = report.table(point)
     assert "target_prob" in out and "0.975" in out and "target_rank" in out
 
@@ -91,7 +105,9 @@ def test_heatmap_array_equals_summary_means_and_signed_scale_is_centred() -> Non
     assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "0", "1"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
     norm = ax.images[0].norm
-    assert norm.vmin == pytest.approx(-norm.vmax) and norm.vmax == pytest.approx(max(abs(e["logit_diff"]) for e in summary["grid"]))
+    assert norm.vmin == pytest.approx(-norm.vmax) and norm.vmax == pytest.approx(
+        max(abs(e["logit_diff"]) for e in summary["grid"])
+    )
 
 
 def test_normalized_scale_spans_zero_to_one_without_offset() -> None:
@@ -130,9 +146,23 @@ def test_compare_reports_b_minus_a_per_grid_point() -> None:
 def das_summary() -> dict:
     points = []
     for i, (layer, pos) in enumerate((lay, p) for lay in (1, 3) for p in (0, "subject_first", "last")):
-        points.append({"point": i, "layer": layer, "position": pos, "low_rank_dimension": 32,
-                       "iia": i / 10, "control_iia": i / 100, "train_iia": i / 10})
-    return {"points": points, "best_point": 5, "best_iia": 0.5, "axes": ["layer", "position", "low_rank_dimension"]}
+        points.append(
+            {
+                "point": i,
+                "layer": layer,
+                "position": pos,
+                "low_rank_dimension": 32,
+                "iia": i / 10,
+                "control_iia": i / 100,
+                "train_iia": i / 10,
+            }
+        )
+    return {
+        "points": points,
+        "best_point": 5,
+        "best_iia": 0.5,
+        "axes": ["layer", "position", "low_rank_dimension"],
+    }
 
 
 def test_iia_table_has_controls_beside_iia_and_names_the_best_point() -> None:
@@ -149,7 +179,11 @@ def test_das_figures_keep_config_order_and_label_every_line() -> None:
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "subject_first", "last"]
     assert ax.images[0].get_array()[2, 1] == pytest.approx(0.5)
-    history = [{"point": p["point"], "epoch": e, "loss": 1.0 / (e + 1), "iia": p["iia"]} for p in summary["points"] for e in range(3)]
+    history = [
+        {"point": p["point"], "epoch": e, "loss": 1.0 / (e + 1), "iia": p["iia"]}
+        for p in summary["points"]
+        for e in range(3)
+    ]
     fig = train_report.training_figure(history, summary["points"], summary["axes"])
     titled = [a for a in fig.axes if a.get_title()]
     assert len(titled) == 6 and titled[0].get_title() == "position=0, layer=1"
