@@ -52,6 +52,11 @@ def colorbar(fig: Any, image: Any, ax: Any, metric: str) -> Any:
     return bar
 
 
+def _number(value: Any, missing: float) -> float:
+    """A summary value as a float (summary.json stores NaN as null)."""
+    return float(value) if isinstance(value, int | float) else missing
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -67,8 +72,8 @@ def line_figure(summary: dict[str, Any], axis: str, metric: str) -> Any:
     grid = summary["grid"]
     values = report.ordered_values(grid, axis)
     entries = [next(e for e in grid if e.get(axis) == v) for v in values]
-    means = [float(e.get(metric, float("nan"))) for e in entries]
-    errs = [float(e.get(f"{metric}_stderr", 0.0)) for e in entries]
+    means = [_number(e.get(metric), float("nan")) for e in entries]
+    errs = [_number(e.get(f"{metric}_stderr"), 0.0) for e in entries]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(values) + 2), 3.2), constrained_layout=True)
     xs = list(range(len(values)))
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):

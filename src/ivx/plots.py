@@ -115,6 +115,41 @@ def _lines(path: Path, trace: dict[str, Any]) -> None:
     plt.close(fig)
 
 
+def severed_figure(trace: dict[str, Any], category: str = "subject_last") -> Any | None:
+    """ROME's Figure 3: the effect of restoring one token's state per layer, as bars side by side
+    for each severing condition (none / MLPs / attention), with standard errors. None when the
+    trace has no `sever` axis or no such token category."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = [k for k in trace["components"] if " | sever=" in k]
+    stats = [trace["components"][k]["by_category"].get(category) for k in panels]
+    if not panels or any(s is None for s in stats):
+        return None
+    layers = np.arange(trace["n_layers"])
+    width = 0.8 / len(panels)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.9 * len(layers) + 2), 3.2), constrained_layout=True)
+    for i, (key, stat) in enumerate(zip(panels, stats, strict=True)):
+        label = panel_title(key).split("\n")[-1]
+        ax.bar(
+            layers + (i - (len(panels) - 1) / 2) * width,
+            np.array(stat["mean"], dtype=float),  # null in summary.json = no cell at that layer
+            width,
+            yerr=np.array(stat["stderr"], dtype=float),
+            label=label,
+        )
+    ax.set_xticks(layers)
+    ax.set_xlabel("layer of the restored state")
+    ax.set_ylabel(f"average {trace['metric']} (± s.e.)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_title(f"restoring the {CATEGORY_LABELS.get(category, category)}", fontsize=10)
+    ax.legend(fontsize=7)
+    return fig
+
+
 def write_all(
     run_dir: Path, prep: Any, rows: list[dict[str, Any]], summary: dict[str, Any], suffix: str = ""
 ) -> list[Path]:
@@ -161,6 +196,14 @@ def write_all(
         matrices = {k: trace["components"][k]["by_position"]["mean"] for k in comps}
         path = out_dir / f"average_by_position{suffix}.png"
         _panels(path, f"{name}: {metric} by position", matrices, tokens, metric, n_layers)
+        written.append(path)
+    fig = severed_figure(trace)
+    if fig is not None:
+        import matplotlib.pyplot as plt
+
+        path = out_dir / f"severed{suffix}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
         written.append(path)
     # per fact
     axes = tracing.bound_axes(prep)

@@ -115,9 +115,10 @@ def matrix(
     rows, cols = ordered_values(grid, row), ordered_values(grid, col)
     data = [[float("nan")] * len(cols) for _ in rows]
     for entry in grid:
-        if any(entry.get(k) != v for k, v in fixed.items()) or metric not in entry:
+        value = entry.get(metric)  # null in summary.json: NaN (e.g. a normalised metric, 0/0)
+        if any(entry.get(k) != v for k, v in fixed.items()) or not isinstance(value, int | float):
             continue
-        data[rows.index(entry.get(row))][cols.index(entry.get(col))] = float(entry[metric])
+        data[rows.index(entry.get(row))][cols.index(entry.get(col))] = float(value)
     return rows, cols, data
 
 

@@ -93,7 +93,8 @@ def test_train_config_runs_through_cli(tmp_path: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     point = summary["points"][0]
     assert "held-out IIA (random-basis control)" in result.output
-    assert f"{point['iia']:.3f} ({point['control_iia']:.3f})" in result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("site "))
+    assert row.split() == ["site", f"{point['iia']:.3f}", f"{point['control_iia']:.3f}"]
     assert "holds point 0" in (run_dir / "bundle" / "README.md").read_text()
     assert (run_dir / "plots" / "training.png").is_file()
 
@@ -132,6 +133,22 @@ def test_severed_trace_aggregates_conditions_apart(tmp_path: Path) -> None:
         last = [r["indirect_effect"] for r in mine if r["position"] == max(x["position"] for x in mine if x["prompt_index"] == r["prompt_index"])]
         got = trace["components"][f"block_output | sever={cond}"]["by_category"]["last"]["mean"][0]
         assert got == pytest.approx(sum(last) / len(last))
+    from ivx import plots
+
+    assert (run_dir / "plots" / "severed.png").is_file()
+    fig = plots.severed_figure(trace)  # ROME Fig. 3: one bar group per layer, one bar per condition
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "nothing severed",
+        "MLPs severed",
+        "attention severed",
+    ]
+    from matplotlib.container import BarContainer
+
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    for container, key in zip(bars, trace["components"], strict=True):
+        expected = trace["components"][key]["by_category"]["subject_last"]["mean"][0]
+        assert container.patches[0].get_height() == pytest.approx(expected)
 
 
 def write(tmp_path: Path, text: str) -> Path:

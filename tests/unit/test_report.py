@@ -190,3 +190,15 @@ def test_das_figures_keep_config_order_and_label_every_line() -> None:
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == ["held-out IIA", "control IIA", "training loss"]
     assert not math.isnan(titled[5].lines[0].get_ydata()[0])
+
+
+def test_null_means_from_json_are_gaps_not_errors() -> None:
+    summary = grid_1d()
+    summary["grid"][1]["target_prob"] = None  # NaN written to summary.json
+    fig = gridplot.figure(summary, "target_prob")
+    heights = [bar.get_height() for bar in fig.axes[0].patches]
+    assert heights[0] == pytest.approx(0.1) and math.isnan(heights[1])
+    two = grid_2d()
+    two["grid"][0]["logit_diff"] = None
+    data = gridplot.figure(two, "logit_diff").axes[0].images[0].get_array()
+    assert data.mask[0, 0] or math.isnan(data[0, 0])
