@@ -195,9 +195,12 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "cells": cells, "peak_rss_mb": rss}))
 
 
+PEER_PYTHON: dict[str, str] = {}  # variant -> interpreter (a venv with the peer's transformers)
+
+
 def measure(variant: str, model: Path, length: int, threads: int) -> dict:
     cmd = [
-        sys.executable,
+        PEER_PYTHON.get(variant, sys.executable),
         __file__,
         "--worker",
         variant,
@@ -225,6 +228,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument(
+        "--peer-python",
+        help="interpreter for the peers (pyvene), e.g. a venv whose transformers release they support",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -236,9 +243,15 @@ def main() -> None:
     variants = []
     for name in args.variants:
         module = OPTIONAL.get(name)
-        if module and __import__("importlib.util").util.find_spec(module) is None:
-            print(f"{name}: not installed — skipped")
-            continue
+        if module:
+            python = args.peer_python or sys.executable
+            probe = f"import {module}, transformers; print(transformers.__version__)"
+            found = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+            if found.returncode:
+                print(f"{name}: not installed for {python} — skipped")
+                continue
+            PEER_PYTHON[name] = python
+            print(f"{name}: runs under {python} (transformers {found.stdout.strip()})")
         variants.append(name)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "gpt2-small-random")
