@@ -154,8 +154,9 @@ def run_hand(model_dir: Path, length: int) -> tuple[float, int]:
 
 def run_pyvene(model_dir: Path, length: int) -> tuple[float, int]:
     import pyvene as pv
+    from transformers import AutoModelForCausalLM
 
-    model, _ = load_hf(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # no tokenizer: ids are random
     clean = torch.randint(0, 1000, (1, length))
     corrupted = torch.randint(0, 1000, (1, length))
     cells = 24  # timed, extrapolated per cell
