@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Protocol
 import typer
 
 SKIP_SUFFIXES = (".tmp",)
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SKIP_DIRS = ("tensors.parts", "checkpoints", "__pycache__")
 
 
@@ -38,9 +40,49 @@ def endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection
+READ_TIMEOUT = 60.0  # seconds without a byte from the server; IVX_HUB_TIMEOUT overrides
+_TIMEOUTS_SET: list[tuple[float, float]] = []
+
+
+def timeouts() -> tuple[float, float]:
+    """(connect, read) timeouts in seconds; `IVX_HUB_TIMEOUT` sets both (a server that never
+    answers then fails with a clear error instead of hanging)."""
+    text = os.environ.get("IVX_HUB_TIMEOUT")
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        raise HubError(f"IVX_HUB_TIMEOUT={text!r} must be a number of seconds") from None
+    if value is not None and value > 0:
+        return min(CONNECT_TIMEOUT, value), value
+    return CONNECT_TIMEOUT, READ_TIMEOUT
+
+
+def use_timeouts() -> None:
+    """Give huggingface_hub's shared HTTP client connect and read timeouts (its default has none)."""
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    connect, read = timeouts()
+    if _TIMEOUTS_SET == [(connect, read)]:
+        return
+
+    def factory() -> httpx2.Client:
+        return httpx2.Client(
+            event_hooks={"request": [hf_request_event_hook]},
+            follow_redirects=True,
+            timeout=httpx2.Timeout(read, connect=connect),
+        )
+
+    set_client_factory(factory)
+    _TIMEOUTS_SET[:] = [(connect, read)]
+
+
 def _client(token: str | None) -> HubClient:
     from huggingface_hub import HfApi
 
+    use_timeouts()
     return HfApi(endpoint=endpoint(), token=token)
 
 
@@ -81,6 +123,12 @@ def _explain(exc: Exception, repo: str) -> HubError:
                 f"the token may not write to {repo} (403): check the repository name and token scope"
             )
         return HubError(f"the Hub answered {code} for {repo}: {str(exc).splitlines()[0]}")
+    if isinstance(exc, httpx2.TimeoutException | TimeoutError):
+        connect, read = timeouts()
+        return HubError(
+            f"the Hub at {endpoint()} did not answer in time (connect {connect:g} s, read {read:g} s; "
+            "IVX_HUB_TIMEOUT sets them): check the network or HF_ENDPOINT"
+        )
     if isinstance(exc, httpx2.TransportError | ConnectionError):
         return HubError(
             f"cannot reach the Hub at {endpoint()} ({type(exc).__name__}); check the network or HF_ENDPOINT"
@@ -103,7 +151,7 @@ def push(
     files = files_of(path)
     if dry_run:
         return files
-    if "/" not in repo:
+    if not REPO_ID.match(repo) or ".." in repo:
         raise HubError(f"--repo {repo!r} must look like user/name")
     token = get_token()
     if client is None:
@@ -132,7 +180,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     """`hf://user/name@rev` or `user/name@rev` → (repo id, revision or None)."""
     text = ref.removeprefix("hf://")
     repo, _, revision = text.partition("@")
-    if repo.count("/") != 1:
+    if repo.count("/") != 1 or not REPO_ID.match(repo) or ".." in repo:
         raise HubError(f"{ref!r} is not a Hub repository reference (expected user/name[@revision])")
     return repo, revision or None
 
@@ -142,6 +190,7 @@ def pull(ref: str, out: Path | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     repo, revision = parse_ref(ref)
+    use_timeouts()
     try:
         local = Path(snapshot_download(repo, revision=revision, endpoint=endpoint()))
     except Exception as exc:  # noqa: BLE001
