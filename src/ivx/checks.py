@@ -70,7 +70,18 @@ def reference(cfg: LoadedConfig, loc: tuple, path: Path) -> list[Problem]:
             bundle.verify(path)
         else:
             iv = cfg.experiment.interventions[loc[1]]
-            vectors.load_vector(str(path), iv.name or f"iv{loc[1]}", cfg.path.parent)
+            vectors.load_vector(str(path.resolve()), iv.name or f"iv{loc[1]}", cfg.path.parent)
     except (bundle.BundleError, vectors.VectorError, pickle.UnpicklingError) as exc:
         return [cfg.problem(loc, " ".join(str(exc).split()))]
+    return []
+
+
+def hub_reference(cfg: LoadedConfig, loc: tuple, ref: str) -> list[Problem]:
+    """An `hf://user/name[@revision]` reference must at least be well formed."""
+    from ivx import hub
+
+    try:
+        hub.parse_ref(ref)
+    except hub.HubError as exc:
+        return [cfg.problem(loc, str(exc))]
     return []

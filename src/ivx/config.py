@@ -216,6 +216,8 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             out.append(part)
             node = node[part]
+        elif isinstance(part, str) and part[:1].isupper():
+            continue  # a union member's class name (Corrupt in `Corrupt | list[Corrupt]`), not a key
         elif isinstance(node, dict) and isinstance(part, str) and part not in node:
             # a missing or extra key: keep it only if it is a plausible field name
             if part.isidentifier() and ("[" not in part):
@@ -229,9 +231,12 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
 def _messages(exc: ValidationError, raw: dict, where: LoadedConfig) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[tuple] = set()
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors:
         loc = _clean_loc(tuple(err["loc"]), raw)
         kind = err["type"]
+        if kind == "list_type" and isinstance(err.get("input"), dict) and len(errors) > 1:
+            continue  # `X | list[X]` given a mapping: the X branch's error is the useful one
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]

@@ -169,6 +169,8 @@ def _check_files(cfg: LoadedConfig) -> None:
     for i, iv in enumerate(cfg.experiment.interventions):
         for field in ("vector", "bundle"):
             ref = getattr(iv, field)
+            if isinstance(ref, str) and ref.startswith("hf://"):
+                problems.extend(checks.hub_reference(cfg, ("interventions", i, field), ref))
             if not isinstance(ref, str) or ref.startswith("hf://") or ref.startswith("$"):
                 continue
             path = Path(ref) if Path(ref).is_absolute() else cfg.path.parent / ref

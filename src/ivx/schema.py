@@ -235,6 +235,16 @@ class ModelSpec(Strict):
         "accepted (not yes, on, 1 or 'true'): running downloaded code must be asked for exactly.",
     )
 
+    @field_validator("trust_remote_code", mode="before")
+    @classmethod
+    def _strict_trust(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"trust_remote_code accepts only true or false (got {value!r}): running a model's own "
+                "code must be asked for exactly"
+            )
+        return value
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
@@ -282,11 +292,20 @@ class Corrupt(Strict):
     positions: Position = Field("subject", description="Which token embeddings get the noise.")
     scale: float = Field(3.0, gt=0, description="Noise std = scale × sigma.")
     samples: int = Field(10, ge=1, le=1000, description="Independent noise draws per prompt.")
-    sigma: Annotated[float, Field(gt=0)] | Literal["subjects", "embeddings"] = Field(
+    sigma: float | Literal["subjects", "embeddings"] = Field(
         "subjects",
         description="subjects: std of the subjects' token embeddings over the dataset; "
         "embeddings: std of the whole embedding matrix; or a fixed number > 0.",
     )
+
+    @field_validator("sigma", mode="before")
+    @classmethod
+    def _sigma(cls, value: Any) -> Any:
+        if value in ("subjects", "embeddings"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise ValueError(f"sigma {value!r} must be 'subjects', 'embeddings' or a finite number > 0")
+        return value
 
 
 class Contrast(Strict):
@@ -405,9 +424,16 @@ class Output(Strict):
 class Batch(Strict):
     """`batch:` how many sequences go through the model at once."""
 
-    size: Annotated[int, Field(ge=1, le=MAX_ROWS_PER_BATCH)] | Literal["auto"] = Field(
-        "auto", description="Rows per forward pass (≥ 1), or auto."
-    )
+    size: int | Literal["auto"] = Field("auto", description="Rows per forward pass (≥ 1), or auto.")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_BATCH:
+            raise ValueError(f"batch.size {value!r} must be 'auto' or an integer 1..{MAX_ROWS_PER_BATCH:,}")
+        return value
     memory_gb: float = Field(2.0, gt=0, description="Activation-memory budget for auto.")
     prefix_reuse: bool = Field(
         True,
