@@ -301,12 +301,26 @@ class Results:
         write_text(self.path, "".join(json.dumps(_jsonable(row)) + "\n" for row in rows))
 
     def append(self, rows: list[dict[str, Any]]) -> None:
-        """Append rows and flush to disk."""
-        with self.path.open("a") as fh:
-            for row in rows:
-                fh.write(json.dumps(_jsonable(row)) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append one batch's rows in a single write, fsynced; all or nothing.
+
+        A resume then finds whole batches done, a prefix of the run's batch sequence, so the
+        cells left are batched exactly as an uninterrupted run batches them (same numbers).
+        """
+        data = "".join(json.dumps(_jsonable(row)) + "\n" for row in rows).encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)  # e.g. a full disk wrote half the batch: drop all of it
+                raise
+        finally:
+            os.close(fd)
 
     def write_csv(self, rows: list[dict[str, Any]]) -> None:
         """results.csv: flat rows; list-valued columns are JSON-encoded."""

@@ -48,8 +48,12 @@ def load_vector(ref: str, name: str, base_dir: Path) -> torch.Tensor:
     if path.suffix in (".pt", ".pth", ".bin"):
         import pickle
 
+        import warnings
+
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise VectorError(
