@@ -17,7 +17,7 @@ seed: 0
 prompts: {file: facts.jsonl}
 corrupt: {kind: noise, positions: subject, scale: 3.0, samples: 2}
 sweep:
-  component: [block_output, mlp_output]
+  component: [block_output]
   layer: all
   position: all
 interventions:
@@ -28,7 +28,7 @@ batch: {size: 8, defer_head: false}
 """
 
 
-def write_config(folder: Path, prompts: int = 4) -> Path:
+def write_config(folder: Path, prompts: int = 3) -> Path:
     """config.yaml + facts.jsonl (the first `prompts` facts) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = FACTS.read_text().splitlines()[:prompts]
