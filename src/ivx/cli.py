@@ -117,7 +117,9 @@ def validate(
     """Check a config (schema, files, model-aware checks) and print the plan size and estimates."""
     from ivx import experiment
 
-    preps = experiment.prepare_all(config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force))
+    preps = experiment.prepare_all(
+        config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force)
+    )
     prep = preps[0]
     exp = prep.cfg.experiment
     info = prep.lm.info
@@ -225,7 +227,9 @@ def _run_failed(exc: BaseException, started: list[Path]) -> None:
         where = f"{started[0]} is marked failed; `ivx run --resume {started[0]}` continues it"
     else:
         where = "no run directory was written"
-    reason = _one_line(exc) if str(exc) else ("SIGINT" if isinstance(exc, KeyboardInterrupt) else _one_line(exc))
+    reason = (
+        _one_line(exc) if str(exc) else ("SIGINT" if isinstance(exc, KeyboardInterrupt) else _one_line(exc))
+    )
     _err(f"error: run {what}: {reason} ({where})")
     raise typer.Exit(1) from None
 

@@ -434,6 +434,7 @@ class Batch(Strict):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_BATCH:
             raise ValueError(f"batch.size {value!r} must be 'auto' or an integer 1..{MAX_ROWS_PER_BATCH:,}")
         return value
+
     memory_gb: float = Field(2.0, gt=0, description="Activation-memory budget for auto.")
     prefix_reuse: bool = Field(
         True,

@@ -47,7 +47,6 @@ def load_vector(ref: str, name: str, base_dir: Path) -> torch.Tensor:
         return _pick(tensors, name, str(path)).float()
     if path.suffix in (".pt", ".pth", ".bin"):
         import pickle
-
         import warnings
 
         try:

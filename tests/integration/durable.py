@@ -61,8 +61,12 @@ def ivx(*args: str, **kwargs: Any) -> subprocess.Popen:
     """`python -m ivx ...` in a child process (this tree first on the path)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen(
-        [sys.executable, "-m", "ivx", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, **kwargs
+        [sys.executable, "-m", "ivx", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
     )
 
 

@@ -31,7 +31,9 @@ BASE: dict[str, Any] = {
     ],
     "corrupt": {"kind": "noise", "positions": "subject", "scale": 3.0, "samples": 2},
     "sweep": {"layer": "all"},
-    "interventions": [{"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "last"}],
+    "interventions": [
+        {"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "last"}
+    ],
     "metrics": ["indirect_effect"],
     "batch": {"size": "auto"},
     "output": {"logits": "last", "plots": False},
@@ -46,7 +48,8 @@ scalars = st.one_of(
     st.sampled_from(["all", "last", "subject", "$layer", "auto", "yes", "block_output", "hf://../x", ""]),
 )
 values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
 

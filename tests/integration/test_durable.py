@@ -90,7 +90,10 @@ def test_resume_of_a_complete_run_changes_nothing(reference, tmp_path: Path) -> 
     assert "already complete; nothing to resume" in out
     assert snapshot(run_dir) == before
     assert (run_dir / "tensors.safetensors").stat().st_mtime_ns == stamp
-    assert len(load_file(str(run_dir / "tensors.safetensors"))) == manifest(run_dir)["cells"] + 2 * manifest(run_dir)["prompts"]
+    assert (
+        len(load_file(str(run_dir / "tensors.safetensors")))
+        == manifest(run_dir)["cells"] + 2 * manifest(run_dir)["prompts"]
+    )
 
 
 def test_resume_after_the_merge_keeps_every_tensor(reference, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_sigkill_at_random_points_then_resume_is_exact(tmp_path: Path) -> None:
     out_root = tmp_path / "killed"
     out_root.mkdir()
     kills = 0
-    for attempt in range(4 * KILLS):
+    for _attempt in range(4 * KILLS):
         run_dir = run_dir_of(out_root)
         if run_dir is not None and manifest(run_dir)["status"] == "complete":
             break
