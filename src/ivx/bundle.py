@@ -166,10 +166,10 @@ def _listed(path: Path, files: dict[str, _FileInfo]) -> None:
             f"{path / MANIFEST}: files does not list {WEIGHTS}; every file the bundle loads must carry "
             "its sha256 (re-save the bundle with `ivx save`)"
         )
-    root = path.resolve()
     for name in files:
-        target = (path / name).resolve()
-        if Path(name).is_absolute() or ".." in Path(name).parts or not target.is_relative_to(root):
+        # lexical: the Hub cache's snapshot files are symlinks into its blob store, which is fine
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts or "\\" in name:
             raise BundleError(f"{path / MANIFEST}: files entry {name!r} points outside the bundle directory")
 
 

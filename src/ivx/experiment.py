@@ -297,7 +297,7 @@ def _run(
     digest = hashlib.sha256(prep.cfg.text.encode()).hexdigest()
     inputs = fingerprint.inputs(prep.cfg, prep.lm)
     if resume is not None:
-        _check_inputs(prep.cfg, resume, previous.get("inputs"), inputs)
+        fingerprint.check(prep.cfg, resume, previous.get("inputs"), inputs)
         if previous.get("config_sha256") not in (None, digest):
             raise ConfigError(
                 [
@@ -350,9 +350,9 @@ def _run(
         results.repair()
         done = results.done_cells()
         if resume is not None:
-            done = _verified(results, done, parts, exp.output.logits)
+            done = results.verified(done, parts, exp.output.logits)
     except BaseException as exc:
-        _fail(manifest, exc, spent + time.perf_counter() - started, noop_before)
+        manifest.fail(exc, spent + time.perf_counter() - started, noop_before)
         raise
     metric_names = [m for m in exp.metrics if m != "top_k"]
     axes = tuple(prep.plan.axes) + (("corruption",) if labelled else ())
@@ -416,7 +416,7 @@ def _run(
                     suffix = f"_{variant.label}" if labelled else ""
                     plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
     except BaseException as exc:
-        _fail(manifest, exc, spent + time.perf_counter() - started, noop_before + _noop(executors))
+        manifest.fail(exc, spent + time.perf_counter() - started, noop_before + _noop(executors))
         raise
     manifest.finish(
         "complete",
@@ -426,28 +426,6 @@ def _run(
         cells_noop=noop_before + _noop(executors),
     )
     return run_dir
-
-
-def _check_inputs(cfg: LoadedConfig, run_dir: Path, before: dict | None, now: dict[str, str]) -> None:
-    """Refuse a resume whose inputs (config, prompts, vectors, bundles, model) changed."""
-    from ivx import fingerprint
-
-    if before is None:  # a run from before input hashes were recorded: only the config is checked
-        return
-    changed = fingerprint.changed(before, now)
-    if changed:
-        raise ConfigError(
-            [
-                config_mod.Problem(
-                    name if name != "config" else str(cfg.path),
-                    None,
-                    "",
-                    f"changed since run {run_dir} started; resuming would mix results of two "
-                    "experiments (restore it, or start a new run)",
-                )
-                for name in changed
-            ]
-        )
 
 
 def _write_plan(run_dir: Path, preps: list[Prepared]) -> None:
@@ -460,27 +438,8 @@ def _write_plan(run_dir: Path, preps: list[Prepared]) -> None:
     rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in plan_rows))
 
 
-def _verified(results: rundir.Results, done: set[int], parts: Path, logits: str) -> set[int]:
-    """Done cells whose logits survive in a readable part or the merged file; the rest rerun."""
-    if logits == "none":
-        return done
-    keys = rundir.valid_tensor_keys(parts, parts.parent / "tensors.safetensors")
-    kept = {c for c in done if f"cell{c}" in keys}
-    if kept != done:
-        results.keep(kept)
-    return kept
-
-
 def _noop(executors: list[Any]) -> int:
     return sum(e.noop_cells for e in executors)
-
-
-def _fail(manifest: rundir.Manifest, exc: BaseException, seconds: float, noop: int) -> None:
-    """Mark the run failed (best effort: on a full disk even the manifest may not fit)."""
-    with contextlib.suppress(OSError):
-        manifest.finish(
-            "failed", error=f"{type(exc).__name__}: {exc}", seconds=round(seconds, 3), cells_noop=noop
-        )
 
 
 # below these gaps between the clean and the corrupted run, effects are noise-dominated

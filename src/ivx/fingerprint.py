@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ivx.config import LoadedConfig
+from ivx.config import ConfigError, LoadedConfig, Problem
 
 # weights, configs and tokenizer files of a local model (not its README)
 MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".py")
@@ -75,3 +75,23 @@ def inputs(cfg: LoadedConfig, lm: Any) -> dict[str, str]:
 def changed(before: dict[str, str], now: dict[str, str]) -> list[str]:
     """Labels of inputs that were added, removed or whose content differs."""
     return sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+
+
+def check(cfg: LoadedConfig, run_dir: Path, before: dict | None, now: dict[str, str]) -> None:
+    """Refuse a resume whose inputs (config, prompts, vectors, bundles, model) changed."""
+    if before is None:  # a run from before input hashes were recorded: only the config is checked
+        return
+    names = changed(before, now)
+    if names:
+        raise ConfigError(
+            [
+                Problem(
+                    name if name != "config" else str(cfg.path),
+                    None,
+                    "",
+                    f"changed since run {run_dir} started; resuming would mix results of two "
+                    "experiments (restore it, or start a new run)",
+                )
+                for name in names
+            ]
+        )

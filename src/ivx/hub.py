@@ -102,7 +102,8 @@ def files_of(path: Path) -> list[tuple[str, int]]:
     out = []
     for file in sorted(path.rglob("*")):
         rel = file.relative_to(path)
-        if file.is_dir() or file.name.endswith(SKIP_SUFFIXES) or any(p in SKIP_DIRS for p in rel.parts):
+        skipped = file.name.endswith(SKIP_SUFFIXES) or file.name == ".lock"
+        if file.is_dir() or skipped or any(p in SKIP_DIRS for p in rel.parts):
             continue
         out.append((rel.as_posix(), file.stat().st_size))
     return out

@@ -256,6 +256,13 @@ class Manifest:
         """Atomic write."""
         write_json(self.path, self.data)
 
+    def fail(self, exc: BaseException, seconds: float, noop: int) -> None:
+        """Mark the run failed (best effort: on a full disk even the manifest may not fit)."""
+        with contextlib.suppress(OSError):
+            self.finish(
+                "failed", error=f"{type(exc).__name__}: {exc}", seconds=round(seconds, 3), cells_noop=noop
+            )
+
 
 class Results:
     """results.jsonl, appended batch by batch (so an interrupted run keeps what it computed)."""
@@ -294,6 +301,16 @@ class Results:
         text = self.path.read_text()
         if text and not text.endswith("\n"):
             write_text(self.path, text[: text.rfind("\n") + 1])
+
+    def verified(self, done: set[int], parts: Path, logits: str) -> set[int]:
+        """Done cells whose logits survive in a readable part or the merged file; the rest rerun."""
+        if logits == "none":
+            return done
+        keys = valid_tensor_keys(parts, parts.parent / "tensors.safetensors")
+        kept = {c for c in done if f"cell{c}" in keys}
+        if kept != done:
+            self.keep(kept)
+        return kept
 
     def keep(self, cells: set[int]) -> None:
         """Rewrite the file with only these cells' rows (others are recomputed on resume)."""

@@ -49,3 +49,20 @@ def test_bad_configs_are_refused_by_run_too(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         assert expectation(path) in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_validate_caps_the_plan_unless_forced(tmp_path: Path) -> None:
+    """The cap counts cells (prompts × grid) before building them; --force lifts it."""
+    from tests.integration.durable import write_config
+
+    config = write_config(tmp_path, prompts=2)
+    ok = runner.invoke(app, ["validate", str(config)])
+    assert ok.exit_code == 0, ok.output
+    cells = int(ok.output.split("cells", 1)[1].split()[0])
+    assert "peak memory ~" in ok.output and "run time" in ok.output
+    capped = runner.invoke(app, ["validate", str(config), "--max-cells", str(cells - 1)])
+    assert capped.exit_code == 2
+    assert f"the plan has {cells:,} cells" in capped.output and f"--max-cells {cells - 1:,}" in capped.output
+    assert runner.invoke(app, ["validate", str(config), "--max-cells", str(cells)]).exit_code == 0
+    forced = runner.invoke(app, ["validate", str(config), "--max-cells", "1", "--force"])
+    assert forced.exit_code == 0, forced.output
