@@ -29,22 +29,26 @@ def test_sigkill_at_random_points_then_resume_is_exact(tmp_path: Path) -> None:
     duration = time.monotonic() - t0
     reference = snapshot(Path(out.strip().splitlines()[-1]))
     rng = random.Random(13)
-    out_root = tmp_path / "killed"
-    out_root.mkdir()
-    kills = 0
-    for _attempt in range(4 * KILLS):
-        run_dir = run_dir_of(out_root)
-        if run_dir is not None and manifest(run_dir)["status"] == "complete":
-            break
-        args = ("run", "--resume", str(run_dir)) if run_dir else ("run", str(config), "--out", str(out_root))
-        proc = ivx(*args, "--quiet")
-        if kills < KILLS:
+    kills, rounds = 0, 0
+    while kills < KILLS:
+        # one round: a fresh run, killed at random moments and resumed until it completes
+        rounds += 1
+        out_root = tmp_path / f"round{rounds}"
+        out_root.mkdir()
+        for _attempt in range(50):
+            run_dir = run_dir_of(out_root)
+            if run_dir is not None and manifest(run_dir)["status"] == "complete":
+                break
+            args = (
+                ("run", "--resume", str(run_dir)) if run_dir else ("run", str(config), "--out", str(out_root))
+            )
+            proc = ivx(*args, "--quiet")
             time.sleep(rng.uniform(0.0, duration))  # start-up, cells, merge, summary: anywhere
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1
-        proc.communicate(timeout=900)
-    run_dir = run_dir_of(out_root)
+            proc.communicate(timeout=900)
+        run_dir = run_dir_of(out_root)
+        assert run_dir is not None and manifest(run_dir)["status"] == "complete"
+        assert snapshot(run_dir) == reference, f"round {rounds} differs after {kills} kills"
     assert kills >= 10
-    assert run_dir is not None and manifest(run_dir)["status"] == "complete"
-    assert snapshot(run_dir) == reference
