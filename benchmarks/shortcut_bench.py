@@ -178,14 +178,35 @@ def run_pyvene(model_dir: Path, length: int) -> tuple[float, int]:
     return per_cell * N_LAYERS * length, N_LAYERS * length
 
 
+def run_transformer_lens(model_dir: Path, length: int) -> tuple[float, int]:
+    """TransformerLens's documented sweep: patching.get_act_patch_resid_pre (one forward per cell)."""
+    import transformer_lens.patching as patching
+    from transformer_lens import TransformerBridge
+
+    model, tok = load_hf(model_dir)
+    model = TransformerBridge.boot_transformers(str(model_dir), hf_model=model, tokenizer=tok)
+    model.enable_compatibility_mode()  # the documented HookedTransformer-equivalent mode
+    clean = torch.randint(0, 1000, (1, length))
+    corrupted = clean.clone()
+    corrupted[0, :3] = torch.tensor([7, 8, 9])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(clean)
+        patching.get_act_patch_resid_pre(
+            model, corrupted, cache, lambda logits: logits[0, -1].log_softmax(-1)[5]
+        )
+    return time.perf_counter() - start, N_LAYERS * length
+
+
 VARIANTS = {
     "plain": lambda d, t, w: run_plain(d, t),
     "off": lambda d, t, w: run_ivx(d, t, False, w),
     "ivx": lambda d, t, w: run_ivx(d, t, True, w),
     "hand": lambda d, t, w: run_hand(d, t),
     "pyvene": lambda d, t, w: run_pyvene(d, t),
+    "transformer_lens": lambda d, t, w: run_transformer_lens(d, t),
 }
-OPTIONAL = {"pyvene": "pyvene"}
+OPTIONAL = {"pyvene": "pyvene", "transformer_lens": "transformer_lens"}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -231,7 +252,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument(
         "--peer-python",
-        help="interpreter for the peers (pyvene), e.g. a venv whose transformers release they support",
+        nargs="*",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="interpreter per peer, e.g. pyvene=/venv-tf4.57/bin/python (a venv with a transformers they support)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -245,7 +269,7 @@ def main() -> None:
     for name in args.variants:
         module = OPTIONAL.get(name)
         if module:
-            python = args.peer_python or sys.executable
+            python = dict(item.split("=", 1) for item in args.peer_python).get(name, sys.executable)
             probe = f"import {module}, transformers; print(transformers.__version__)"
             found = subprocess.run([python, "-c", probe], capture_output=True, text=True)
             if found.returncode:
@@ -278,7 +302,7 @@ def main() -> None:
                     print(f"  {name:8s} {rate:9.1f} {ratio} {r['peak_rss_mb']:7.0f} MB")
                 if "ivx" in best:
                     ivx_rate = best["ivx"]["cells"] / best["ivx"]["seconds"]
-                    for other in ("off", "hand", "pyvene"):
+                    for other in ("off", "hand", "pyvene", "transformer_lens"):
                         if other in best:
                             rate = best[other]["cells"] / best[other]["seconds"]
                             print(f"  ivx defaults / {other}: {ivx_rate / rate:.2f}x")
