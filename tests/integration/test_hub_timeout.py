@@ -59,5 +59,5 @@ def test_hub_reference_with_dot_dot_is_refused() -> None:
     from ivx import hub
 
     for ref in ("hf://../etc", "hf://user/..", "hf://a/b/c", "hf:///etc"):
-        with pytest.raises(hub.HubError, match="not a Hub repository reference"):
+        with pytest.raises(hub.HubError, match="is not a Hub repository id"):
             hub.parse_ref(ref)

@@ -127,7 +127,7 @@ CASES: dict[str, tuple[str, str]] = {
     ),
     "vector_missing": ("not found", valid(sweep="{}", iv=SET_IV.format(ref="files/nope.safetensors"))),
     "hub_ref_traversal": (
-        "not a Hub repository reference",
+        "is not a Hub repository id",
         valid(sweep="{}", iv=SET_IV.format(ref="hf://../etc")),
     ),
     "bundle_files_empty": (
