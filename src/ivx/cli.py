@@ -101,8 +101,8 @@ def validate(
     size = experiment.tensor_bytes(preps)
     typer.echo(f"  tensors    ~{experiment.human_size(size)} of logits (output.logits: {exp.output.logits})")
     warning = experiment.size_warning(preps)
-    if warning:
-        _err(f"warning: {warning}")
+    for text in ([warning] if warning else []) + experiment.answer_warnings(prep.prompts):
+        _err(f"warning: {text}")
     trace = exp.trace
     if trace is not None and trace.select_correct and not weights:
         typer.echo("  note       trace.select_correct drops facts at run time (see them now: --weights)")
@@ -150,6 +150,9 @@ def run(
         for label, trace in (summary.get("traces") or {None: summary.get("trace")}).items():
             if trace:
                 _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
+        scored = experiment.scored_text(summary.get("prompts") or [])
+        if scored:
+            _err(scored)
         for warning in summary.get("warnings", []):
             _err(f"warning: {warning}")
     typer.echo(str(run_dir))

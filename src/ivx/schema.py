@@ -225,6 +225,11 @@ class ModelSpec(Strict):
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
     trust_remote_code: bool = Field(False, description="Allow the model's own code from the Hub.")
+    bos: Literal["auto"] | bool = Field(
+        "auto",
+        description="Put a BOS token first in every prompt: auto = as the tokenizer does by default "
+        "(Llama/Mistral/Gemma yes, GPT-2/Pythia no), or force true/false. Positions count it.",
+    )
 
     @field_validator("device")
     @classmethod
@@ -239,22 +244,65 @@ class PromptRecord(Strict):
 
     base: str = Field(description="The prompt the intervention is applied to.")
     source: str | None = Field(None, description="Counterfactual prompt activations are copied from.")
-    target: str | None = Field(None, description="Expected answer; its first token is scored.")
+    target: str | None = Field(
+        None,
+        description="Expected answer, e.g. ' Paris' (with its space); scored as the first token that "
+        "follows base when base + target is tokenized.",
+    )
     foil: str | None = Field(None, description="Alternative answer for logit differences.")
-    subject: str | None = Field(None, description="Substring of base; positions `subject*` use it.")
+    subject: str | None = Field(
+        None,
+        description="Substring of base, matched on token and word boundaries; positions `subject*` use it.",
+    )
+    subject_occurrence: int | None = Field(
+        None,
+        ge=1,
+        description="Which occurrence of subject in base (1 = first) when it occurs more than once.",
+    )
 
     @model_validator(mode="after")
     def _subject_in_base(self) -> PromptRecord:
         if self.subject is not None and self.subject not in self.base:
             raise ValueError(f"subject {self.subject!r} does not occur in base {self.base!r}")
+        if self.subject_occurrence is not None and self.subject is None:
+            raise ValueError("subject_occurrence needs a `subject`")
         return self
 
 
 class PromptFile(Strict):
-    """`prompts: {file: ...}` a JSONL file of prompt records (relative to the config file)."""
+    """`prompts: {file: ...}` or `{dataset: ...}`: prompt records from a file or a `datasets` dataset."""
 
-    file: str = Field(description="JSONL file, one prompt record per line.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N records.")
+    file: str | None = Field(
+        None,
+        description="JSONL file of records (relative to the config file), or a JSON array such as ROME's "
+        "known_1000.json or CounterFact.",
+    )
+    dataset: str | None = Field(
+        None,
+        description="A Hugging Face `datasets` name, or a local directory (save_to_disk, JSON or Parquet "
+        "files); needs `pip install ivx-interventions[datasets]`.",
+    )
+    split: str = Field("train", description="Dataset split.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Record field → column name (dotted for nested columns), e.g. {target: target_true}.",
+    )
+    format: Literal["auto", "records", "known_1000", "counterfact"] = Field(
+        "auto",
+        description="Row layout: records (ivx's fields), known_1000 (ROME: prompt, subject, attribute), "
+        "counterfact (requested_rewrite: target_true → target, target_new → foil); auto detects it.",
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N records (reading stops there).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptFile:
+        if (self.file is None) == (self.dataset is None):
+            raise ValueError("give either `file` or `dataset`")
+        fields = PromptRecord.model_fields
+        for key in self.columns:
+            if key not in fields:
+                raise ValueError(f"columns key {key!r} is not a record field; allowed: {', '.join(fields)}")
+        return self
 
 
 class Corrupt(Strict):
