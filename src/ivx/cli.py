@@ -101,7 +101,7 @@ def validate(
     size = experiment.tensor_bytes(preps)
     typer.echo(f"  tensors    ~{experiment.human_size(size)} of logits (output.logits: {exp.output.logits})")
     warning = experiment.size_warning(preps)
-    for text in ([warning] if warning else []) + experiment.answer_warnings(prep.prompts):
+    for text in ([warning] if warning else []) + experiment.answer_warnings(prep.prompts, exp.answer):
         _err(f"warning: {text}")
     trace = exp.trace
     if trace is not None and trace.select_correct and not weights:

@@ -266,7 +266,7 @@ def run(
     import torch
     from safetensors.torch import save_file
 
-    from ivx import plots, runner, tracing
+    from ivx import answers, plots, tracing
 
     if resume is not None:
         previous = json.loads((resume / "manifest.json").read_text())
@@ -343,7 +343,7 @@ def run(
             todo_total = sum(1 for p in preps for c in p.plan.cells if c.index not in done)
             with _progress(progress, todo_total) as advance:
                 for variant in preps:
-                    executor = runner.Executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
+                    executor = answers.executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
                     executor.prepare()
                     executors.append(executor)
                     todo = [c for c in variant.plan.cells if c.index not in done]
@@ -371,7 +371,8 @@ def run(
             }
             if prep.dropped:
                 summary["dropped"] = prep.dropped
-            warnings = answer_warnings(prep.prompts) + _contrast_warnings(summary["prompts"], metric_names)
+            warnings = answer_warnings(prep.prompts, exp.answer)
+            warnings += _contrast_warnings(summary["prompts"], metric_names)
             if warnings:
                 summary["warnings"] = warnings
             traces = {}
@@ -438,11 +439,11 @@ def _contrast_warnings(prompts: list[dict[str, Any]], metric_names: list[str]) -
     return out
 
 
-def answer_warnings(prompts: list) -> list[str]:
+def answer_warnings(prompts: list, answer: str = "first_token") -> list[str]:
     """What the scored tokens cannot tell (shared first tokens, bare spaces, multi-token answers)."""
     from ivx import tokenization
 
-    return tokenization.answer_warnings(prompts)
+    return tokenization.answer_warnings(prompts, full=answer == "full")
 
 
 def scored_text(prompts: list[dict[str, Any]], limit: int = 3) -> str:

@@ -553,6 +553,12 @@ class Experiment(Strict):
     metrics: list[str] = Field(
         default_factory=lambda: ["target_prob"], description="Any of: " + ", ".join(METRICS) + "."
     )
+    answer: Literal["first_token", "full"] = Field(
+        "first_token",
+        description="What target_prob scores: the first token that follows the prompt (ROME), or the "
+        "whole target by teacher forcing (the product of its tokens' probabilities; exact, but the "
+        "batch shortcuts are off). logit_diff metrics need first_token.",
+    )
     output: Output = Field(default_factory=Output, description="What is written: see `output`.")
     batch: Batch = Field(default_factory=Batch, description="Batching and exact shortcuts: see `batch`.")
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
@@ -579,6 +585,14 @@ class Experiment(Strict):
                 hint = f"did you mean {near[0]!r}? " if near else ""
                 raise ValueError(f"unknown metric {metric!r}; {hint}valid: {', '.join(METRICS)}")
         return value
+
+    @model_validator(mode="after")
+    def _full_answer(self) -> Experiment:
+        if self.answer == "full" and {"logit_diff", "logit_diff_norm"} & set(self.metrics):
+            raise ValueError(
+                "answer: full scores the target only; logit_diff metrics need answer: first_token"
+            )
+        return self
 
     @field_validator("sweep")
     @classmethod

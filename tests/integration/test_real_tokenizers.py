@@ -132,6 +132,12 @@ def test_replacement_keeps_leading_space_forms(styled, style: str) -> None:
         assert text == p.record.base.replace(str(p.record.subject), str(other.subject))
 
 
+def _summary(result) -> dict:  # type: ignore[no-untyped-def]
+    assert result.exit_code == 0, result.output
+    run_dir = Path(result.output.strip().splitlines()[-1])
+    return {**json.loads((run_dir / "summary.json").read_text()), "_dir": str(run_dir)}
+
+
 def _config(tmp_path: Path, model: Path, prompts: object, **extra: object) -> Path:
     cfg = {
         "name": "tok",
@@ -197,3 +203,50 @@ def test_ambiguous_subject_in_a_config_exits_2_with_file_line(styled, tmp_path: 
     assert result.exit_code == 2 and "Traceback" not in result.output
     line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "subject: Paris" in t)
     assert f"{path}:{line}" in result.output and "prompts[1].subject" in result.output
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_full_answer_scoring_matches_teacher_forcing_by_hand(styled, style: str, tmp_path: Path) -> None:
+    import torch
+
+    from ivx import components
+
+    rec = {"base": "The Colosseum is located in the city of", "target": " Zorblaxian Rome"}
+    path = _config(tmp_path, styled(style), [rec], metrics=["target_prob", "indirect_effect"], answer="full")
+    summary = _summary(runner.invoke(app, ["run", str(path), "--quiet"]))
+    rows = [json.loads(line) for line in (Path(summary["_dir"]) / "results.jsonl").read_text().splitlines()]
+    [entry] = summary["prompts"]
+    answer = entry["target_ids"]
+    assert len(answer) >= 3 and not any("multi-token" in w for w in summary.get("warnings", []))
+    lm = models.load(str(styled(style)))
+    base = (
+        tuple(lm.tokenizer(rec["base"])["input_ids"])
+        if entry["bos"]
+        else tuple(lm.tokenizer(rec["base"], add_special_tokens=False)["input_ids"])
+    )
+    ids = torch.tensor([base + tuple(answer[:-1])])
+
+    def p_answer(layer: int | None) -> float:
+        def zero_last_prompt_position(module, args, out):  # type: ignore[no-untyped-def]
+            (out[0] if isinstance(out, tuple) else out)[:, len(base) - 1] = 0.0
+
+        handle = None
+        if layer is not None:
+            handle = components.blocks(lm.model)[layer].register_forward_hook(zero_last_prompt_position)
+        try:
+            with torch.inference_mode():
+                logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].double(), -1)
+        finally:
+            if handle is not None:
+                handle.remove()
+        return float(sum(logp[len(base) - 1 + j, t] for j, t in enumerate(answer)).exp())
+
+    # products of several probabilities of a random model are tiny: compare relatively, no abs floor
+    assert entry["clean"]["target_prob"] == pytest.approx(p_answer(None), rel=1e-4, abs=0)
+    for row in rows:
+        assert row["target_prob"] == pytest.approx(p_answer(row["layer"]), rel=1e-4, abs=0)
+        expect = row["target_prob"] - row["p_corrupted"]
+        assert row["indirect_effect"] == pytest.approx(expect, rel=1e-9, abs=0)
+    assert len(rows) == 2 and rows[0]["target_prob"] != pytest.approx(
+        entry["clean"]["target_prob"], rel=1e-2, abs=0
+    )
