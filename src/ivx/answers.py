@@ -70,8 +70,9 @@ class FullAnswerExecutor(Executor):
     def _capture_pass(self, ids_of: dict[int, tuple[int, ...]], needed: set) -> tuple[dict, dict]:
         logits, acts = super()._capture_pass(ids_of, needed)
         for prompt, full in logits.items():
-            is_source = prompt in self.source_len and ids_of[prompt] == self.prompts[prompt].source_ids
-            start = (self.source_len if is_source else {prompt: self.answer[prompt][0]})[prompt] - 1
+            # a source run differs from the base run (an identical one gives the same numbers)
+            is_source = prompt in self.source_len and ids_of[prompt] != self.prompts[prompt].base_ids
+            start = (self.source_len[prompt] if is_source else self.answer[prompt][0]) - 1
             store = self.full_source if is_source else self.full_clean
             store[prompt] = float(self._answer_prob(full.unsqueeze(0), start, self.answer[prompt][1])[0])
             logits[prompt] = full[start]  # the next-token view at the prompt's end

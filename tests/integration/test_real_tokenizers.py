@@ -250,3 +250,35 @@ def test_full_answer_scoring_matches_teacher_forcing_by_hand(styled, style: str,
     assert len(rows) == 2 and rows[0]["target_prob"] != pytest.approx(
         entry["clean"]["target_prob"], rel=1e-2, abs=0
     )
+
+
+@pytest.mark.parametrize("style", ["llama2", "pythia"])
+def test_trace_labels_the_bos_position_as_its_own_category(styled, style: str, tmp_path: Path) -> None:
+    rec = {
+        "base": "The Space Needle is located in the city of",
+        "subject": "Space Needle",
+        "target": " Seattle",
+    }
+    path = _config(
+        tmp_path,
+        styled(style),
+        [rec],
+        corrupt={"kind": "noise", "samples": 2},
+        sweep={"layer": "all", "position": "all"},
+        interventions=[
+            {"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}
+        ],
+        metrics=["indirect_effect"],
+    )
+    summary = _summary(runner.invoke(app, ["run", str(path), "--quiet"]))
+    [entry] = summary["prompts"]
+    comp = summary["trace"]["components"]["block_output"]
+    labels = comp["by_position"]["labels"]
+    if style == "llama2":
+        assert entry["bos"] and labels[0] == "BOS" and "bos" in comp["by_category"]
+        assert entry["subject_span"][0] == 2  # <s> ▁The ▁Space …
+        # restoring the BOS state cannot matter: noise is on the subject, BOS comes first (causal)
+        assert comp["by_category"]["bos"]["mean"] == pytest.approx([0.0, 0.0], abs=1e-7)
+    else:
+        assert not entry["bos"] and "bos" not in comp["by_category"] and labels[0] == "The"
+        assert entry["subject_span"][0] == 1
