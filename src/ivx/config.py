@@ -292,7 +292,7 @@ def _load_records(cfg: LoadedConfig) -> list[Problem]:
     except sources.SourceError as exc:
         return [cfg.problem(("prompts", key), str(exc))]
     if not records and not problems:
-        problems.append(cfg.problem(("prompts", key), f"{getattr(spec, key)!r} has no records"))
+        problems.append(cfg.problem(("prompts", key), f"prompt {key} {getattr(spec, key)!r} has no records"))
     cfg.records = records
     return problems
 
