@@ -74,7 +74,7 @@ def validate(
     ] = False,
 ) -> None:
     """Check a config (schema, files, model-aware checks) and print the plan size."""
-    from ivx import experiment
+    from ivx import answers, experiment
 
     preps = experiment.prepare_all(config, tuple(set_ or ()), weights=weights)
     prep = preps[0]
@@ -101,7 +101,7 @@ def validate(
     size = experiment.tensor_bytes(preps)
     typer.echo(f"  tensors    ~{experiment.human_size(size)} of logits (output.logits: {exp.output.logits})")
     warning = experiment.size_warning(preps)
-    for text in ([warning] if warning else []) + experiment.answer_warnings(prep.prompts, exp.answer):
+    for text in ([warning] if warning else []) + answers.scoring_warnings(prep.prompts, exp.answer):
         _err(f"warning: {text}")
     trace = exp.trace
     if trace is not None and trace.select_correct and not weights:
@@ -123,7 +123,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
 ) -> None:
     """Run an experiment; the last line printed is the run directory."""
-    from ivx import experiment
+    from ivx import answers, experiment
 
     if config is None and resume is None:
         _err("error: give a CONFIG file, or --resume RUN_DIR")
@@ -150,7 +150,7 @@ def run(
         for label, trace in (summary.get("traces") or {None: summary.get("trace")}).items():
             if trace:
                 _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
-        scored = experiment.scored_text(summary.get("prompts") or [])
+        scored = answers.scored_text(summary.get("prompts") or [])
         if scored:
             _err(scored)
         for warning in summary.get("warnings", []):

@@ -63,7 +63,7 @@ def prepare_all(
     `weights=False` checks against the model's structure only (meta device, nothing downloaded
     but its config and tokenizer); fact selection, which needs forward passes, is then skipped.
     """
-    from ivx import models
+    from ivx import models, tokenization
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
@@ -77,7 +77,7 @@ def prepare_all(
             if not weights:
                 raise
             lm = models.load(*load)  # its init needs real tensors: check after loading
-    prompts = tokenize(cfg, lm.tokenizer)
+    prompts = tokenization.for_config(cfg, lm.tokenizer)
     _check_files(cfg)
     out = _expand(cfg, lm, prompts, None)  # raises ConfigError with every model-aware problem
     if weights and lm.device.type == "meta":
@@ -92,38 +92,6 @@ def prepare_all(
             )
         out = _expand(cfg, lm, prompts, dropped)
     return out
-
-
-def tokenize(cfg: LoadedConfig, tokenizer: Any, records: list | None = None) -> list:
-    """Tokenize the config's records (BOS per `model.bos`); ConfigError locating every problem,
-    including scored target and foil tokens that are identical under a logit-difference metric."""
-    from ivx import tokenization
-
-    try:
-        bos = tokenization.use_bos(tokenizer, cfg.experiment.model.bos)
-        prompts = tokenization.tokenize(tokenizer, cfg.records if records is None else records, bos)
-    except tokenization.TokenizationError as exc:
-        problems = [config_mod.record_problem(cfg, i, field, msg) for i, field, msg in exc.problems]
-        raise ConfigError(problems[:50]) from None
-    except tokenization.PositionError as exc:
-        raise ConfigError([cfg.problem(("model", "bos"), str(exc))]) from None
-    if any(m in cfg.experiment.metrics for m in ("logit_diff", "logit_diff_norm")):
-        same = tokenization.identical_answers(prompts)
-        if same:
-            raise ConfigError(
-                [
-                    config_mod.record_problem(
-                        cfg,
-                        p.index,
-                        "foil",
-                        f"target {p.record.target!r} and foil {p.record.foil!r} are scored as the same token "
-                        f"{p.target_tokens[0]!r} (id {p.target_id}), so logit_diff would be 0; choose "
-                        "answers whose first tokens differ",
-                    )
-                    for p in same[:50]
-                ]
-            )
-    return prompts
 
 
 def _expand(cfg: LoadedConfig, lm: Any, prompts: list, dropped: list | None) -> list[Prepared]:
@@ -371,7 +339,7 @@ def run(
             }
             if prep.dropped:
                 summary["dropped"] = prep.dropped
-            warnings = answer_warnings(prep.prompts, exp.answer)
+            warnings = answers.scoring_warnings(prep.prompts, exp.answer)
             warnings += _contrast_warnings(summary["prompts"], metric_names)
             if warnings:
                 summary["warnings"] = warnings
@@ -437,31 +405,6 @@ def _contrast_warnings(prompts: list[dict[str, Any]], metric_names: list[str]) -
                 f"effects measured against it are noise-dominated (summary.json: prompts)"
             )
     return out
-
-
-def answer_warnings(prompts: list, answer: str = "first_token") -> list[str]:
-    """What the scored tokens cannot tell (shared first tokens, bare spaces, multi-token answers)."""
-    from ivx import tokenization
-
-    return tokenization.answer_warnings(prompts, full=answer == "full")
-
-
-def scored_text(prompts: list[dict[str, Any]], limit: int = 3) -> str:
-    """One line per prompt (the first few) naming the token ids that were scored."""
-    lines = []
-    for p in prompts[:limit]:
-        parts = []
-        for name in ("target", "foil"):
-            ids, toks = p.get(f"{name}_ids"), p.get(f"{name}_tokens")
-            if ids:
-                parts.append(
-                    f"{name} {toks[0]!r} (id {ids[0]}" + (f" of {len(ids)} tokens)" if len(ids) > 1 else ")")
-                )
-        if parts:
-            lines.append(f"scored, prompt {p['prompt_index']}: " + ", ".join(parts))
-    if len(prompts) > limit and lines:
-        lines.append(f"(every prompt's scored tokens: summary.json → prompts, {len(prompts)} prompts)")
-    return "\n".join(lines)
 
 
 def _prompt_table(executor: Any) -> list[dict[str, Any]]:

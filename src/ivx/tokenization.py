@@ -228,45 +228,6 @@ def tokenize(tokenizer: Any, records: list[PromptRecord], bos: bool | str = Fals
     return out
 
 
-def _bare(token: str) -> bool:
-    """A token that is only a space marker (GPT-2 'Ġ', SentencePiece '▁') or whitespace."""
-    return not token.replace("Ġ", "").replace("▁", "").strip()
-
-
-def answer_warnings(prompts: list[TokenizedPrompt], full: bool = False) -> list[str]:
-    """Warnings about what is scored: shared first tokens, bare space tokens, multi-token answers."""
-    shared, bare, multi = [], [], []
-    for p in prompts:
-        for name, toks in (("target", p.target_tokens), ("foil", p.foil_tokens)):
-            if toks and _bare(toks[0]):
-                bare.append(f"prompt {p.index} {name} {toks[0]!r}")
-            if toks and len(toks) > 1 and not full:
-                multi.append(p)
-        if p.target_ids and p.foil_ids and p.target_ids[0] == p.foil_ids[0]:
-            shared.append(p)
-    out = []
-    if shared:
-        p = shared[0]
-        out.append(
-            f"{len(shared)} prompts: target and foil share their first token (e.g. prompt {p.index}: "
-            f"{p.record.target!r} / {p.record.foil!r} both start with {p.target_tokens[0]!r}), so they "
-            "cannot be told apart by it"
-        )
-    if bare:
-        out.append(
-            f"{len(bare)} answers start with a bare space token ({bare[0]}): the scored token carries no "
-            "word; check the tokenizer's leading-space convention"
-        )
-    if multi:
-        p = multi[0]
-        ids = p.target_tokens if p.target_tokens and len(p.target_tokens) > 1 else p.foil_tokens
-        out.append(
-            f"{len(set(q.index for q in multi))} prompts have multi-token answers (e.g. prompt {p.index}: "
-            f"{list(ids or ())}); only the first token is scored (summary.json: prompts)"
-        )
-    return out
-
-
 def identical_answers(prompts: list[TokenizedPrompt]) -> list[TokenizedPrompt]:
     """Prompts whose scored target and foil are the same token (a logit difference is then 0)."""
     return [p for p in prompts if p.target_id is not None and p.target_id == p.foil_id]
@@ -308,3 +269,36 @@ def replacements(tokenizer: Any, prompts: list[TokenizedPrompt], seed: int) -> d
     if problems:
         raise TokenizationError(problems)
     return out
+
+
+def for_config(cfg: Any, tokenizer: Any, records: list | None = None) -> list[TokenizedPrompt]:
+    """Tokenize the config's records (BOS per `model.bos`); ConfigError locating every problem,
+    including scored target and foil tokens that are identical under a logit-difference metric."""
+    from ivx import config as config_mod
+    from ivx.config import ConfigError
+
+    try:
+        bos = use_bos(tokenizer, cfg.experiment.model.bos)
+        prompts = tokenize(tokenizer, cfg.records if records is None else records, bos)
+    except TokenizationError as exc:
+        problems = [config_mod.record_problem(cfg, i, field, msg) for i, field, msg in exc.problems]
+        raise ConfigError(problems[:50]) from None
+    except PositionError as exc:
+        raise ConfigError([cfg.problem(("model", "bos"), str(exc))]) from None
+    if any(m in cfg.experiment.metrics for m in ("logit_diff", "logit_diff_norm")):
+        same = identical_answers(prompts)
+        if same:
+            raise ConfigError(
+                [
+                    config_mod.record_problem(
+                        cfg,
+                        p.index,
+                        "foil",
+                        f"target {p.record.target!r} and foil {p.record.foil!r} are scored as the same token "
+                        f"{p.target_tokens[0]!r} (id {p.target_id}), so logit_diff would be 0; choose "
+                        "answers whose first tokens differ",
+                    )
+                    for p in same[:50]
+                ]
+            )
+    return prompts

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from ivx import models, tokenization
+from ivx import answers, models, tokenization
 from ivx.cli import app
 from ivx.schema import PromptRecord
 from tests.tokenizers import STYLES, build
@@ -70,7 +70,7 @@ def test_answer_ids_are_the_tokens_that_follow_the_prompt(styled, style: str) ->
         # a bare space token (GPT-2 gives 'Ġ' + 'Tallahassee' when the word only appeared unspaced) is
         # what the model must produce next, so it is scored, and the run warns about it
         [p] = tokenization.tokenize(tok, [_record(base=base, target=answer)])
-        warned = tokenization.answer_warnings([p])
+        warned = answers.scoring_warnings([p])
         assert any("bare space" in w for w in warned) == bare
         assert any("multi-token" in w for w in warned) == (len(ids) > 1)
 
