@@ -2,6 +2,7 @@
 
 - `gpt2`:   byte-level BPE ('Ġ' marks a leading space), no BOS added, GPT-2 model.
 - `pythia`: byte-level BPE with trimmed offsets, no BOS added, GPT-NeoX model.
+- `llama3`: byte-level BPE like GPT-2's, but BOS `<|begin_of_text|>` added (Llama-3), Llama model.
 - `llama`:  SentencePiece-style BPE ('▁' metaspace, byte fallback, digits split), the current
             `tokenizer.json` layout (Metaspace pre-tokenizer), BOS `<s>` added, Llama model.
 - `llama2`: the same vocabulary in the Llama-2 layout (normalizer prepends '▁' and replaces
@@ -19,8 +20,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-STYLES = ("gpt2", "pythia", "llama", "llama2", "gemma")
-ARCH = {"gpt2": "gpt2", "pythia": "gpt_neox", "llama": "llama", "llama2": "llama", "gemma": "gemma"}
+STYLES = ("gpt2", "pythia", "llama3", "llama", "llama2", "gemma")
+BYTE_LEVEL = ("gpt2", "pythia", "llama3")
+ARCH = {
+    "gpt2": "gpt2",
+    "pythia": "gpt_neox",
+    "llama3": "llama",
+    "llama": "llama",
+    "llama2": "llama",
+    "gemma": "gemma",
+}
 
 CORPUS = [
     "The Space Needle is in downtown Seattle.",
@@ -40,12 +49,11 @@ def _trained(style: str) -> dict[str, Any]:
     """A BPE trained on CORPUS with the style's pre-tokenizer, as tokenizer.json data."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    byte_level = style in ("gpt2", "pythia")
     tok = Tokenizer(models.BPE())
-    if byte_level:
+    if style in BYTE_LEVEL:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         alphabet = pre_tokenizers.ByteLevel.alphabet()
-        special = ["<|endoftext|>"]
+        special = ["<|begin_of_text|>", "<|end_of_text|>"] if style == "llama3" else ["<|endoftext|>"]
     else:
         meta = pre_tokenizers.Metaspace(
             replacement="▁", prepend_scheme="first" if style != "gemma" else "never"
@@ -129,22 +137,28 @@ def build_tokenizer(style: str) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     data = _trained(style)
-    if style in ("gpt2", "pythia"):
-        data["post_processor"] = {
-            "type": "ByteLevel",
-            "add_prefix_space": False,
-            "trim_offsets": style == "pythia",
-            "use_regex": True,
-        }
+    if style in BYTE_LEVEL:
         data["decoder"] = {
             "type": "ByteLevel",
             "add_prefix_space": False,
             "trim_offsets": True,
             "use_regex": True,
         }
+        data["post_processor"] = {**data["decoder"], "trim_offsets": style == "pythia"}
+        first, end = ("<|endoftext|>",) * 2
+        if style == "llama3":  # Llama-3's tokenizer.json: byte-level offsets, then BOS by a template
+            first, end = "<|begin_of_text|>", "<|end_of_text|>"
+            bos = {"id": first, "ids": [0], "tokens": [first]}
+            head = [{"SpecialToken": {"id": first, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]
+            template = {
+                "type": "TemplateProcessing",
+                "single": head,
+                "pair": head + [{"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {first: bos},
+            }
+            data["post_processor"] = {"type": "Sequence", "processors": [data["post_processor"], template]}
         tok = Tokenizer.from_str(json.dumps(data))
-        end = "<|endoftext|>"
-        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=end, eos_token=end, unk_token=end)
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=first, eos_token=end, unk_token=end)
     tok = Tokenizer.from_str(json.dumps(_metaspace(data, style)))
     names = ("<bos>", "<eos>", "<pad>") if style == "gemma" else ("<s>", "</s>", None)
     return PreTrainedTokenizerFast(

@@ -19,7 +19,7 @@ from ivx.schema import PromptRecord
 from tests.tokenizers import STYLES, build
 
 runner = CliRunner()
-BOS_STYLES = ("llama", "llama2", "gemma")
+BOS_STYLES = ("llama3", "llama", "llama2", "gemma")
 PARIS = "Parisian cafes are small, and Paris is the capital of"
 
 
