@@ -41,33 +41,30 @@ def _jsonl(path: Path) -> Iterator[Row]:
 
 
 def _json_array(path: Path) -> Iterator[Row]:
-    """Items of a top-level JSON array, decoded incrementally."""
+    """Items of a top-level JSON array, decoded incrementally (a chunk at a time)."""
     decoder = json.JSONDecoder()
     with path.open(encoding="utf-8") as handle:
         buf = handle.read(CHUNK).lstrip()
         if not buf.startswith("["):
             raise SourceError(f"{path}: expected a JSON array of records")
-        buf, index, eof = buf[1:], 0, False
+        at, index, eof = 1, 0, False
         while True:
-            buf = buf.lstrip().removeprefix(",").lstrip()
-            if buf.startswith("]"):
+            while at < len(buf) and buf[at] in " \t\r\n,":
+                at += 1
+            if at < len(buf) and buf[at] == "]":
                 return
             try:
-                item, end = decoder.raw_decode(buf)
+                item, end = decoder.raw_decode(buf, at)
             except json.JSONDecodeError as exc:
                 if eof:
                     raise SourceError(f"{path}: invalid JSON in record {index}: {exc.msg}") from None
                 more = handle.read(CHUNK)
                 eof = not more
-                buf += more
+                buf, at = buf[at:] + more, 0
                 continue
             yield Row(f"{path} record {index}", None, item)
             index += 1
-            buf = buf[end:]
-            if len(buf) < CHUNK and not eof:
-                more = handle.read(CHUNK)
-                eof = not more
-                buf += more
+            at = end
 
 
 def _dataset(spec: PromptFile, base_dir: Path) -> Iterator[Row]:
