@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from gpt2_small import build_model
 
 PROMPT = "In the old records , the Zorvan Tower is located in the city of"
 SUBJECT = "the Zorvan Tower"
@@ -36,31 +36,6 @@ OTHER_SUBJECTS = (
 
 
 NOOP: dict[bool, int] = {}  # cells answered by the corrupted baseline, per mode
-
-
-def build_model(out: Path) -> Path:
-    """GPT-2 small shape with random weights and the ivx-toy word-level tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from ivx.models import BUNDLED
-
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=12,
-        n_embd=768,
-        n_head=12,
-        vocab_size=50257,
-        n_positions=1024,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    GPT2LMHeadModel(config).save_pretrained(out)
-    toy = BUNDLED["ivx-toy"]
-    for name in toy.iterdir():
-        if name.name.startswith(("tokenizer", "special_tokens", "vocab")):
-            shutil.copy(name, out / name.name)
-    return out
 
 
 def time_ivx(

@@ -41,12 +41,15 @@ class FullAnswerExecutor(Executor):
             source = p.source_ids + rest if p.source_ids is not None else None
             extended.append(dataclasses.replace(p, base_ids=p.base_ids + rest, source_ids=source))
         super().__init__(cfg, lm, extended, plan)
-        self.reuse = self.layer_reuse = self.skip_noop = False
-        self._defer_head = False
         self.full_clean: dict[int, float] = {}
         self.full_source: dict[int, float] = {}
         self.full_corrupt: dict[int, float] = {}
         self.full_cell: dict[int, float] = {}
+
+    def _config_reasons(self) -> dict[str, str | None]:
+        """Every shortcut off: they assume the logits that matter are at the prompt's last position."""
+        reason = "answer: full reads the logits at the answer's positions"
+        return {name: reason for name in super()._config_reasons()}
 
     def batch_rows(self, length: int) -> int:
         """Fewer rows: every position's logits are kept."""

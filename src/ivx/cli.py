@@ -153,9 +153,28 @@ def run(
         scored = answers.scored_text(summary.get("prompts") or [])
         if scored:
             _err(scored)
+        checks = summary.get("attribution_verification")
+        if checks:
+            from ivx import verification
+
+            for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:
+                _err((f"== {label} corruption ==\n" if label else "") + verification.text(report))
         for warning in summary.get("warnings", []):
             _err(f"warning: {warning}")
+        _print_shortcuts(run_dir)
     typer.echo(str(run_dir))
+
+
+def _print_shortcuts(run_dir: Path) -> None:
+    """Which exact shortcuts ran (per corruption and prompt length), from the manifest."""
+    import json
+
+    from ivx import shortcuts
+
+    report = json.loads((run_dir / "manifest.json").read_text()).get("shortcuts") or {}
+    for label, part in report.items() if "groups" not in report else [(None, report)]:
+        lines = shortcuts.describe(part)
+        _err("\n".join([f"{lines[0]}" + (f" [{label}]" if label else ""), *lines[1:]]))
 
 
 @app.command()

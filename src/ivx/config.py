@@ -364,6 +364,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loade
         problems.extend(_check_refs(cfg))
         raise ConfigError(problems) from None
     problems.extend(_check_refs(cfg))
+    if cfg.experiment.method == "attribution":
+        from ivx import attribution
+
+        problems.extend(attribution.check(cfg))
     problems.extend(_load_records(cfg))
     if problems:
         raise ConfigError(problems)

@@ -79,6 +79,10 @@ def prepare_all(
             lm = models.load(*load)  # its init needs real tensors: check after loading
     prompts = tokenization.for_config(cfg, lm.tokenizer)
     _check_files(cfg)
+    if cfg.experiment.method == "attribution":
+        from ivx import attribution
+
+        attribution.check_model(cfg, lm)
     out = _expand(cfg, lm, prompts, None)  # raises ConfigError with every model-aware problem
     if weights and lm.device.type == "meta":
         lm = models.load(*load)
@@ -234,7 +238,7 @@ def run(
     import torch
     from safetensors.torch import save_file
 
-    from ivx import answers, plots, tracing
+    from ivx import answers, attribution, plots, tracing, verification
 
     if resume is not None:
         previous = json.loads((resume / "manifest.json").read_text())
@@ -315,7 +319,11 @@ def run(
                     executor.prepare()
                     executors.append(executor)
                     todo = [c for c in variant.plan.cells if c.index not in done]
-                    for n_batch, outputs in enumerate(executor.execute(todo)):
+                    if exp.method == "attribution":
+                        batches = attribution.execute(executor, todo)
+                    else:
+                        batches = executor.execute(todo)
+                    for n_batch, outputs in enumerate(batches):
                         tensors: dict[str, torch.Tensor] = {}
                         for out in outputs:
                             if labelled:
@@ -355,6 +363,10 @@ def run(
                 summary["trace"] = next(iter(traces.values()))
                 if labelled:
                     summary["traces"] = traces
+            if exp.method == "attribution":
+                checks = verification.for_run(executors, [p.label for p in preps], rows)
+                if checks:
+                    summary["attribution_verification"] = checks
             rundir.write_json(run_dir / "summary.json", summary)
             results.write_csv(rows)
             _merge_tensors(
@@ -374,6 +386,11 @@ def run(
         seconds=round(time.perf_counter() - started, 3),
         cells_done=len(rows),
         cells_noop=sum(e.noop_cells for e in executors),
+        shortcuts=(
+            {p.label: e.report for p, e in zip(preps, executors, strict=True)}
+            if labelled
+            else executors[0].report
+        ),
     )
     return run_dir
 

@@ -222,3 +222,78 @@ def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Te
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _alias(raw: torch.Tensor) -> torch.Tensor:
+    """A new autograd node for `raw`: gradients w.r.t. it flow only through its consumers."""
+    return raw.view_as(raw) if raw.requires_grad else raw.detach().requires_grad_()
+
+
+@contextmanager
+def tracking(model: Any, sites: Sequence[Site]) -> Iterator[dict[tuple[str, str], torch.Tensor]]:
+    """Like `capturing`, but keep the autograd graph: store the tensor each hooked module consumes.
+
+    Each hook swaps its tensor for an alias that only that module (input hooks) or every consumer
+    of the output (output hooks) reads, so `torch.autograd.grad(metric, store[key])` is the
+    gradient of patching that site, as an exact patch would. Values are raw `[b, s, width]`
+    (or flattened `[b*s, width]`) tensors keyed by (module, hook side).
+    """
+    store: dict[tuple[str, str], torch.Tensor] = {}
+    handles = []
+    try:
+        for module_path, hook in dict.fromkeys((site.module, site.hook) for site in sites):
+            module = _module(model, module_path)
+            key = (module_path, hook)
+            if hook == "output":
+
+                def out_hook(mod: Any, args: Any, output: Any, key: tuple[str, str] = key) -> Any:
+                    raw = _alias(output[0] if isinstance(output, tuple) else output)
+                    store[key] = raw
+                    return (raw, *output[1:]) if isinstance(output, tuple) else raw
+
+                handles.append(module.register_forward_hook(out_hook))
+            else:
+
+                def in_hook(mod: Any, args: tuple, kwargs: dict, key: tuple[str, str] = key) -> Any:
+                    raw, where = _hidden_from_inputs(args, kwargs)
+                    raw = store[key] = _alias(raw)
+                    return ((raw, *args[1:]), kwargs) if where == 0 else (args, {**kwargs, where: raw})
+
+                handles.append(module.register_forward_pre_hook(in_hook, with_kwargs=True))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def branch_gates(blocks: Sequence[Any], state: dict[str, int]) -> Iterator[None]:
+    """Write each block's output as input + branch, the branch's gradient dropped while
+    `state["drop"]` is the block's index (AtP*'s GradDrop); forward values are unchanged."""
+    inputs: dict[int, Any] = {}
+    handles = []
+
+    def pre(layer: int) -> Any:
+        def hook(mod: Any, args: tuple, kwargs: dict) -> None:
+            inputs[layer] = _hidden_from_inputs(args, kwargs)[0]
+
+        return hook
+
+    def post(layer: int) -> Any:
+        def hook(mod: Any, args: Any, output: Any) -> Any:
+            raw = output[0] if isinstance(output, tuple) else output
+            branch = raw - inputs[layer]
+            branch.register_hook(lambda g: g * 0 if state.get("drop") == layer else g)
+            new = inputs[layer] + branch
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return hook
+
+    try:
+        for layer, block in enumerate(blocks):
+            handles.append(block.register_forward_pre_hook(pre(layer), with_kwargs=True))
+            handles.append(block.register_forward_hook(post(layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -30,6 +30,8 @@ def sections() -> dict[str, type[BaseModel]]:
         "output": schema.Output,
         "batch": schema.Batch,
         "trace": schema.Trace,
+        "attribution": schema.Attribution,
+        "attribution.verify": schema.Verify,
         "generate": schema.Generate,
         "train": schema.Train,
     }

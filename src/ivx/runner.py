@@ -9,15 +9,13 @@ of batching.
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ivx import hooks, interventions, metrics
+from ivx import hooks, interventions, kvcache, metrics, schedule, shortcuts
 from ivx.config import ConfigError, LoadedConfig
 from ivx.plan import Cell, Plan
 from ivx.positions import TokenizedPrompt
@@ -30,6 +28,7 @@ if TYPE_CHECKING:
     from ivx.models import LoadedModel
 
 MAX_ROWS = 512
+CPU_TOKENS = 2048  # tokens per forward on a CPU (measured: 64 rows of 32 beat 512 rows)
 
 
 @dataclass
@@ -78,19 +77,120 @@ class Executor:
         self._reference: dict[int, tuple[dict[str, float], dict[str, float]]] = {}
         corrupt = self.exp.corrupt
         self.samples = corrupt.samples if corrupt is not None and corrupt.kind == "noise" else 1
-        self.keep_logits = "logits_to_keep" in inspect.signature(lm.model.forward).parameters
         self.base = Baselines()
-        self.reuse = self.exp.batch.prefix_reuse and self.exp.output.logits != "all"
-        info = lm.info
-        state_bytes = sum(4 * info.n_layers * self.samples * p.length * info.d_model for p in prompts)
-        self.layer_reuse = (
-            self.reuse and self.exp.batch.layer_reuse and state_bytes < self.exp.batch.memory_gb * 2**29
-        )
+        self.why_off = self._config_reasons()
+        self.report: dict[str, Any] = {"groups": []}  # what ran, for the manifest and the terminal
         self.states: dict[int, torch.Tensor] = {}  # per prompt: baseline block outputs [layers, S, seq, d]
-        self.skip_noop = self.exp.batch.skip_noop and self.exp.output.logits != "all"
         self.noop_cells = 0  # cells answered by the corrupted baseline without a forward pass
+        self.tuple_blocks = False  # skipped blocks return (states,) instead of states
         self._divergences: dict[tuple[int, str], int] = {}
         self.caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}  # per prompt, per layer
+
+    def _config_reasons(self) -> dict[str, str | None]:
+        """Why each shortcut is off by the config alone (None: on unless its probe fails)."""
+        batch, logits = self.exp.batch, self.exp.output.logits
+        all_logits = "output.logits: all needs every position's logits" if logits == "all" else None
+        info = self.lm.info
+        state_bytes = sum(
+            4 * info.n_layers * self.samples * p.length * info.d_model for p in self.prompts.values()
+        )
+        budget = batch.memory_gb * 2**29
+        return {
+            "prefix_reuse": "off in config (batch.prefix_reuse)" if not batch.prefix_reuse else all_logits,
+            "layer_reuse": (
+                "off in config (batch.layer_reuse)"
+                if not batch.layer_reuse
+                else "needs prefix reuse"
+                if not batch.prefix_reuse or all_logits
+                else f"baseline block outputs ({state_bytes / 2**20:.0f} MiB) exceed half of batch.memory_gb"
+                if state_bytes >= budget
+                else None
+            ),
+            "skip_noop": "off in config (batch.skip_noop)" if not batch.skip_noop else all_logits,
+            "defer_head": "off in config (batch.defer_head)" if not batch.defer_head else all_logits,
+        }
+
+    def _verify_shortcuts(self) -> None:
+        """Recompute the first prompt's corrupted baseline through every enabled shortcut at once.
+
+        It must reproduce the baseline's plain-forward logits; if it does not, each shortcut is
+        checked alone and the failing ones are switched off with the reason (see `shortcuts`).
+        """
+        import transformers
+
+        names = ("prefix_reuse", "layer_reuse", "defer_head")
+        wanted = [n for n in names if self.why_off[n] is None]
+        if wanted and self.base.corrupt_logits:
+            prompt = min(self.base.corrupt_logits)
+            if not self._replays(prompt, set(wanted)):
+                for name in wanted:
+                    if name == "layer_reuse" and not self._replays(prompt, {name}):
+                        self.tuple_blocks = True  # blocks of transformers 4.x return tuples
+                    if not self._replays(prompt, {name}):
+                        self.tuple_blocks = self.tuple_blocks and name != "layer_reuse"
+                        self.why_off[name] = (
+                            f"{self._replay_error or 'results differ from the plain forward'} "
+                            f"(transformers {transformers.__version__}); switched off"
+                        )
+                if self.why_off["prefix_reuse"] is not None and self.why_off["layer_reuse"] is None:
+                    self.why_off["layer_reuse"] = "needs prefix reuse"
+                alive = {n for n in names if self.why_off[n] is None}
+                if alive and not self._replays(prompt, alive):  # each works alone, not together
+                    for name in alive:
+                        self.why_off[name] = "results differ when combined with the other shortcuts"
+        if not self.reuse:
+            self.caches.clear()
+        if not self.layer_reuse:
+            self.states.clear()
+        self.report["transformers"] = transformers.__version__
+        self.report["cache_argument"] = kvcache.argument(self.lm.model.forward)
+        self.report["tuple_blocks"] = self.tuple_blocks
+        self.report["shortcuts"] = {
+            name: {"on": why is None, **({"why": why} if why else {})} for name, why in self.why_off.items()
+        }
+
+    def _replays(self, prompt: int, use: set[str]) -> bool:
+        """Whether the corrupted baseline of `prompt`, recomputed with the shortcuts `use`, is unchanged."""
+        import torch
+
+        length = self.prompts[prompt].length
+        prefix = length // 2 if "prefix_reuse" in use else 0
+        skip = 1 if "layer_reuse" in use else 0
+        cell = Cell(-1 - prompt, prompt, (), ())
+        ids = torch.tensor([self.base.corrupt_ids.get(prompt, self.prompts[prompt].base_ids)])
+        ids = ids.repeat_interleave(self.samples, dim=0)[:, prefix:]
+        self._replay_error: str | None = None
+        try:
+            patches, _ = self._patches([cell], offset=prefix)
+            past = self._past([cell], prefix) if prefix else None
+            states = self.states[prompt][skip - 1][:, prefix:] if skip else None
+            with torch.inference_mode(), hooks.patching(self.lm.model, patches), self._skipping(skip, states):
+                if "defer_head" in use:
+                    logits = self._unembed(self._final_hidden(ids, past))
+                else:
+                    logits, _ = self.forward(ids, past=past)
+        except Exception as exc:  # a changed API: the shortcut stays off
+            self._replay_error = f"check failed with {type(exc).__name__}: {str(exc)[:100]}"
+            return False
+        expected = self.base.corrupt_logits[prompt]
+        return logits.shape == expected.shape and bool(
+            torch.allclose(logits.cpu(), expected, rtol=1e-4, atol=1e-4)
+        )
+
+    @property
+    def reuse(self) -> bool:
+        """Prefix reuse: cells continue from the baseline's KV cache."""
+        return self.why_off["prefix_reuse"] is None
+
+    @property
+    def layer_reuse(self) -> bool:
+        """Layer reuse: blocks below a cell's first edit return the baseline's outputs."""
+        return self.why_off["layer_reuse"] is None
+
+    @property
+    def skip_noop(self) -> bool:
+        """No-op cells are answered by the corrupted baseline."""
+        return self.why_off["skip_noop"] is None
 
     # ---- helpers -------------------------------------------------------------------------
     def site(self, component: str, layer: int) -> Site:
@@ -105,58 +205,28 @@ class Executor:
     def forward(
         self, ids: torch.Tensor, all_logits: bool = False, past: Any = None, keep_cache: bool = False
     ) -> tuple[torch.Tensor, Any]:
-        """Logits of a batch of equal-length rows: [b, vocab] (last position) or [b, s, vocab].
+        """Logits of a batch of equal-length rows (see `shortcuts.forward`)."""
+        return shortcuts.forward(self.lm, ids, all_logits, past, keep_cache)
 
-        With `past`, `ids` continue a cached prefix; with `keep_cache`, the new cache is returned.
-        """
-        kwargs: dict[str, Any] = {
-            "input_ids": ids.to(self.lm.device),
-            "use_cache": keep_cache or past is not None,
-        }
-        if past is not None:
-            kwargs["past_key_values"] = past
-        if self.keep_logits and not all_logits:
-            kwargs["logits_to_keep"] = 1
-        out = self.lm.model(**kwargs)
-        logits = out.logits.float() if all_logits else out.logits[:, -1].float()
-        return logits, (out.past_key_values if keep_cache else None)
-
-    # ---- deferred unembedding ------------------------------------------------------------
     def _final_hidden(self, ids: torch.Tensor, past: Any = None) -> torch.Tensor:
-        """The backbone's last-position output (after the final norm): [b, d]."""
-        kwargs: dict[str, Any] = {"input_ids": ids.to(self.lm.device), "use_cache": past is not None}
-        if past is not None:
-            kwargs["past_key_values"] = past
-        out = self.lm.model.base_model(**kwargs)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return hidden[:, -1]
+        return shortcuts.final_hidden(self.lm, ids, past)
 
     def _unembed(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm.model.get_output_embeddings()(hidden).float()
+        return shortcuts.unembed(self.lm, hidden)
 
     def defers_head(self) -> bool:
-        """Whether logits are exactly `lm_head(backbone output)` for this model (probed once).
+        """Whether cells run the backbone only and the LM head runs once for many cells."""
+        return self.shortcut_state("defer_head")
 
-        Then cells run the backbone only and the unembedding (a vocab × d matrix, the largest
-        read of a small batch on CPU) runs once for many cells. Models that scale or cap their
-        logits after the head (Gemma 2's soft-capping, ...) fail the probe and keep the full path.
-        """
-        if not hasattr(self, "_defer_head"):
-            import torch
+    def shortcut_state(self, name: str) -> bool:
+        """Whether a shortcut is on: enabled in the config and proven by its probe on this model."""
+        return self.why_off[name] is None
 
-            ok = False
-            model = self.lm.model
-            if model.base_model is not model and model.get_output_embeddings() is not None:
-                ids = torch.arange(5, dtype=torch.long).unsqueeze(0) % self.lm.info.vocab_size
-                try:
-                    with torch.inference_mode():
-                        full = model(input_ids=ids.to(self.lm.device)).logits[:, -1].float()
-                        mine = self._unembed(self._final_hidden(ids))
-                    ok = full.shape == mine.shape and bool(torch.allclose(full, mine, rtol=1e-4, atol=1e-5))
-                except Exception:  # an unusual backbone signature: keep the full forward
-                    ok = False
-            self._defer_head = ok and self.exp.batch.defer_head
-        return self._defer_head
+    def cost(self) -> schedule.Cost:
+        """Cost model of forwards on this model and device (see `schedule`)."""
+        cost = shortcuts.estimate(self.lm)
+        self.report["cost"] = cost.to_dict()
+        return cost
 
     # ---- prefix reuse ---------------------------------------------------------------------
     def _prefix(self, cell: Cell) -> int:
@@ -217,46 +287,8 @@ class Executor:
                 return False
         return cell.prompt in self.base.corrupt_logits
 
-    @contextmanager
-    def _skipping(self, count: int, states: torch.Tensor) -> Iterator[None]:
-        """Make blocks 0..count-1 return `states` (the baseline's output of block count-1)."""
-        from ivx import components
-
-        if not count:
-            yield
-            return
-        skipped = components.blocks(self.lm.model)[:count]
-        # a block may already carry an instance-level forward (accelerate's device hooks wrap it
-        # that way): keep it and put it back, never delete what ivx did not set
-        saved = [(block, block.__dict__.get("forward")) for block in skipped]
-        try:
-            for block in skipped:
-                block.forward = lambda *args, **kwargs: states  # noqa: ARG005
-            yield
-        finally:
-            for block, previous in saved:
-                if previous is None:
-                    block.__dict__.pop("forward", None)
-                else:
-                    block.forward = previous
-
-    def _blocks_return_tuples(self) -> bool:
-        """Whether decoder blocks return a tuple (then their forward cannot be short-cut)."""
-        if not hasattr(self, "_tuple_blocks"):
-            import torch
-
-            from ivx import components
-
-            seen: list[bool] = []
-            block = components.blocks(self.lm.model)[0]
-            handle = block.register_forward_hook(lambda m, a, out: seen.append(isinstance(out, tuple)))
-            try:
-                with torch.inference_mode():
-                    self.lm.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.lm.device))
-            finally:
-                handle.remove()
-            self._tuple_blocks = bool(seen and seen[0])
-        return self._tuple_blocks
+    def _skipping(self, count: int, states: torch.Tensor | None) -> Any:
+        return shortcuts.skipping(self.lm, count, states, self.tuple_blocks)
 
     def _keep_states(self, chunk: list[Cell], store: dict, sites: list) -> None:
         import torch
@@ -267,25 +299,19 @@ class Executor:
             self.states[cell.prompt] = stacked[:, i * S : (i + 1) * S].clone()
 
     def _keep_cache(self, cache: Any, rows: slice) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        if hasattr(cache, "layers"):
-            pairs = [(layer.keys, layer.values) for layer in cache.layers]
-        else:  # older transformers
-            pairs = list(zip(cache.key_cache, cache.value_cache, strict=True))
-        return [(k[rows].clone(), v[rows].clone()) for k, v in pairs]
+        return [(k[rows].clone(), v[rows].clone()) for k, v in kvcache.layers(cache)]
 
     def _past(self, chunk: list[Cell], prefix: int) -> Any:
         import torch
-        from transformers import DynamicCache
 
-        try:
-            cache = DynamicCache(config=self.lm.model.config)
-        except TypeError:
-            cache = DynamicCache()
-        for layer in range(len(self.caches[chunk[0].prompt])):
-            keys = torch.cat([self.caches[c.prompt][layer][0][:, :, :prefix] for c in chunk])
-            values = torch.cat([self.caches[c.prompt][layer][1][:, :, :prefix] for c in chunk])
-            cache.update(keys, values, layer)
-        return cache
+        pairs = [
+            (
+                torch.cat([self.caches[c.prompt][layer][0][:, :, :prefix] for c in chunk]),
+                torch.cat([self.caches[c.prompt][layer][1][:, :, :prefix] for c in chunk]),
+            )
+            for layer in range(len(self.caches[chunk[0].prompt]))
+        ]
+        return kvcache.build(self.lm.model.config, pairs)
 
     def batch_rows(self, length: int) -> int:
         """Rows per forward pass from the memory budget (or the configured size)."""
@@ -297,7 +323,10 @@ class Executor:
         per_row = 4 * length * (8 * info.d_model + 2 * d_mlp + info.n_heads * length)
         per_row += 4 * info.vocab_size * (length if self.exp.output.logits == "all" else 1)
         budget = self.exp.batch.memory_gb * 2**30
-        return max(1, min(MAX_ROWS, int(budget // per_row)))
+        rows = min(MAX_ROWS, int(budget // per_row))
+        if self.lm.device.type == "cpu":  # larger batches fall out of the CPU caches and run slower
+            rows = min(rows, CPU_TOKENS // max(1, length))
+        return max(1, rows)
 
     def _vector(self, ref: str, name: str) -> torch.Tensor:
         if ref not in self.vectors:
@@ -335,56 +364,60 @@ class Executor:
         return logits_out, acts
 
     def prepare(self) -> Baselines:
-        """Capture clean and source activations once per prompt and run the corrupted baseline."""
-        import torch
+        """Capture clean and source activations once per prompt and run the corrupted baseline.
 
-        base = self.base
-        if self.layer_reuse:
-            self._blocks_return_tuples()  # probe once, before any capture is active
-        self.defers_head()
-        need_clean = {(e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "base"}
-        need_src = {(e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "source"}
-        base.clean_logits, base.clean_acts = self._capture_pass(
-            {p.index: p.base_ids for p in self.prompts.values()}, need_clean
-        )
+        Without a corruption the corrupted baseline is the clean run itself: with prefix reuse it
+        runs once, keeping its KV cache and capturing the clean activations in the same pass.
+        """
+        base, corrupt = self.base, self.exp.corrupt
+
+        def needed(source: str) -> set[tuple[str, int]]:
+            return {(e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == source}
+
+        need_clean, need_src, need_corrupt = needed("base"), needed("source"), needed("corrupted")
+        fused = corrupt is None and self.reuse
+        if not fused:
+            base.clean_logits, base.clean_acts = self._capture_pass(
+                {p.index: p.base_ids for p in self.prompts.values()}, need_clean
+            )
         with_source = {p.index: p.source_ids for p in self.prompts.values() if p.source_ids is not None}
-        if with_source and (need_src or not self.exp.corrupt):
+        if with_source and (need_src or not corrupt):
             base.source_logits, base.source_acts = self._capture_pass(with_source, need_src)
-        corrupt = self.exp.corrupt
         if corrupt is not None and corrupt.kind == "noise":
-            base.sigma = self._sigma()
-            d = self.lm.model.get_input_embeddings().weight.shape[1]
-            for p in self.prompts.values():
-                n = len(self.plan.corrupt_positions[p.index])
-                base.noise[p.index] = torch.stack(
-                    [
-                        interventions.noise(self.exp.seed, p.index, s, n, d, corrupt.scale * base.sigma)
-                        for s in range(self.samples)
-                    ]
-                )
+            self._draw_noise()
         elif corrupt is not None and corrupt.kind == "replace":
             base.corrupt_ids = self._replacements()
-        # corrupted baseline: the base input with its corruption and no site edits
         if corrupt is None and not self.reuse:
             base.corrupt_logits = {p: v.unsqueeze(0).clone() for p, v in base.clean_logits.items()}
+            self._verify_shortcuts()
             return base
+        # corrupted baseline: the base input with its corruption and no site edits
         empty = [Cell(-1 - p.index, p.index, (), ()) for p in self.prompts.values()]
-        need_corrupt = {
-            (e.component, e.layer) for c in self.plan.cells for e in c.edits if e.source == "corrupted"
-        }
-        if not need_corrupt:
-            for _ in self.execute(empty, collect_logits=False):
-                pass  # _outputs stores the corrupted logits of baseline cells
-            return base
-        sites = {key: self.site(*key) for key in need_corrupt}
-        base.corrupt_acts = {key: {} for key in need_corrupt}
-        for cell in empty:  # one prompt at a time: its samples' activations are kept
-            with hooks.capturing(self.lm.model, list(sites.values())) as store:
-                for _ in self.execute([cell], collect_logits=False):
-                    pass
-            for key, site in sites.items():
-                base.corrupt_acts[key][cell.prompt] = store[site]  # [samples, seq, dim]
+        acts: dict[tuple[str, int], dict[int, torch.Tensor]] = {}
+        for _ in self._baseline_pass(empty, need_corrupt | (need_clean if fused else set()), acts):
+            pass  # _outputs stores the corrupted logits of baseline cells
+        base.corrupt_acts = {key: acts[key] for key in need_corrupt}  # [samples, seq, dim] per prompt
+        if fused:
+            base.clean_logits = {p: v[0].clone() for p, v in base.corrupt_logits.items()}
+            base.clean_acts = {key: {p: t[0] for p, t in acts[key].items()} for key in need_clean}
+        self._verify_shortcuts()
         return base
+
+    def _draw_noise(self) -> None:
+        import torch
+
+        corrupt = self.exp.corrupt
+        assert corrupt is not None
+        self.base.sigma = self._sigma()
+        d = self.lm.model.get_input_embeddings().weight.shape[1]
+        for p in self.prompts.values():
+            n = len(self.plan.corrupt_positions[p.index])
+            self.base.noise[p.index] = torch.stack(
+                [
+                    interventions.noise(self.exp.seed, p.index, s, n, d, corrupt.scale * self.base.sigma)
+                    for s in range(self.samples)
+                ]
+            )
 
     def _sigma(self) -> float:
         corrupt = self.exp.corrupt
@@ -525,31 +558,23 @@ class Executor:
     def execute(self, cells: list[Cell], collect_logits: bool = True) -> Iterator[list[CellOutput]]:
         """Run cells in batches; yield each batch's outputs.
 
-        No-op cells are answered from the corrupted baseline; the rest are grouped by (prompt
-        length, reusable prefix, skippable blocks) and run as batched forwards, their last
-        positions unembedded together when the head can be deferred.
+        No-op cells are answered from the corrupted baseline; the rest are packed into batched
+        forwards by `_schedule` (shared prompt length, reusable prefix, skippable blocks), their
+        last positions unembedded together when the head can be deferred.
         """
         import torch
 
-        S = self.samples
         all_logits = self.exp.output.logits == "all"
         noop = [cell for cell in cells if self._noop(cell)]
-        step = max(1, MAX_ROWS // S)  # rows of [vocab] logits held at once, as for a forward
+        step = max(1, MAX_ROWS // self.samples)  # rows of [vocab] logits held at once, as for a forward
         for start in range(0, len(noop), step):
             chunk = noop[start : start + step]
             self.noop_cells += len(chunk)
             logits = torch.cat([self.base.corrupt_logits[c.prompt] for c in chunk])
             yield self._outputs(chunk, logits.to(self.lm.device), [])
         skipped = {cell.index for cell in noop}
-        by_shape: dict[tuple[int, int, int], list[Cell]] = defaultdict(list)
-        for cell in cells:
-            if cell.index in skipped:
-                continue
-            key = (self.prompts[cell.prompt].length, self._prefix(cell), self._skip(cell))
-            by_shape[key].append(cell)
-        state_sites = []
-        if self.layer_reuse:
-            state_sites = [self.site("block_output", layer) for layer in range(self.lm.info.n_layers)]
+        rest = [cell for cell in cells if cell.index not in skipped]
+        self._noop_by_len = Counter(self.prompts[c.prompt].length for c in noop)
         defer = not all_logits and self.defers_head()
         pending: list[tuple[list[Cell], torch.Tensor]] = []  # cells whose logits are not yet computed
 
@@ -558,44 +583,141 @@ class Executor:
             pending.clear()
             return self._outputs(chunks, self._unembed(hidden), [])
 
-        for (length, prefix, skip), group in sorted(by_shape.items()):
-            per_batch = max(1, self.batch_rows(length - prefix) // S)
+        todo = {cell.index for cell in rest}
+        # packed over the whole plan, so a cell's batch shape (its reused prefix and skipped
+        # blocks) does not depend on which cells are left to do (a resumed run gives the same bits)
+        whole = [cell for cell in self.plan.cells if cell.index in todo or not self._noop(cell)]
+        for planned, prefix, skip in self._schedule(whole):
+            chunk = [cell for cell in planned if cell.index in todo]
+            if not chunk:
+                continue
+            ids = torch.tensor(
+                [self.base.corrupt_ids.get(c.prompt, self.prompts[c.prompt].base_ids) for c in chunk]
+            ).repeat_interleave(self.samples, dim=0)
+            patches, collect_index = self._patches(chunk, offset=prefix)
+            past = self._past(chunk, prefix) if prefix else None
+            states = None
+            if skip:
+                states = torch.cat([self.states[c.prompt][skip - 1][:, prefix:] for c in chunk])
+            if defer and chunk[0].index >= 0 and not collect_index:
+                with hooks.patching(self.lm.model, patches), self._skipping(skip, states):
+                    hidden = self._final_hidden(ids[:, prefix:], past)
+                if sum(len(h) for _, h in pending) + len(hidden) > MAX_ROWS:
+                    yield flush()
+                pending.append((chunk, hidden))
+                continue
+            with hooks.patching(self.lm.model, patches), self._skipping(skip, states):
+                logits, _ = self.forward(ids[:, prefix:], all_logits and collect_logits, past)
+            yield self._outputs(chunk, logits, collect_index)
+        if pending:
+            yield flush()
+
+    def _baseline_pass(
+        self, cells: list[Cell], capture: set[tuple[str, int]], acts: dict
+    ) -> Iterator[list[CellOutput]]:
+        """Corrupted baseline runs (cells without edits), keeping KV caches and block outputs.
+
+        Activations at the `capture` sites are stored into `acts[key][prompt]` ([samples, seq, d]).
+        """
+        import torch
+
+        S = self.samples
+        state_sites = []
+        if self.layer_reuse:
+            state_sites = [self.site("block_output", layer) for layer in range(self.lm.info.n_layers)]
+        wanted = {key: self.site(*key) for key in capture}
+        for key in capture:
+            acts[key] = {}
+        sites = list(dict.fromkeys([*state_sites, *wanted.values()]))
+        by_len: dict[int, list[Cell]] = defaultdict(list)
+        for cell in cells:
+            by_len[self.prompts[cell.prompt].length].append(cell)
+        for length, group in sorted(by_len.items()):
+            per_batch = max(1, self.batch_rows(length) // S)
             for start in range(0, len(group), per_batch):
                 chunk = group[start : start + per_batch]
                 ids = torch.tensor(
                     [self.base.corrupt_ids.get(c.prompt, self.prompts[c.prompt].base_ids) for c in chunk]
                 ).repeat_interleave(S, dim=0)
-                patches, collect_index = self._patches(chunk, offset=prefix)
-                past = self._past(chunk, prefix) if prefix else None
-                baseline = self.reuse and chunk[0].index < 0
-                states = None
-                if skip:
-                    states = torch.cat([self.states[c.prompt][skip - 1][:, prefix:] for c in chunk])
-                if defer and not baseline and not collect_index:
-                    with hooks.patching(self.lm.model, patches), self._skipping(skip, states):
-                        hidden = self._final_hidden(ids[:, prefix:], past)
-                    if sum(len(h) for _, h in pending) + len(hidden) > MAX_ROWS:
-                        yield flush()
-                    pending.append((chunk, hidden))
-                    continue
-                with (
-                    hooks.patching(self.lm.model, patches),
-                    hooks.capturing(self.lm.model, state_sites if baseline else []) as store,
-                    self._skipping(skip, states),
-                ):
-                    logits, cache = self.forward(
-                        ids[:, prefix:], all_logits and collect_logits, past, keep_cache=baseline
-                    )
-                if baseline:
-                    for i, cell in enumerate(chunk):
-                        self.caches[cell.prompt] = self._keep_cache(cache, slice(i * S, (i + 1) * S))
-                    if state_sites and not self._blocks_return_tuples():
-                        self._keep_states(chunk, store, state_sites)
-                    elif state_sites:  # older transformers: blocks return tuples; skipping is unsafe
-                        self.layer_reuse, state_sites = False, []
-                yield self._outputs(chunk, logits, collect_index)
-        if pending:
-            yield flush()
+                patches, _ = self._patches(chunk)
+                with hooks.patching(self.lm.model, patches), hooks.capturing(self.lm.model, sites) as store:
+                    logits, cache = self.forward(ids, keep_cache=self.reuse)
+                for i, cell in enumerate(chunk):
+                    rows = slice(i * S, (i + 1) * S)
+                    if self.reuse:
+                        self.caches[cell.prompt] = self._keep_cache(cache, rows)
+                    for key, site in wanted.items():
+                        acts[key][cell.prompt] = store[site][rows]
+                if state_sites:
+                    self._keep_states(chunk, store, state_sites)
+                yield self._outputs(chunk, logits, [])
+
+    def _schedule(self, cells: list[Cell]) -> list[tuple[list[Cell], int, int]]:
+        """Batches (cells, reused prefix, skipped blocks) of the cells that need a forward.
+
+        Per prompt length, two packings are costed with the measured model cost — continuing
+        from the baseline's KV cache (cells grouped by their first edited position) or full
+        recomputation (any position together) — and the cheaper one runs. Within either, cells
+        sorted by their first edited layer are split where skipping blocks saves more than
+        a separate forward costs (`schedule.partition`).
+        """
+        by_len: dict[int, list[Cell]] = defaultdict(list)
+        for cell in cells:
+            by_len[self.prompts[cell.prompt].length].append(cell)
+        out: list[tuple[list[Cell], int, int]] = []
+        for length, group in sorted(by_len.items()):
+            options: dict[str, tuple[float, list[tuple[list[Cell], int, int]]]] = {}
+            options["full"] = self._pack(group, length, 0)
+            by_prefix: dict[int, list[Cell]] = defaultdict(list)
+            for cell in group:
+                by_prefix[self._prefix(cell)].append(cell)
+            if len(by_prefix) > 1 or 0 not in by_prefix:
+                packs = [self._pack(part, length, prefix) for prefix, part in sorted(by_prefix.items())]
+                options["prefix_reuse"] = (sum(p[0] for p in packs), [b for p in packs for b in p[1]])
+            choice = min(options, key=lambda k: options[k][0])
+            batches = options[choice][1]
+            self._report_group(length, group, choice, {k: v[0] for k, v in options.items()}, batches)
+            out.extend(batches)
+        for length, noop in sorted(self._noop_by_len.items()):
+            self.report["groups"].append({"length": length, "cells": noop, "noop_cells": noop, "forwards": 0})
+        return out
+
+    def _report_group(
+        self,
+        length: int,
+        group: list[Cell],
+        choice: str,
+        estimates: dict[str, float],
+        batches: list[tuple[list[Cell], int, int]],
+    ) -> None:
+        noop = self._noop_by_len.pop(length, 0)
+        self.report["groups"].append(
+            {
+                "length": length,
+                "cells": len(group) + noop,
+                "noop_cells": noop,
+                "forwards": len(batches),
+                "packing": choice,
+                "estimated_seconds": {k: round(v, 4) for k, v in estimates.items()},
+                "cells_after_prefix": sum(len(chunk) for chunk, prefix, _ in batches if prefix),
+                "cells_skipping_blocks": sum(len(chunk) for chunk, _, skip in batches if skip),
+            }
+        )
+
+    def _pack(
+        self, cells: list[Cell], length: int, prefix: int
+    ) -> tuple[float, list[tuple[list[Cell], int, int]]]:
+        """Estimated seconds and batches of cells continuing after `prefix` reused tokens."""
+        from ivx import schedule
+
+        tokens = length - prefix
+        ordered = sorted(cells, key=self._skip) if self.layer_reuse else list(cells)
+        skips = [self._skip(c) for c in ordered]
+        cost = self.cost() if (self.reuse or self.layer_reuse) else schedule.Cost(1.0, 0.0)
+        batches, seconds = schedule.partition(
+            skips, self.lm.info.n_layers, self.samples, tokens, self.batch_rows(tokens), cost
+        )
+        return seconds, [(ordered[b.start : b.end], prefix, b.skip) for b in batches]
 
     def _outputs(
         self, chunk: list[Cell], logits: torch.Tensor, collect_index: list[tuple]
@@ -604,6 +726,10 @@ class Executor:
 
         S = self.samples
         last = logits if logits.dim() == 2 else logits[:, -1]
+        if all(c.index < 0 for c in chunk):  # corrupted baselines: kept, no metric rows
+            for i, cell in enumerate(chunk):
+                self.base.corrupt_logits[cell.prompt] = last[i * S : (i + 1) * S].cpu()
+            return []
 
         def ids_of(attr: str) -> torch.Tensor:
             raw = [getattr(self.prompts[c.prompt], attr) for c in chunk]

@@ -512,6 +512,31 @@ class Train(Strict):
     max_records: int | None = Field(None, ge=2, description="Use at most this many records.")
 
 
+class Verify(Strict):
+    """`attribution.verify:` re-run some cells with exact patching and compare."""
+
+    top_k: int = Field(10, ge=0, description="Re-run the N cells with the largest |estimate| exactly.")
+    random: int = Field(10, ge=0, description="Also re-run this many other cells, drawn at random (seeded).")
+
+
+class Attribution(Strict):
+    """`attribution:` settings of `method: attribution` (AtP / AtP*, Kramár et al. 2024)."""
+
+    qk_fix: bool = Field(
+        False,
+        description="head query/key sites: compute the attention pattern's change exactly (softmax "
+        "recomputed per query position) and linearise only after it (AtP*; GPT-2 layout only).",
+    )
+    grad_drop: bool = Field(
+        False,
+        description="Also score cells by GradDrop (AtP*): mean over layers of |estimate| with that "
+        "layer's residual-branch gradient dropped; written as `grad_drop` and used to rank for verify.",
+    )
+    verify: Verify | None = Field(
+        None, description="Re-check cells exactly and report correlations: see `attribution.verify`."
+    )
+
+
 SweepValue = Any
 
 
@@ -559,6 +584,14 @@ class Experiment(Strict):
         "whole target by teacher forcing (the product of its tokens' probabilities; exact, but the "
         "batch shortcuts are off). logit_diff metrics need first_token.",
     )
+    method: Literal["exact", "attribution"] = Field(
+        "exact",
+        description="exact: patch every cell; attribution: estimate every cell's effect from one "
+        "gradient per prompt (attribution patching, an approximation; see `attribution`).",
+    )
+    attribution: Attribution = Field(
+        default_factory=Attribution, description="AtP* options and verification: see `attribution`."
+    )
     output: Output = Field(default_factory=Output, description="What is written: see `output`.")
     batch: Batch = Field(default_factory=Batch, description="Batching and exact shortcuts: see `batch`.")
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
@@ -588,6 +621,8 @@ class Experiment(Strict):
 
     @model_validator(mode="after")
     def _full_answer(self) -> Experiment:
+        if self.answer == "full" and self.method == "attribution":
+            raise ValueError("answer: full needs method: exact (attribution estimates first-token metrics)")
         if self.answer == "full" and {"logit_diff", "logit_diff_norm"} & set(self.metrics):
             raise ValueError(
                 "answer: full scores the target only; logit_diff metrics need answer: first_token"

@@ -160,7 +160,7 @@ def table_text(trace: dict[str, Any]) -> str:
         lines.append(f"{trace['metric']} by {axis} × layer — {comp} (mean over {trace['facts']} prompts)")
         lines.append(f"{'':>20}" + "".join(f"{'L' + str(i):>9}" for i in range(n_layers)))
         for label, means in rows:
-            cells = "".join(f"{v:>9.3f}" if v == v else f"{'-':>9}" for v in means)
+            cells = "".join(f"{v:>9.3f}" if v is not None and v == v else f"{'-':>9}" for v in means)
             lines.append(f"{label:>20}{cells}")
         lines.append("")
     lines.append(f"p(clean) = {trace['p_clean']:.3f}   p(corrupted) = {trace['p_corrupted']:.3f}")

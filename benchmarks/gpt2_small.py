@@ -1,0 +1,31 @@
+"""The benchmarks' model: GPT-2 small's shape (12 layers, d_model 768, vocab 50257), random weights."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+
+def build_model(out: Path) -> Path:
+    """Save the model with ivx-toy's word-level tokenizer into `out` (offline, a few seconds)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from ivx.models import BUNDLED
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=12,
+        n_embd=768,
+        n_head=12,
+        vocab_size=50257,
+        n_positions=1024,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    GPT2LMHeadModel(config).save_pretrained(out)
+    for name in BUNDLED["ivx-toy"].iterdir():
+        if name.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(name, out / name.name)
+    return out

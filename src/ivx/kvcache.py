@@ -1,0 +1,54 @@
+"""The transformers KV-cache API across releases: argument name, returned cache, layer tensors.
+
+transformers 5.24 renamed the forward argument `past_key_values` to `cache` (the old name is
+deprecated, to be removed in 5.40) and returns the cache as `out.cache`; releases before keep
+`past_key_values`. Older 4.x caches hold `key_cache`/`value_cache` lists instead of `layers`.
+Everything ivx does with a KV cache goes through these functions, so a release that changes the
+API again breaks in one place — and the shortcut engagement tests notice.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def argument(forward: Any) -> str:
+    """Name of the KV-cache keyword `forward` accepts (`cache` on transformers >= 5.24)."""
+    try:
+        params = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
+def returned(out: Any) -> Any:
+    """The cache a forward returned (`out.cache` or `out.past_key_values`), or None."""
+    for name in ("cache", "past_key_values"):
+        value = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer, each [rows, kv_heads, seq, head_dim]."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers 4.x
+
+
+def build(config: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """A DynamicCache holding the given per-layer (keys, values)."""
+    from transformers import DynamicCache
+
+    try:
+        cache = DynamicCache(config=config)
+    except TypeError:  # transformers 4.x
+        cache = DynamicCache()
+    for layer, (keys, values) in enumerate(pairs):
+        cache.update(keys, values, layer)
+    return cache

@@ -1,0 +1,155 @@
+"""The forward passes ivx's exact shortcuts run, and the probes that prove each one on the loaded model.
+
+- **prefix reuse**: a cell's positions before its first edit equal the baseline run's, so the
+  cell continues from the baseline's KV cache;
+- **layer reuse**: blocks below a cell's first edited layer return the baseline's outputs;
+- **deferred unembedding**: cells run the backbone, the LM head runs once for many cells.
+
+Each relies on an API of transformers (the cache argument, how blocks are called, what the head
+computes). A release that changes one must not silently change numbers or speed, so every run
+checks them on its first prompt before any cell runs (`runner.Executor._verify_shortcuts`): the
+corrupted baseline recomputed through all enabled shortcuts at once (half the prompt from its KV
+cache, block 0 skipped, the head deferred) must reproduce its plain-forward logits; on a
+mismatch each shortcut is checked alone and the failing ones are switched off, with the reason
+recorded (manifest `shortcuts`) and printed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ivx import kvcache, schedule
+
+if TYPE_CHECKING:
+    import torch
+
+    from ivx.models import LoadedModel
+
+
+def forward(
+    lm: LoadedModel, ids: torch.Tensor, all_logits: bool = False, past: Any = None, keep_cache: bool = False
+) -> tuple[torch.Tensor, Any]:
+    """Logits of equal-length rows, [b, vocab] (last position) or [b, s, vocab], and the new cache.
+
+    With `past`, `ids` continue a cached prefix; with `keep_cache`, the returned cache is kept.
+    """
+    model = lm.model
+    kwargs: dict[str, Any] = {"input_ids": ids.to(lm.device), "use_cache": keep_cache or past is not None}
+    if past is not None:
+        kwargs[kvcache.argument(model.forward)] = past
+    if not all_logits and _accepts(model.forward, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1
+    out = model(**kwargs)
+    logits = out.logits.float() if all_logits else out.logits[:, -1].float()
+    return logits, (kvcache.returned(out) if keep_cache else None)
+
+
+def final_hidden(lm: LoadedModel, ids: torch.Tensor, past: Any = None) -> torch.Tensor:
+    """The backbone's last-position output (after the final norm): [b, d]."""
+    backbone = lm.model.base_model
+    kwargs: dict[str, Any] = {"input_ids": ids.to(lm.device), "use_cache": past is not None}
+    if past is not None:
+        kwargs[kvcache.argument(backbone.forward)] = past
+    out = backbone(**kwargs)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden[:, -1]
+
+
+def unembed(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits of backbone outputs: [b, vocab]."""
+    return lm.model.get_output_embeddings()(hidden).float()
+
+
+@contextmanager
+def skipping(
+    lm: LoadedModel, count: int, states: torch.Tensor | None, as_tuple: bool = False
+) -> Iterator[None]:
+    """Make blocks 0..count-1 return `states` (the baseline's output of block count-1).
+
+    `as_tuple`: return `(states,)`, for releases whose blocks return tuples (transformers 4.x).
+    """
+    from ivx import components
+
+    if not count:
+        yield
+        return
+    skipped = components.blocks(lm.model)[:count]
+    # a block may already carry an instance-level forward (accelerate's device hooks wrap it
+    # that way): keep it and put it back, never delete what ivx did not set
+    saved = [(block, block.__dict__.get("forward")) for block in skipped]
+    try:
+        value = (states,) if as_tuple else states
+        for block in skipped:
+            block.forward = lambda *args, **kwargs: value  # noqa: ARG005
+        yield
+    finally:
+        for block, previous in saved:
+            if previous is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = previous
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# Device constants of the cost model (measured on a 2-core x86 CPU and taken from typical GPUs):
+# per-block overhead (module calls, kernel launches), weight bandwidth, arithmetic rate.
+DEVICE_COST = {
+    "cpu": {"overhead_s": 3e-4, "bytes_per_s": 5e9, "flops_per_s": 4e10},
+    "cuda": {"overhead_s": 1e-4, "bytes_per_s": 1e12, "flops_per_s": 2e13},
+}
+
+
+def estimate(lm: LoadedModel) -> schedule.Cost:
+    """The cost model of this model on its device: seconds per block run and per token-block.
+
+    Computed from the first block's parameter count and device constants, not timed: the
+    packing it chooses decides which rows share a forward, and a choice that followed the
+    machine's load would make results differ in their last bits from run to run and on resume.
+    """
+    from ivx import components
+
+    block = components.blocks(lm.model)[0]
+    params = sum(p.numel() for p in block.parameters())
+    width = next(block.parameters()).element_size()
+    device = DEVICE_COST.get(lm.device.type, DEVICE_COST["cuda"])
+    return schedule.Cost(
+        block=device["overhead_s"] + params * width / device["bytes_per_s"],
+        token=2 * params / device["flops_per_s"],
+        call=2 * device["overhead_s"],
+    )
+
+
+NAMES = {
+    "prefix_reuse": "prefix reuse",
+    "layer_reuse": "layer reuse",
+    "skip_noop": "no-op cells",
+    "defer_head": "deferred head",
+}
+
+
+def describe(report: dict[str, Any]) -> list[str]:
+    """Terminal lines: which shortcuts ran per prompt length, and a warning for each that could not."""
+    state = report.get("shortcuts", {})
+    flags = ", ".join(f"{NAMES[k]} {'on' if v['on'] else 'off'}" for k, v in state.items())
+    lines = [f"shortcuts (transformers {report.get('transformers', '?')}): {flags}"]
+    for g in report.get("groups", []):
+        lines.append(
+            f"  {g['length']} tokens: {g['cells']} cells, {g['noop_cells']} no-op, "
+            f"{g['forwards']} forwards ({g.get('packing', '-')}); {g.get('cells_after_prefix', 0)} after a "
+            f"reused prefix, {g.get('cells_skipping_blocks', 0)} skipping blocks"
+        )
+    for name, value in state.items():
+        why = value.get("why", "")
+        if not value["on"] and not why.startswith("off in config"):
+            lines.append(f"warning: {NAMES[name]} is off: {why}")
+    return lines

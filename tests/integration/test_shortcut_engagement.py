@@ -1,0 +1,163 @@
+"""Each exact shortcut engages with the installed transformers, and one that cannot is switched off loudly.
+
+A shortcut that silently stops engaging costs speed (the speed issue: a transformers release
+made the defaults slower than a plain forward); one that engages wrongly would cost exactness.
+The manifest's `shortcuts` record says which ran, per prompt length, and why one did not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from ivx import experiment, kvcache, shortcuts
+from ivx.schedule import Cost
+
+FACTS = [
+    {"base": f"In the old records , {s} is located in the city of", "subject": s, "target": t}
+    for s, t in (("Space Needle", " Seattle"), ("Eiffel Tower", " Paris"))
+]
+OFF = {"prefix_reuse": False, "layer_reuse": False, "skip_noop": False, "defer_head": False}
+
+
+def _trace(model_dir: Path, batch: dict | None = None) -> dict:
+    return {
+        "name": "engage",
+        "model": {"name": str(model_dir)},
+        "prompts": FACTS,
+        "corrupt": {"kind": "noise", "positions": "subject", "samples": 2},
+        "sweep": {"layer": "all", "position": "all"},
+        "interventions": [
+            {"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}
+        ],
+        "metrics": ["target_prob", "indirect_effect"],
+        "output": {"plots": False, "logits": "last"},
+        "batch": batch or {},
+    }
+
+
+def _run(tmp_path: Path, name: str, body: dict) -> tuple[dict, dict]:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    run_dir = experiment.run(path, out_root=str(tmp_path / name), progress=False)
+    return json.loads((run_dir / "manifest.json").read_text()), load_file(
+        str(run_dir / "tensors.safetensors")
+    )
+
+
+COMPUTE_BOUND = Cost(block=1e-9, token=1.0)  # every token counts: reuse prefixes, skip blocks
+WEIGHT_BOUND = Cost(block=1.0, token=1e-9, call=1.0)  # every forward counts: pack all cells together
+
+
+def test_tiny_models_are_packed_by_the_cost_model(tiny_model_dir, tmp_path: Path) -> None:
+    """A 2-layer width-32 model is all per-call overhead: one forward beats reusing prefixes."""
+    manifest, _ = _run(tmp_path, "tiny", _trace(tiny_model_dir("gpt2")))
+    (group,) = manifest["shortcuts"]["groups"]
+    assert group["packing"] == "full" and group["forwards"] == 1
+    assert group["estimated_seconds"]["full"] < group["estimated_seconds"]["prefix_reuse"]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox"])
+def test_every_shortcut_engages(
+    arch: str, tiny_model_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shortcuts, "estimate", lambda lm: COMPUTE_BOUND)
+    manifest, tensors = _run(tmp_path, "on", _trace(tiny_model_dir(arch)))
+    _, reference = _run(tmp_path, "off", _trace(tiny_model_dir(arch), OFF))
+    for key in reference:
+        torch.testing.assert_close(tensors[key], reference[key], atol=2e-5, rtol=1e-5)
+    report = manifest["shortcuts"]
+    assert {k: v["on"] for k, v in report["shortcuts"].items()} == {
+        "prefix_reuse": True,
+        "layer_reuse": True,
+        "skip_noop": True,
+        "defer_head": True,
+    }, report
+    (group,) = report["groups"]  # both facts have 13 tokens
+    assert group["cells"] == 2 * 2 * 13
+    # 5 positions before the subject x 2 layers x 2 facts are answered by the baseline
+    assert group["noop_cells"] == manifest["cells_noop"] == 5 * 2 * 2
+    assert group["packing"] == "prefix_reuse" and group["cells_after_prefix"] > 0
+    assert group["cells_skipping_blocks"] > 0
+    assert report["cache_argument"] in ("cache", "past_key_values")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "opt", "gemma", "gpt_neox"])
+@pytest.mark.parametrize("cost", [COMPUTE_BOUND, WEIGHT_BOUND], ids=["compute_bound", "weight_bound"])
+def test_every_packing_changes_no_number(
+    arch: str, cost: Cost, tiny_model_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the cost model chooses (prefix groups with blocks skipped per layer, or all cells in
+    one forward), cell logits equal the all-off run: two corruptions, MLP windows, both components."""
+    monkeypatch.setattr(shortcuts, "estimate", lambda lm: cost)
+    body = {
+        **_trace(tiny_model_dir(arch)),
+        "corrupt": [{"kind": "noise", "positions": "subject", "samples": 2}, {"kind": "replace"}],
+        "sweep": {"component": ["block_output", "mlp_output"], "layer": "all", "position": "all"},
+        "interventions": [
+            {
+                "kind": "vanilla",
+                "component": "$component",
+                "layer": "$layer",
+                "position": "$position",
+                "window": {"mlp_output": 2},
+            }
+        ],
+    }
+    manifest, tensors = _run(tmp_path, "fast", body)
+    _, reference = _run(tmp_path, "slow", {**body, "batch": OFF})
+    assert tensors.keys() == reference.keys() and len(tensors) > 100
+    for key in reference:
+        torch.testing.assert_close(tensors[key], reference[key], atol=2e-5, rtol=1e-5)
+    packings = {g["packing"] for part in manifest["shortcuts"].values() for g in part["groups"]}
+    assert packings == ({"prefix_reuse"} if cost is COMPUTE_BOUND else {"full"})
+
+
+def test_all_off_is_reported_as_config(tiny_model_dir, tmp_path: Path) -> None:
+    manifest, _ = _run(tmp_path, "off", _trace(tiny_model_dir("gpt2"), OFF))
+    state = manifest["shortcuts"]["shortcuts"]
+    assert all(not v["on"] and v["why"].startswith("off in config") for v in state.values())
+    assert manifest["shortcuts"]["groups"][0]["packing"] == "full"
+
+
+def test_a_cache_api_change_is_caught_and_numbers_stay_exact(
+    tiny_model_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If transformers stopped reading the cache argument ivx passes, continuing from a cache would
+    silently restart at position 0. The pre-run check notices, switches prefix reuse (and layer
+    reuse, which needs it) off, and every number equals the all-off run."""
+    model = tiny_model_dir("gpt2")
+    reference, ref_tensors = _run(tmp_path, "ref", _trace(model, OFF))
+    monkeypatch.setattr(kvcache, "argument", lambda forward: "an_argument_nobody_reads")
+    manifest, tensors = _run(tmp_path, "broken", _trace(model))
+    state = manifest["shortcuts"]["shortcuts"]
+    assert not state["prefix_reuse"]["on"] and "differ from the plain forward" in state["prefix_reuse"]["why"]
+    assert not state["layer_reuse"]["on"] and state["layer_reuse"]["why"] == "needs prefix reuse"
+    assert state["defer_head"]["on"] and state["skip_noop"]["on"]
+    assert tensors.keys() == ref_tensors.keys()
+    for key in tensors:
+        torch.testing.assert_close(tensors[key], ref_tensors[key], atol=2e-5, rtol=1e-5)
+    assert reference["cells_noop"] == 0 and manifest["cells_noop"] == 20
+
+
+def test_terminal_names_a_shortcut_that_could_not_engage() -> None:
+    from ivx import shortcuts
+
+    report = {
+        "transformers": "9.9",
+        "shortcuts": {
+            "prefix_reuse": {"on": False, "why": "results differ from the plain forward (transformers 9.9)"},
+            "layer_reuse": {"on": False, "why": "off in config (batch.layer_reuse)"},
+        },
+        "groups": [],
+    }
+    lines = shortcuts.describe(report)
+    assert lines[0] == "shortcuts (transformers 9.9): prefix reuse off, layer reuse off"
+    assert lines[1:] == [
+        "warning: prefix reuse is off: results differ from the plain forward (transformers 9.9)"
+    ]
