@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,11 +17,56 @@ app = typer.Typer(
 )
 
 # Modules that add their own commands with `register(app)` (no torch at import time).
-_COMMAND_MODULES: tuple[str, ...] = ("ivx.generate", "ivx.train", "ivx.hub", "ivx.toy.cli")
+_COMMAND_MODULES: tuple[str, ...] = ("ivx.generate", "ivx.train", "ivx.hub", "ivx.runs", "ivx.toy.cli")
 
 
 def _err(message: str) -> None:
     typer.echo(message, err=True)
+
+
+def _hide_flag_types() -> None:
+    """Flags take no value: show no `<bool>` type beside them in --help (typer ≥ 0.29 does)."""
+    from typer.core import TyperOption
+
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "_ivx", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        return None if self.is_flag else show(self, ctx)
+
+    display_type_rich._ivx = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ivx import __version__
+
+        typer.echo(f"ivx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Causal interventions on Hugging Face causal language models, from one YAML file."""
+
+
+def console() -> object:
+    """A rich console that never cuts a table: when output is piped, lines may be long."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 250)
 
 
 def _user_errors(fn):  # type: ignore[no-untyped-def]
@@ -123,7 +168,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
 ) -> None:
     """Run an experiment; the last line printed is the run directory."""
-    from ivx import answers, experiment
+    from ivx import experiment
 
     if config is None and resume is None:
         _err("error: give a CONFIG file, or --resume RUN_DIR")
@@ -136,45 +181,40 @@ def run(
             config or Path(), tuple(set_ or ()), str(out) if out else None, resume, progress=not quiet
         )
     except (KeyboardInterrupt, RuntimeError, OSError) as exc:
-        _err(
-            f"error: run failed: {type(exc).__name__}: {exc} (the run directory is marked failed; "
-            "`ivx run --resume RUN_DIR` continues it)"
-        )
-        raise typer.Exit(1) from None
+        failed = getattr(exc, "run_dir", None)
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        what = "interrupted" if interrupted else f"run failed: {type(exc).__name__}: {exc}"
+        if failed is None:
+            _err(f"error: {what} (before a run directory was created)")
+        else:
+            _err(f"error: {what}; {failed} is marked failed and keeps every finished batch")
+            _err(f"resume: ivx run --resume {failed}")
+        raise typer.Exit(130 if interrupted else 1) from None
     if not quiet:
-        import json
-
-        summary = json.loads((run_dir / "summary.json").read_text())
-        from ivx import tracing
-
-        for label, trace in (summary.get("traces") or {None: summary.get("trace")}).items():
-            if trace:
-                _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
-        scored = answers.scored_text(summary.get("prompts") or [])
-        if scored:
-            _err(scored)
-        checks = summary.get("attribution_verification")
-        if checks:
-            from ivx import verification
-
-            for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:
-                _err((f"== {label} corruption ==\n" if label else "") + verification.text(report))
-        for warning in summary.get("warnings", []):
-            _err(f"warning: {warning}")
-        _print_shortcuts(run_dir)
+        _print_summary(run_dir)
     typer.echo(str(run_dir))
 
 
-def _print_shortcuts(run_dir: Path) -> None:
-    """Which exact shortcuts ran (per corruption and prompt length), from the manifest."""
-    import json
+def _print_summary(run_dir: Path) -> None:
+    """The run's terminal tables, scored tokens, attribution checks, warnings and shortcuts, on stderr."""
+    from ivx import answers, shortcuts, verification
+    from ivx.api import Run
 
-    from ivx import shortcuts
-
-    report = json.loads((run_dir / "manifest.json").read_text()).get("shortcuts") or {}
+    run = Run(run_dir)
+    _err(run.table())
+    scored = answers.scored_text(run.summary.get("prompts") or [])
+    if scored:
+        _err(scored)
+    checks = run.summary.get("attribution_verification")
+    if checks:
+        for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:
+            _err((f"== {label} corruption ==\n" if label else "") + verification.text(report))
+    for warning in run.summary.get("warnings", []):
+        _err(f"warning: {warning}")
+    report = run.manifest.get("shortcuts") or {}
     for label, part in report.items() if "groups" not in report else [(None, report)]:
         lines = shortcuts.describe(part)
-        _err("\n".join([f"{lines[0]}" + (f" [{label}]" if label else ""), *lines[1:]]))
+        _err("\n".join([lines[0] + (f" [{label}]" if label else ""), *lines[1:]]))
 
 
 @app.command()
@@ -184,7 +224,6 @@ def components(
     revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
 ) -> None:
     """List the components, layers and heads of a model, with shapes."""
-    from rich.console import Console
     from rich.table import Table
 
     from ivx import components as comps
@@ -192,8 +231,8 @@ def components(
 
     lm = models.load(model, revision, weights=False)  # structure only: no weights are read
     info = lm.info
-    console = Console()
-    console.print(
+    out: Any = console()
+    out.print(
         f"[bold]{model}[/]  {info.model_type} (layout {info.layout}): {info.n_layers} layers, "
         f"d_model {info.d_model}, {info.n_heads} heads ({info.n_kv_heads} key/value), head_dim "
         f"{info.head_dim}, d_mlp {info.d_mlp}, vocab {info.vocab_size}"
@@ -201,9 +240,11 @@ def components(
     from rich.markup import escape
 
     table = Table("component", "module (layer N)", "hook", "shape")
+    for column in table.columns:
+        column.overflow = "fold"  # wrap, never "…"
     for row in comps.table(lm.model, info):
         table.add_row(str(row["name"]), str(row["module"]), str(row["hook"]), escape(str(row["shape"])))
-    console.print(table)
+    out.print(table)
 
 
 @app.command()
@@ -219,7 +260,6 @@ def schema(
     ] = False,
 ) -> None:
     """Every experiment-file field: type, default and meaning (from the validator's own schema)."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -236,14 +276,16 @@ def schema(
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         _err(f"error: unknown section {section!r}{hint}; sections: {', '.join(known)}")
         raise typer.Exit(2)
-    console = Console()
+    out: Any = console()
     for name in [section] if section else list(known):
         table = Table(
             "field", "type", "default", "description", title=f"[bold]{name}[/]", title_justify="left"
         )
+        for column in table.columns:
+            column.overflow = "fold"
         for row in reference.rows(name):
             table.add_row(*(escape(row[k]) for k in ("field", "type", "default", "description")))
-        console.print(table)
+        out.print(table)
 
 
 def _register_all() -> None:

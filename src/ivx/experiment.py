@@ -238,7 +238,7 @@ def run(
     import torch
     from safetensors.torch import save_file
 
-    from ivx import answers, attribution, plots, tracing, verification
+    from ivx import answers, attribution, gridplot, plots, tracing, verification
 
     if resume is not None:
         previous = json.loads((resume / "manifest.json").read_text())
@@ -378,8 +378,10 @@ def run(
                     trace = traces.get(variant.label)
                     suffix = f"_{variant.label}" if labelled else ""
                     plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
+                gridplot.write(run_dir, summary)
     except BaseException as exc:
         manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        exc.run_dir = run_dir  # type: ignore[attr-defined]  # the CLI names it (Ctrl-C, failures)
         raise
     manifest.finish(
         "complete",

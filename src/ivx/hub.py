@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -100,11 +101,10 @@ def push(
     """Upload a bundle or complete run in one commit; returns the URL (or, dry run, the file list)."""
     from huggingface_hub import CommitOperationAdd, get_token
 
+    repo_id(repo)  # the same check as pull, before anything else (also for --dry-run)
     files = files_of(path)
     if dry_run:
         return files
-    if "/" not in repo:
-        raise HubError(f"--repo {repo!r} must look like user/name")
     token = get_token()
     if client is None:
         if not token:
@@ -128,13 +128,23 @@ def push(
     return f"{endpoint()}/{repo}" + (f"/tree/{revision}" if revision else "")
 
 
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def repo_id(repo: str) -> str:
+    """Check a Hub repository id (user/name; letters, digits, '.', '_', '-'); return it."""
+    if not REPO_ID.match(repo) or ".." in repo or len(repo) > 96:
+        raise HubError(
+            f"{repo!r} is not a Hub repository id: expected user/name (letters, digits, '.', '_', '-')"
+        )
+    return repo
+
+
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """`hf://user/name@rev` or `user/name@rev` → (repo id, revision or None)."""
     text = ref.removeprefix("hf://")
     repo, _, revision = text.partition("@")
-    if repo.count("/") != 1:
-        raise HubError(f"{ref!r} is not a Hub repository reference (expected user/name[@revision])")
-    return repo, revision or None
+    return repo_id(repo), revision or None
 
 
 def pull(ref: str, out: Path | None = None) -> Path:
@@ -161,18 +171,33 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
+    def check(ref: str) -> None:
+        """A malformed repository id is a user error (exit 2), for push and pull alike."""
+        try:
+            parse_ref(ref)
+        except HubError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
     @app.command("save")
     def save_command(
         run_dir: Annotated[
             Path, typer.Argument(help="A finished run with computed or trained interventions.")
         ],
         out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
+        point: Annotated[
+            int | None,
+            typer.Option("--point", help="`ivx train` runs: this grid point (default: bundle/'s best)."),
+        ] = None,
     ) -> None:
         """Turn a run's vectors / trained parameters into an intervention bundle."""
-        from ivx import bundle
+        from ivx import bundle, train_report
 
         try:
-            path = bundle.from_run(run_dir, out)
+            if point is not None:
+                path = train_report.export_point(run_dir, point, out)
+            else:
+                path = bundle.from_run(run_dir, out)
         except bundle.BundleError as exc:
             fail(exc)
         typer.echo(str(path))
@@ -189,6 +214,7 @@ def register(app: typer.Typer) -> None:
         message: Annotated[str | None, typer.Option("--message", help="Commit message.")] = None,
     ) -> None:
         """Publish a bundle or a finished run to the Hugging Face Hub in one commit."""
+        check(repo)
         try:
             result = push(path, repo, private, revision, dry_run, message)
         except HubError as exc:
@@ -208,6 +234,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option("--out", help="Copy the files into this directory.")] = None,
     ) -> None:
         """Download a bundle or run from the Hub (cached in the usual HF cache)."""
+        check(ref)
         try:
             path = pull(ref, out)
         except HubError as exc:

@@ -10,7 +10,7 @@ of batching.
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -574,7 +574,10 @@ class Executor:
             yield self._outputs(chunk, logits.to(self.lm.device), [])
         skipped = {cell.index for cell in noop}
         rest = [cell for cell in cells if cell.index not in skipped]
-        self._noop_by_len = Counter(self.prompts[c.prompt].length for c in noop)
+        for cell in noop:
+            group = self._group(self.prompts[cell.prompt].length)
+            group["cells"] += 1
+            group["noop_cells"] += 1
         defer = not all_logits and self.defers_head()
         pending: list[tuple[list[Cell], torch.Tensor]] = []  # cells whose logits are not yet computed
 
@@ -591,6 +594,7 @@ class Executor:
             chunk = [cell for cell in planned if cell.index in todo]
             if not chunk:
                 continue
+            self._count(chunk, prefix, skip)
             ids = torch.tensor(
                 [self.base.corrupt_ids.get(c.prompt, self.prompts[c.prompt].base_ids) for c in chunk]
             ).repeat_interleave(self.samples, dim=0)
@@ -676,33 +680,35 @@ class Executor:
                 options["prefix_reuse"] = (sum(p[0] for p in packs), [b for p in packs for b in p[1]])
             choice = min(options, key=lambda k: options[k][0])
             batches = options[choice][1]
-            self._report_group(length, group, choice, {k: v[0] for k, v in options.items()}, batches)
+            record = self._group(length)
+            record["packing"] = choice
+            record["estimated_seconds"] = {k: round(v[0], 4) for k, v in options.items()}
             out.extend(batches)
-        for length, noop in sorted(self._noop_by_len.items()):
-            self.report["groups"].append({"length": length, "cells": noop, "noop_cells": noop, "forwards": 0})
         return out
 
-    def _report_group(
-        self,
-        length: int,
-        group: list[Cell],
-        choice: str,
-        estimates: dict[str, float],
-        batches: list[tuple[list[Cell], int, int]],
-    ) -> None:
-        noop = self._noop_by_len.pop(length, 0)
-        self.report["groups"].append(
-            {
-                "length": length,
-                "cells": len(group) + noop,
-                "noop_cells": noop,
-                "forwards": len(batches),
-                "packing": choice,
-                "estimated_seconds": {k: round(v, 4) for k, v in estimates.items()},
-                "cells_after_prefix": sum(len(chunk) for chunk, prefix, _ in batches if prefix),
-                "cells_skipping_blocks": sum(len(chunk) for chunk, _, skip in batches if skip),
-            }
-        )
+    def _group(self, length: int) -> dict[str, Any]:
+        """The manifest's record of the cells of one prompt length: what ran, and how."""
+        for group in self.report["groups"]:
+            if group["length"] == length:
+                return group
+        group = {
+            "length": length,
+            "cells": 0,
+            "noop_cells": 0,
+            "forwards": 0,
+            "cells_after_prefix": 0,
+            "cells_skipping_blocks": 0,
+        }
+        self.report["groups"].append(group)
+        self.report["groups"].sort(key=lambda g: g["length"])
+        return group
+
+    def _count(self, chunk: list[Cell], prefix: int, skip: int) -> None:
+        group = self._group(self.prompts[chunk[0].prompt].length)
+        group["cells"] += len(chunk)
+        group["forwards"] += 1
+        group["cells_after_prefix"] += len(chunk) if prefix else 0
+        group["cells_skipping_blocks"] += len(chunk) if skip else 0
 
     def _pack(
         self, cells: list[Cell], length: int, prefix: int

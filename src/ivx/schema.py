@@ -186,6 +186,18 @@ def _check_positive(value: Any) -> Any:
     return value
 
 
+SEVERABLE: tuple[str, ...] = ("mlp_output", "attention_output")
+
+
+def _check_sever(value: Any) -> Any:
+    if value is None or value == "none":
+        return None
+    if is_ref(value) or value in SEVERABLE:
+        return value
+    raise ValueError(f"sever {value!r} must be one of {', '.join(SEVERABLE)}, none, or a $axis reference")
+
+
+Sever = Annotated[Any, AfterValidator(_check_sever)]
 PositiveOrRef = Annotated[Any, AfterValidator(_check_positive)]
 Position = Annotated[Any, AfterValidator(check_position)]
 Layer = Annotated[Any, AfterValidator(_check_layer)]
@@ -382,10 +394,11 @@ class Intervention(Strict):
         "prompt",
         description="ivx generate: intervene on prompt positions, on every generated token, or both.",
     )
-    sever: Literal["mlp_output", "attention_output"] | None = Field(
+    sever: Sever = Field(
         None,
-        description="Causal tracing with severed paths: hold this component of every later layer "
-        "at its corrupted value (all positions) while restoring this site.",
+        description="Causal tracing with severed paths: hold this component (mlp_output or "
+        "attention_output) of every later layer at its corrupted value (all positions) while "
+        "restoring this site; none, or a $axis to compare them (ROME Fig. 3).",
     )
     temperature: list[float] | None = Field(
         None, description="boundless_das: boundary temperature schedule [start, end]."
