@@ -69,8 +69,37 @@ def console() -> object:
     return Console(width=None if sys.stdout.isatty() else 250)
 
 
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean the input is wrong (exit 2, one line), not that ivx failed."""
+    import pickle
+
+    from ivx.bundle import BundleError
+    from ivx.config import ConfigError
+    from ivx.hub import HubError
+    from ivx.models import ModelLoadError
+    from ivx.positions import PositionError
+    from ivx.rundir import RunDirError
+    from ivx.vectors import VectorError
+
+    return (
+        ConfigError,
+        ModelLoadError,
+        PositionError,
+        VectorError,
+        BundleError,
+        HubError,
+        RunDirError,
+        pickle.UnpicklingError,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _user_errors(fn):  # type: ignore[no-untyped-def]
-    """Turn user errors (bad config, unknown model) into clean messages and exit code 2."""
+    """Turn user errors (bad config, unknown model, bad bundle) into clean messages and exit code 2."""
     import functools
 
     @functools.wraps(fn)
@@ -85,16 +114,26 @@ def _user_errors(fn):  # type: ignore[no-untyped-def]
             _err(f"{len(exc.problems)} problem(s) found; nothing was run.")
             raise typer.Exit(2) from None
         except Exception as exc:
-            from ivx.models import ModelLoadError
-            from ivx.positions import PositionError
-            from ivx.vectors import VectorError
-
-            if isinstance(exc, ModelLoadError | PositionError | VectorError):
-                _err(f"error: {exc}")
+            if isinstance(exc, user_errors()):
+                _err(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
                 raise typer.Exit(2) from None
             raise
 
     return wrapper
+
+
+DEFAULT_MAX_CELLS = 2_000_000
+MaxCellsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-cells", min=1, help="Refuse plans with more cells than this (their plan alone fills memory)."
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Accept a plan above --max-cells.")]
+
+
+def _cap(max_cells: int, force: bool) -> int | None:
+    return None if force else max_cells
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)]
@@ -117,11 +156,15 @@ def validate(
             "By default the model is built on the meta device from its config: fast, nothing big read.",
         ),
     ] = False,
+    max_cells: MaxCellsOpt = DEFAULT_MAX_CELLS,
+    force: ForceOpt = False,
 ) -> None:
-    """Check a config (schema, files, model-aware checks) and print the plan size."""
+    """Check a config (schema, files, model-aware checks) and print the plan size and estimates."""
     from ivx import answers, experiment
 
-    preps = experiment.prepare_all(config, tuple(set_ or ()), weights=weights)
+    preps = experiment.prepare_all(
+        config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force)
+    )
     prep = preps[0]
     exp = prep.cfg.experiment
     info = prep.lm.info
@@ -145,6 +188,9 @@ def validate(
     typer.echo(f"  cells      {cells} ({rows} forward rows)")
     size = experiment.tensor_bytes(preps)
     typer.echo(f"  tensors    ~{experiment.human_size(size)} of logits (output.logits: {exp.output.logits})")
+    from ivx import estimate
+
+    typer.echo(f"  estimate   {estimate.describe(preps, size)}")
     warning = experiment.size_warning(preps)
     for text in ([warning] if warning else []) + answers.scoring_warnings(prep.prompts, exp.answer):
         _err(f"warning: {text}")
@@ -166,30 +212,45 @@ def run(
         typer.Option("--resume", help="Continue an interrupted run directory; computes only missing cells."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
+    max_cells: MaxCellsOpt = DEFAULT_MAX_CELLS,
+    force: ForceOpt = False,
 ) -> None:
     """Run an experiment; the last line printed is the run directory."""
-    from ivx import experiment
+    from ivx import experiment, rundir
 
     if config is None and resume is None:
         _err("error: give a CONFIG file, or --resume RUN_DIR")
         raise typer.Exit(2)
-    if resume is not None and not (resume / "manifest.json").is_file():
-        _err(f"error: {resume} is not an ivx run directory (no manifest.json)")
-        raise typer.Exit(2)
-    try:
-        run_dir = experiment.run(
-            config or Path(), tuple(set_ or ()), str(out) if out else None, resume, progress=not quiet
+    if resume is not None and (config is not None or set_):
+        given = "CONFIG argument" if config is not None else "--set"
+        _err(
+            f"error: --resume takes no {given}: a resumed run uses the config and --set overrides "
+            f"recorded in {resume / 'manifest.json'}; start a new run to change them"
         )
-    except (KeyboardInterrupt, RuntimeError, OSError) as exc:
-        failed = getattr(exc, "run_dir", None)
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        what = "interrupted" if interrupted else f"run failed: {type(exc).__name__}: {exc}"
-        if failed is None:
-            _err(f"error: {what} (before a run directory was created)")
-        else:
-            _err(f"error: {what}; {failed} is marked failed and keeps every finished batch")
-            _err(f"resume: ivx run --resume {failed}")
-        raise typer.Exit(130 if interrupted else 1) from None
+        raise typer.Exit(2)
+    if resume is not None:
+        if rundir.Manifest.read(resume).data["status"] == "complete":
+            _err(f"{resume} is already complete; nothing to resume")
+            typer.echo(str(resume))
+            return
+    started: list[Path] = []
+    try:
+        with rundir.signals_interrupt():
+            run_dir = experiment.run(
+                config or Path(),
+                tuple(set_ or ()),
+                str(out) if out else None,
+                resume,
+                progress=not quiet,
+                on_start=started.append,
+                max_cells=_cap(max_cells, force),
+            )
+    except Exception as exc:
+        if isinstance(exc, user_errors()):
+            raise
+        _run_failed(exc, started)
+    except KeyboardInterrupt as exc:
+        _run_failed(exc, started)
     if not quiet:
         _print_summary(run_dir)
     typer.echo(str(run_dir))
@@ -215,6 +276,24 @@ def _print_summary(run_dir: Path) -> None:
     for label, part in report.items() if "groups" not in report else [(None, report)]:
         lines = shortcuts.describe(part)
         _err("\n".join([lines[0] + (f" [{label}]" if label else ""), *lines[1:]]))
+
+
+def _run_failed(exc: BaseException, started: list[Path]) -> None:
+    """One line for a runtime failure (exit 1), naming the run directory only if there is one."""
+    what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    if started and (started[0] / "manifest.json").is_file():
+        where = f"{started[0]} is marked failed; `ivx run --resume {started[0]}` continues it"
+    else:
+        where = "no run directory was written"
+    reason = (
+        _one_line(exc) if str(exc) else ("SIGINT" if isinstance(exc, KeyboardInterrupt) else _one_line(exc))
+    )
+    _err(f"error: run {what}: {reason} ({where})")
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C / SIGTERM: the way back is the last line
+        if started:
+            _err(f"resume: ivx run --resume {started[0]}")
+        raise typer.Exit(143 if "SIGTERM" in str(exc) else 130) from None
+    raise typer.Exit(1) from None
 
 
 @app.command()

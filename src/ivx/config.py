@@ -98,7 +98,38 @@ def _dotted(path: tuple) -> str:
     return out
 
 
+MAX_BYTES = 4 * 2**20  # an experiment file is a few KB; prompts belong in a prompts file
+MAX_NODES = 100_000  # YAML values after alias expansion
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read(path: Path) -> str:
+    """The config's text, or one clear problem (missing, unreadable, binary, huge)."""
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), None, "", "config file not found")])
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), None, "", f"cannot read: {exc.strerror}")]) from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError([Problem(str(path), None, "", f"{len(data):,} bytes is too large for a config")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [Problem(str(path), None, "", f"not a UTF-8 text file (byte {exc.start}); is this a config?")]
+        ) from None
+    if "\x00" in text:
+        raise ConfigError([Problem(str(path), None, "", "binary data (NUL bytes); is this a config?")])
+    return text
+
+
 def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], dupes: list) -> None:
+    if len(lines) > MAX_NODES:
+        raise _TooLarge
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -187,6 +218,8 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             out.append(part)
             node = node[part]
+        elif isinstance(part, str) and part[:1].isupper():
+            continue  # a union member's class name (Corrupt in `Corrupt | list[Corrupt]`), not a key
         elif isinstance(node, dict) and isinstance(part, str) and part not in node:
             # a missing or extra key: keep it only if it is a plausible field name
             if part.isidentifier() and ("[" not in part):
@@ -200,9 +233,12 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
 def _messages(exc: ValidationError, raw: dict, where: LoadedConfig) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[tuple] = set()
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors:
         loc = _clean_loc(tuple(err["loc"]), raw)
         kind = err["type"]
+        if kind == "list_type" and isinstance(err.get("input"), dict) and len(errors) > 1:
+            continue  # `X | list[X]` given a mapping: the X branch's error is the useful one
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
@@ -291,6 +327,10 @@ def _load_records(cfg: LoadedConfig) -> list[Problem]:
                 break
     except sources.SourceError as exc:
         return [cfg.problem(("prompts", key), str(exc))]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [
+            cfg.problem(("prompts", key), f"prompt {key} {getattr(spec, key)!r} is not UTF-8 text ({exc})")
+        ]
     if not records and not problems:
         problems.append(cfg.problem(("prompts", key), f"prompt {key} {getattr(spec, key)!r} has no records"))
     cfg.records = records
@@ -301,8 +341,9 @@ def _record(row: Any, spec: PromptFile, problems: list[Problem]) -> PromptRecord
     """Validate one raw row as a record; append its problems (located at the row)."""
     from ivx import prompts as sources
 
-    if isinstance(row.data, json.JSONDecodeError):
-        problems.append(Problem(row.where, row.line, "", f"invalid JSON: {row.data.msg}"))
+    if isinstance(row.data, json.JSONDecodeError | RecursionError):
+        why = row.data.msg if isinstance(row.data, json.JSONDecodeError) else "nested too deeply"
+        problems.append(Problem(row.where, row.line, "", f"invalid JSON: {why}"))
         return None
     if not isinstance(row.data, dict):
         problems.append(Problem(row.where, row.line, "", f"a record must be a JSON object, got {row.data!r}"))
@@ -335,22 +376,28 @@ def record_problem(cfg: LoadedConfig, index: int, field: str, message: str) -> P
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
     """Read, override and validate an experiment file; raise ConfigError with all problems."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError([Problem(str(path), None, "", "config file not found")])
-    text = path.read_text()
+    text = _read(path)
     try:
         node = yaml.compose(text, Loader=_Loader)
         raw = parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise ConfigError([Problem(str(path), line, "", f"invalid YAML: {exc}")]) from None
+        message = " ".join(str(exc).split())
+        raise ConfigError([Problem(str(path), line, "", f"invalid YAML: {message}")]) from None
+    except RecursionError:
+        raise ConfigError([Problem(str(path), None, "", "invalid YAML: nested too deeply")]) from None
     if not isinstance(raw, dict):
         raise ConfigError([Problem(str(path), 1, "", "the config must be a YAML mapping")])
     lines: dict[tuple, int] = {}
     dupes: list = []
     if node is not None:
-        _line_map(node, (), lines, dupes)
+        try:
+            _line_map(node, (), lines, dupes)
+        except _TooLarge:
+            raise ConfigError(
+                [Problem(str(path), None, "", f"the config expands to over {MAX_NODES:,} values (aliases?)")]
+            ) from None
     cfg = LoadedConfig(experiment=None, path=path, raw=raw, text=text, lines=lines)  # type: ignore[arg-type]
     problems = [cfg.problem(p, f"duplicate key {p[-1]!r}") for p, _ in dupes]
     for assignment in overrides:

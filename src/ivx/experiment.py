@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,14 +58,19 @@ def prepare(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -
 
 
 def prepare_all(
-    path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None, weights: bool = True
+    path: str | Path,
+    overrides: tuple[str, ...] = (),
+    lm: Any = None,
+    weights: bool = True,
+    max_cells: int | None = None,
 ) -> list[Prepared]:
     """`prepare` for every corruption variant (one item unless `corrupt` is a list).
 
     `weights=False` checks against the model's structure only (meta device, nothing downloaded
     but its config and tokenizer); fact selection, which needs forward passes, is then skipped.
+    `max_cells` refuses larger plans before they are built (their cells alone fill memory).
     """
-    from ivx import models, tokenization
+    from ivx import checks, models, tokenization
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
@@ -79,6 +86,7 @@ def prepare_all(
             lm = models.load(*load)  # its init needs real tensors: check after loading
     prompts = tokenization.for_config(cfg, lm.tokenizer)
     _check_files(cfg)
+    checks.model_limits(cfg, lm, prompts, max_cells)
     if cfg.experiment.method == "attribution":
         from ivx import attribution
 
@@ -156,10 +164,14 @@ def size_warning(preps: list[Prepared]) -> str | None:
 
 def _check_files(cfg: LoadedConfig) -> None:
     """Vector and bundle references must exist before anything runs (hf:// is checked on load)."""
+    from ivx import checks
+
     problems = []
     for i, iv in enumerate(cfg.experiment.interventions):
         for field in ("vector", "bundle"):
             ref = getattr(iv, field)
+            if isinstance(ref, str) and ref.startswith("hf://"):
+                problems.extend(checks.hub_reference(cfg, ("interventions", i, field), ref))
             if not isinstance(ref, str) or ref.startswith("hf://") or ref.startswith("$"):
                 continue
             path = Path(ref) if Path(ref).is_absolute() else cfg.path.parent / ref
@@ -167,6 +179,8 @@ def _check_files(cfg: LoadedConfig) -> None:
                 problems.append(
                     cfg.problem(("interventions", i, field), f"{ref!r} not found (looked at {path})")
                 )
+            else:
+                problems.extend(checks.reference(cfg, ("interventions", i, field), path))
     if problems:
         raise ConfigError(problems)
 
@@ -233,20 +247,45 @@ def run(
     resume: Path | None = None,
     progress: bool = True,
     lm: Any = None,
+    on_start: Callable[[Path], None] | None = None,
+    max_cells: int | None = None,
 ) -> Path:
-    """Execute an experiment into a new (or resumed) run directory and return its path."""
-    import torch
-    from safetensors.torch import save_file
+    """Execute an experiment into a new (or resumed) run directory and return its path.
 
-    from ivx import answers, attribution, gridplot, plots, tracing, verification
+    One process at a time writes a run directory (rundir.Lock); resuming a complete run does
+    nothing; `on_start` is called with the run directory once it exists.
+    """
+    with contextlib.ExitStack() as stack:
+        if resume is not None:
+            stack.enter_context(rundir.Lock(resume))
+            if rundir.Manifest.read(resume).data["status"] == "complete":
+                return resume
+        hooks = (on_start or (lambda _: None), max_cells)
+        return _run(path, overrides, out_root, resume, progress, lm, hooks, stack)
+
+
+def _run(
+    path: str | Path,
+    overrides: tuple[str, ...],
+    out_root: str | None,
+    resume: Path | None,
+    progress: bool,
+    lm: Any,
+    hooks: tuple[Callable[[Path], None], int | None],
+    stack: contextlib.ExitStack,
+) -> Path:
+    import torch
+
+    from ivx import answers, attribution, fingerprint, gridplot, plots, tracing, verification
 
     if resume is not None:
-        previous = json.loads((resume / "manifest.json").read_text())
+        previous = rundir.Manifest.read(resume).data
         original = Path(previous.get("config") or "")
         # the original file (relative prompt files resolve next to it), else the run's copy
         path = original if original.is_file() else resume / "config.yaml"
         overrides = tuple(previous.get("overrides", []))
-    preps = prepare_all(path, overrides, lm)
+    on_start, max_cells = hooks
+    preps = prepare_all(path, overrides, lm, max_cells=max_cells)
     prep = preps[0]
     exp = prep.cfg.experiment
     labelled = prep.label is not None
@@ -257,7 +296,9 @@ def run(
         print(f"warning: {warning}", file=sys.stderr)
     torch.manual_seed(exp.seed)
     digest = hashlib.sha256(prep.cfg.text.encode()).hexdigest()
+    inputs = fingerprint.inputs(prep.cfg, prep.lm)
     if resume is not None:
+        fingerprint.check(prep.cfg, resume, previous.get("inputs"), inputs)
         if previous.get("config_sha256") not in (None, digest):
             raise ConfigError(
                 [
@@ -269,10 +310,13 @@ def run(
                 ]
             )
         run_dir = resume
+        on_start(run_dir)
         manifest = rundir.Manifest.read(run_dir)
-        manifest.update(status="running", resumed=rundir._now())
+        manifest.update(status="running", resumed=rundir._now(), error=None)
     else:
         run_dir = rundir.create(out_root or exp.output.root, exp.name)
+        stack.enter_context(rundir.Lock(run_dir))
+        on_start(run_dir)
         rundir.write_text(run_dir / "config.yaml", prep.cfg.text)
         manifest = rundir.Manifest.start(
             run_dir,
@@ -294,23 +338,26 @@ def run(
             cells=sum(len(p.plan.cells) for p in preps),
             prompts=len(prep.prompts),
             corruptions=[p.label for p in preps] if labelled else None,
+            inputs=inputs,
         )
-        rundir.write_text(run_dir / "resolved.yaml", _resolved(prep))
-        plan_rows = [
-            {**row, **({"corruption": p.label} if labelled else {})}
-            for p in preps
-            for row in p.plan.to_rows()
-        ]
-        rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in plan_rows))
-    results = rundir.Results(run_dir)
-    results.repair()
-    done = results.done_cells()
     parts = run_dir / "tensors.parts"
     started = time.perf_counter()
+    spent = float(manifest.data.get("seconds") or 0.0)
+    noop_before = int(manifest.data.get("cells_noop") or 0) if resume is not None else 0
+    executors: list[Any] = []
+    try:
+        _write_plan(run_dir, preps)  # rewritten on resume: a kill or a full disk may have lost it
+        results = rundir.Results(run_dir)
+        results.repair()
+        done = results.done_cells()
+        if resume is not None:
+            done = results.verified(done, parts, exp.output.logits)
+    except BaseException as exc:
+        manifest.fail(exc, spent + time.perf_counter() - started, noop_before)
+        raise
     metric_names = [m for m in exp.metrics if m != "top_k"]
     axes = tuple(prep.plan.axes) + (("corruption",) if labelled else ())
     try:
-        executors = []
         with torch.inference_mode():
             todo_total = sum(1 for p in preps for c in p.plan.cells if c.index not in done)
             with _progress(progress, todo_total) as advance:
@@ -334,7 +381,7 @@ def run(
                         if tensors:
                             parts.mkdir(exist_ok=True)
                             stamp = f"{int(time.time() * 1000)}-{n_batch:06d}"
-                            save_file(tensors, str(parts / f"part-{stamp}.safetensors"))
+                            rundir.save_tensors(tensors, parts / f"part-{stamp}.safetensors")
                         results.append([o.row for o in outputs])
                         advance(len(outputs))
             rows = results.rows()
@@ -380,14 +427,14 @@ def run(
                     plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
                 gridplot.write(run_dir, summary)
     except BaseException as exc:
-        manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
-        exc.run_dir = run_dir  # type: ignore[attr-defined]  # the CLI names it (Ctrl-C, failures)
+        manifest.fail(exc, spent + time.perf_counter() - started, noop_before + _noop(executors))
         raise
     manifest.finish(
         "complete",
-        seconds=round(time.perf_counter() - started, 3),
+        error=None,
+        seconds=round(spent + time.perf_counter() - started, 3),
         cells_done=len(rows),
-        cells_noop=sum(e.noop_cells for e in executors),
+        cells_noop=noop_before + _noop(executors),
         shortcuts=(
             {p.label: e.report for p, e in zip(preps, executors, strict=True)}
             if labelled
@@ -395,6 +442,20 @@ def run(
         ),
     )
     return run_dir
+
+
+def _write_plan(run_dir: Path, preps: list[Prepared]) -> None:
+    """resolved.yaml and plan.jsonl (deterministic: a resume rewrites the same bytes)."""
+    labelled = preps[0].label is not None
+    rundir.write_text(run_dir / "resolved.yaml", _resolved(preps[0]))
+    plan_rows = [
+        {**row, **({"corruption": p.label} if labelled else {})} for p in preps for row in p.plan.to_rows()
+    ]
+    rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in plan_rows))
+
+
+def _noop(executors: list[Any]) -> int:
+    return sum(e.noop_cells for e in executors)
 
 
 # below these gaps between the clean and the corrupted run, effects are noise-dominated
@@ -454,7 +515,7 @@ def _merge_tensors(
     import shutil
 
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     tensors: dict[str, torch.Tensor] = {}
     if logits != "none":
@@ -466,13 +527,14 @@ def _merge_tensors(
                 tensors[f"{tag}corrupted.prompt{p}"] = v.contiguous()
             for p, v in base.source_logits.items():
                 tensors[f"source.prompt{p}"] = v.contiguous()
+    merged = run_dir / "tensors.safetensors"
+    if merged.exists():  # a resume after an interrupted merge: keep every cell merged before
+        tensors = {**load_file(str(merged)), **tensors}
     if parts.exists():
         for part in sorted(parts.glob("part-*.safetensors")):
             tensors.update(load_file(str(part)))
     if tensors:
-        tmp = run_dir / "tensors.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(run_dir / "tensors.safetensors")
+        rundir.save_tensors(tensors, merged)
     if parts.exists():
         shutil.rmtree(parts)
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Protocol
 import typer
 
 SKIP_SUFFIXES = (".tmp",)
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SKIP_DIRS = ("tensors.parts", "checkpoints", "__pycache__")
 
 
@@ -39,9 +40,49 @@ def endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection
+READ_TIMEOUT = 60.0  # seconds without a byte from the server; IVX_HUB_TIMEOUT overrides
+_TIMEOUTS_SET: list[tuple[float, float]] = []
+
+
+def timeouts() -> tuple[float, float]:
+    """(connect, read) timeouts in seconds; `IVX_HUB_TIMEOUT` sets both (a server that never
+    answers then fails with a clear error instead of hanging)."""
+    text = os.environ.get("IVX_HUB_TIMEOUT")
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        raise HubError(f"IVX_HUB_TIMEOUT={text!r} must be a number of seconds") from None
+    if value is not None and value > 0:
+        return min(CONNECT_TIMEOUT, value), value
+    return CONNECT_TIMEOUT, READ_TIMEOUT
+
+
+def use_timeouts() -> None:
+    """Give huggingface_hub's shared HTTP client connect and read timeouts (its default has none)."""
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    connect, read = timeouts()
+    if _TIMEOUTS_SET == [(connect, read)]:
+        return
+
+    def factory() -> httpx2.Client:
+        return httpx2.Client(
+            event_hooks={"request": [hf_request_event_hook]},
+            follow_redirects=True,
+            timeout=httpx2.Timeout(read, connect=connect),
+        )
+
+    set_client_factory(factory)
+    _TIMEOUTS_SET[:] = [(connect, read)]
+
+
 def _client(token: str | None) -> HubClient:
     from huggingface_hub import HfApi
 
+    use_timeouts()
     return HfApi(endpoint=endpoint(), token=token)
 
 
@@ -61,7 +102,8 @@ def files_of(path: Path) -> list[tuple[str, int]]:
     out = []
     for file in sorted(path.rglob("*")):
         rel = file.relative_to(path)
-        if file.is_dir() or file.name.endswith(SKIP_SUFFIXES) or any(p in SKIP_DIRS for p in rel.parts):
+        skipped = file.name.endswith(SKIP_SUFFIXES) or file.name == ".lock"
+        if file.is_dir() or skipped or any(p in SKIP_DIRS for p in rel.parts):
             continue
         out.append((rel.as_posix(), file.stat().st_size))
     return out
@@ -82,6 +124,12 @@ def _explain(exc: Exception, repo: str) -> HubError:
                 f"the token may not write to {repo} (403): check the repository name and token scope"
             )
         return HubError(f"the Hub answered {code} for {repo}: {str(exc).splitlines()[0]}")
+    if isinstance(exc, httpx2.TimeoutException | TimeoutError):
+        connect, read = timeouts()
+        return HubError(
+            f"the Hub at {endpoint()} did not answer in time (connect {connect:g} s, read {read:g} s; "
+            "IVX_HUB_TIMEOUT sets them): check the network or HF_ENDPOINT"
+        )
     if isinstance(exc, httpx2.TransportError | ConnectionError):
         return HubError(
             f"cannot reach the Hub at {endpoint()} ({type(exc).__name__}); check the network or HF_ENDPOINT"
@@ -128,8 +176,6 @@ def push(
     return f"{endpoint()}/{repo}" + (f"/tree/{revision}" if revision else "")
 
 
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
 
 def repo_id(repo: str) -> str:
     """Check a Hub repository id (user/name; letters, digits, '.', '_', '-'); return it."""
@@ -152,6 +198,7 @@ def pull(ref: str, out: Path | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     repo, revision = parse_ref(ref)
+    use_timeouts()
     try:
         local = Path(snapshot_download(repo, revision=revision, endpoint=endpoint()))
     except Exception as exc:  # noqa: BLE001

@@ -36,7 +36,7 @@ def _jsonl(path: Path) -> Iterator[Row]:
             if line.strip():
                 try:
                     yield Row(str(path), number, json.loads(line))
-                except json.JSONDecodeError as exc:
+                except (json.JSONDecodeError, RecursionError) as exc:
                     yield Row(str(path), number, exc)
 
 
@@ -55,6 +55,8 @@ def _json_array(path: Path) -> Iterator[Row]:
                 return
             try:
                 item, end = decoder.raw_decode(buf, at)
+            except RecursionError:
+                raise SourceError(f"{path}: invalid JSON in record {index}: nested too deeply") from None
             except json.JSONDecodeError as exc:
                 if eof:
                     raise SourceError(f"{path}: invalid JSON in record {index}: {exc.msg}") from None

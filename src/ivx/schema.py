@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     field_validator,
     model_validator,
@@ -85,6 +86,10 @@ METRICS: tuple[str, ...] = (
     "indirect_effect_norm",
     "top_k",
 )
+
+# per-(seed, prompt, sample) noise seeds are seed × ~10^10 + ...: they must stay below 2^64
+MAX_SEED = 2**30 - 1
+MAX_ROWS_PER_BATCH = 1_000_000
 
 REF = re.compile(r"^\$[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -224,7 +229,7 @@ def check_window(value: Any) -> Any:
 class Strict(BaseModel):
     """Base for every schema section: unknown keys are errors, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -236,12 +241,26 @@ class ModelSpec(Strict):
         "auto", description="Weights dtype; auto = float32 on CPU."
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    trust_remote_code: bool = Field(False, description="Allow the model's own code from the Hub.")
+    trust_remote_code: StrictBool = Field(
+        False,
+        description="Allow the model's own code from the Hub. Only the YAML booleans true/false are "
+        "accepted (not yes, on, 1 or 'true'): running downloaded code must be asked for exactly.",
+    )
     bos: Literal["auto"] | bool = Field(
         "auto",
         description="Put a BOS token first in every prompt: auto = as the tokenizer does by default "
         "(Llama/Mistral/Gemma yes, GPT-2/Pythia no), or force true/false. Positions count it.",
     )
+
+    @field_validator("trust_remote_code", mode="before")
+    @classmethod
+    def _strict_trust(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"trust_remote_code accepts only true or false (got {value!r}): running a model's own "
+                "code must be asked for exactly"
+            )
+        return value
 
     @field_validator("device")
     @classmethod
@@ -254,7 +273,7 @@ class ModelSpec(Strict):
 class PromptRecord(Strict):
     """One prompt record: the base run, optional counterfactual source run, answers, subject."""
 
-    base: str = Field(description="The prompt the intervention is applied to.")
+    base: str = Field(description="The prompt the intervention is applied to (not blank).")
     source: str | None = Field(None, description="Counterfactual prompt activations are copied from.")
     target: str | None = Field(
         None,
@@ -271,6 +290,13 @@ class PromptRecord(Strict):
         ge=1,
         description="Which occurrence of subject in base (1 = first) when it occurs more than once.",
     )
+
+    @field_validator("base")
+    @classmethod
+    def _base_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("base is empty; a prompt needs at least one token")
+        return value
 
     @model_validator(mode="after")
     def _subject_in_base(self) -> PromptRecord:
@@ -329,8 +355,17 @@ class Corrupt(Strict):
     sigma: float | Literal["subjects", "embeddings"] = Field(
         "subjects",
         description="subjects: std of the subjects' token embeddings over the dataset; "
-        "embeddings: std of the whole embedding matrix; or a fixed number.",
+        "embeddings: std of the whole embedding matrix; or a fixed number > 0.",
     )
+
+    @field_validator("sigma", mode="before")
+    @classmethod
+    def _sigma(cls, value: Any) -> Any:
+        if value in ("subjects", "embeddings"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise ValueError(f"sigma {value!r} must be 'subjects', 'embeddings' or a finite number > 0")
+        return value
 
 
 class Contrast(Strict):
@@ -450,7 +485,17 @@ class Output(Strict):
 class Batch(Strict):
     """`batch:` how many sequences go through the model at once."""
 
-    size: int | Literal["auto"] = Field("auto", description="Rows per forward pass, or auto.")
+    size: int | Literal["auto"] = Field("auto", description="Rows per forward pass (≥ 1), or auto.")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_BATCH:
+            raise ValueError(f"batch.size {value!r} must be 'auto' or an integer 1..{MAX_ROWS_PER_BATCH:,}")
+        return value
+
     memory_gb: float = Field(2.0, gt=0, description="Activation-memory budget for auto.")
     prefix_reuse: bool = Field(
         True,
@@ -503,7 +548,9 @@ class Generate(Strict):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
     top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens.")
-    seed: int | None = Field(None, description="Sampling seed (default: the experiment seed).")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Sampling seed (default: the experiment seed)."
+    )
     stop: list[str] = Field(default_factory=list, description="Stop when any of these strings appears.")
     num_return_sequences: int = Field(1, ge=1, le=64, description="Continuations per prompt.")
     use_cache: bool = Field(True, description="Decode with the KV cache (results are identical).")
@@ -571,7 +618,9 @@ class Experiment(Strict):
         None, description="Free text for readers of the config (copied into the run as config.yaml)."
     )
     model: ModelSpec = Field(description="The model: see section `model`.")
-    seed: int = Field(0, description="Seeds noise draws, sampling and training.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description=f"Seeds noise draws, sampling and training (0..{MAX_SEED})."
+    )
     prompts: Prompts = Field(
         description="Inline list of records (section `prompts`) or {file: data.jsonl, limit: N}."
     )
