@@ -160,7 +160,7 @@ def validate(
     force: ForceOpt = False,
 ) -> None:
     """Check a config (schema, files, model-aware checks) and print the plan size and estimates."""
-    from ivx import experiment
+    from ivx import answers, experiment
 
     preps = experiment.prepare_all(
         config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force)
@@ -192,8 +192,8 @@ def validate(
 
     typer.echo(f"  estimate   {estimate.describe(preps, size)}")
     warning = experiment.size_warning(preps)
-    if warning:
-        _err(f"warning: {warning}")
+    for text in ([warning] if warning else []) + answers.scoring_warnings(prep.prompts, exp.answer):
+        _err(f"warning: {text}")
     trace = exp.trace
     if trace is not None and trace.select_correct and not weights:
         typer.echo("  note       trace.select_correct drops facts at run time (see them now: --weights)")
@@ -257,12 +257,15 @@ def run(
 
 
 def _print_summary(run_dir: Path) -> None:
-    """The run's terminal tables, attribution checks, warnings and shortcuts, on stderr."""
-    from ivx import shortcuts, verification
+    """The run's terminal tables, scored tokens, attribution checks, warnings and shortcuts, on stderr."""
+    from ivx import answers, shortcuts, verification
     from ivx.api import Run
 
     run = Run(run_dir)
     _err(run.table())
+    scored = answers.scored_text(run.summary.get("prompts") or [])
+    if scored:
+        _err(scored)
     checks = run.summary.get("attribution_verification")
     if checks:
         for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:

@@ -75,6 +75,8 @@ class LoadedConfig:
     lines: dict[tuple, int] = field(default_factory=dict)
     records: list[PromptRecord] = field(default_factory=list)
     records_file: Path | None = None
+    # per record: (file, line, dotted path when inline in the config else "")
+    record_origins: list[tuple[str, int | None, str]] = field(default_factory=list)
 
     def line_of(self, path: tuple) -> int | None:
         """Line of the YAML node at `path`, or of its closest ancestor."""
@@ -298,46 +300,77 @@ def _check_refs(cfg: LoadedConfig) -> list[Problem]:
 
 
 def _load_records(cfg: LoadedConfig) -> list[Problem]:
-    prompts = cfg.experiment.prompts
-    if isinstance(prompts, list):
-        cfg.records = list(prompts)
-        return []
-    assert isinstance(prompts, PromptFile)
-    file = (cfg.path.parent / prompts.file).resolve()
-    cfg.records_file = file
-    if not file.is_file():
-        return [
-            cfg.problem(("prompts", "file"), f"prompt file {prompts.file!r} not found (looked at {file})")
+    from ivx import prompts as sources
+
+    spec = cfg.experiment.prompts
+    if isinstance(spec, list):
+        cfg.records = list(spec)
+        cfg.record_origins = [
+            (str(cfg.path), cfg.line_of(("prompts", i)), f"prompts[{i}]") for i in range(len(spec))
         ]
+        return []
+    assert isinstance(spec, PromptFile)
+    key = "file" if spec.file is not None else "dataset"
+    if spec.file is not None:
+        cfg.records_file = (cfg.path.parent / spec.file).resolve()
     problems: list[Problem] = []
     records: list[PromptRecord] = []
     try:
-        text = file.read_bytes().decode("utf-8")
+        for row in sources.rows(spec, cfg.path.parent):
+            if spec.limit is not None and len(records) >= spec.limit:
+                break
+            record = _record(row, spec, problems)
+            if record is not None:
+                records.append(record)
+                cfg.record_origins.append((row.where, row.line, ""))
+            if len(problems) > 20:
+                break
+    except sources.SourceError as exc:
+        return [cfg.problem(("prompts", key), str(exc))]
     except (OSError, UnicodeDecodeError) as exc:
-        return [cfg.problem(("prompts", "file"), f"prompt file {prompts.file!r} is not UTF-8 text ({exc})")]
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        if prompts.limit is not None and len(records) >= prompts.limit:
-            break
-        try:
-            records.append(PromptRecord.model_validate(json.loads(line)))
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(str(file), number, "", f"invalid JSON: {exc.msg}"))
-        except RecursionError:
-            problems.append(Problem(str(file), number, "", "invalid JSON: nested too deeply"))
-        except ValidationError as exc:
-            for err in exc.errors():
-                msg = err["msg"].removeprefix("Value error, ")
-                if err["type"] == "extra_forbidden":
-                    msg = f"unknown key {err['loc'][-1]!r}; allowed: {', '.join(PromptRecord.model_fields)}"
-                problems.append(Problem(str(file), number, _dotted(tuple(err["loc"])), msg))
-        if len(problems) > 20:
-            break
+        return [
+            cfg.problem(("prompts", key), f"prompt {key} {getattr(spec, key)!r} is not UTF-8 text ({exc})")
+        ]
     if not records and not problems:
-        problems.append(cfg.problem(("prompts", "file"), f"prompt file {prompts.file!r} has no records"))
+        problems.append(cfg.problem(("prompts", key), f"prompt {key} {getattr(spec, key)!r} has no records"))
     cfg.records = records
     return problems
+
+
+def _record(row: Any, spec: PromptFile, problems: list[Problem]) -> PromptRecord | None:
+    """Validate one raw row as a record; append its problems (located at the row)."""
+    from ivx import prompts as sources
+
+    if isinstance(row.data, json.JSONDecodeError | RecursionError):
+        why = row.data.msg if isinstance(row.data, json.JSONDecodeError) else "nested too deeply"
+        problems.append(Problem(row.where, row.line, "", f"invalid JSON: {why}"))
+        return None
+    if not isinstance(row.data, dict):
+        problems.append(Problem(row.where, row.line, "", f"a record must be a JSON object, got {row.data!r}"))
+        return None
+    try:
+        return PromptRecord.model_validate(sources.to_record(row.data, spec))
+    except KeyError as exc:
+        problems.append(
+            Problem(row.where, row.line, "", f"column {exc.args[0]!r} is missing; has {sorted(row.data)}")
+        )
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key {err['loc'][-1]!r}; allowed: {', '.join(PromptRecord.model_fields)}"
+            problems.append(Problem(row.where, row.line, _dotted(tuple(err["loc"])), msg))
+    return None
+
+
+def record_problem(cfg: LoadedConfig, index: int, field: str, message: str) -> Problem:
+    """A problem located at prompt record `index` (its YAML node, file line or dataset row)."""
+    if index < len(cfg.record_origins):
+        file, line, path = cfg.record_origins[index]
+        if path:  # inline in the config
+            return cfg.problem(("prompts", index, field), message)
+        return Problem(file, line, field, message)
+    return cfg.problem(("prompts",), f"prompt {index}: {message}")
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:

@@ -70,7 +70,7 @@ def prepare_all(
     but its config and tokenizer); fact selection, which needs forward passes, is then skipped.
     `max_cells` refuses larger plans before they are built (their cells alone fill memory).
     """
-    from ivx import checks, models, positions
+    from ivx import checks, models, tokenization
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
@@ -84,10 +84,7 @@ def prepare_all(
             if not weights:
                 raise
             lm = models.load(*load)  # its init needs real tensors: check after loading
-    try:
-        prompts = positions.tokenize(lm.tokenizer, cfg.records)
-    except positions.PositionError as exc:
-        raise ConfigError([cfg.problem(("prompts",), str(exc))]) from None
+    prompts = tokenization.for_config(cfg, lm.tokenizer)
     _check_files(cfg)
     checks.model_limits(cfg, lm, prompts, max_cells)
     if cfg.experiment.method == "attribution":
@@ -279,7 +276,7 @@ def _run(
 ) -> Path:
     import torch
 
-    from ivx import attribution, fingerprint, gridplot, plots, runner, tracing, verification
+    from ivx import answers, attribution, fingerprint, gridplot, plots, tracing, verification
 
     if resume is not None:
         previous = rundir.Manifest.read(resume).data
@@ -365,7 +362,7 @@ def _run(
             todo_total = sum(1 for p in preps for c in p.plan.cells if c.index not in done)
             with _progress(progress, todo_total) as advance:
                 for variant in preps:
-                    executor = runner.Executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
+                    executor = answers.executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
                     executor.prepare()
                     executors.append(executor)
                     todo = [c for c in variant.plan.cells if c.index not in done]
@@ -397,7 +394,8 @@ def _run(
             }
             if prep.dropped:
                 summary["dropped"] = prep.dropped
-            warnings = _contrast_warnings(summary["prompts"], metric_names)
+            warnings = answers.scoring_warnings(prep.prompts, exp.answer)
+            warnings += _contrast_warnings(summary["prompts"], metric_names)
             if warnings:
                 summary["warnings"] = warnings
             traces = {}
@@ -499,6 +497,11 @@ def _prompt_table(executor: Any) -> list[dict[str, Any]]:
                 "base": p.record.base,
                 "tokens": list(p.base_tokens),
                 "subject_span": list(p.subject_span) if p.subject_span else None,
+                "bos": p.bos,
+                "target_ids": list(p.target_ids) if p.target_ids else None,
+                "target_tokens": list(p.target_tokens) if p.target_tokens else None,
+                "foil_ids": list(p.foil_ids) if p.foil_ids else None,
+                "foil_tokens": list(p.foil_tokens) if p.foil_tokens else None,
                 "clean": clean,
                 "corrupted": corrupted,
             }

@@ -37,6 +37,7 @@ def _cmap(component: str) -> str:
 
 
 CATEGORY_LABELS = {
+    "bos": "BOS token",
     "before_subject": "before subject",
     "subject_first": "first subject token",
     "subject_middle": "middle subject tokens",
@@ -218,7 +219,9 @@ def write_all(
             comp = tracing.panel(row, prep)
             grid[comp][int(row[axes["position"]])][int(row[axes["layer"]])] = row[metric]
         labels = [
-            f"{t}*" if category(i, p.length, p.subject_span).startswith("subject") else t
+            "BOS"
+            if p.bos and i == 0
+            else (f"{t}*" if category(i, p.length, p.subject_span, p.bos).startswith("subject") else t)
             for i, t in enumerate(p.base_tokens)
         ]
         target = p.record.target or ""

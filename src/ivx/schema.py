@@ -246,6 +246,11 @@ class ModelSpec(Strict):
         description="Allow the model's own code from the Hub. Only the YAML booleans true/false are "
         "accepted (not yes, on, 1 or 'true'): running downloaded code must be asked for exactly.",
     )
+    bos: Literal["auto"] | bool = Field(
+        "auto",
+        description="Put a BOS token first in every prompt: auto = as the tokenizer does by default "
+        "(Llama/Mistral/Gemma yes, GPT-2/Pythia no), or force true/false. Positions count it.",
+    )
 
     @field_validator("trust_remote_code", mode="before")
     @classmethod
@@ -270,9 +275,21 @@ class PromptRecord(Strict):
 
     base: str = Field(description="The prompt the intervention is applied to (not blank).")
     source: str | None = Field(None, description="Counterfactual prompt activations are copied from.")
-    target: str | None = Field(None, description="Expected answer; its first token is scored.")
+    target: str | None = Field(
+        None,
+        description="Expected answer, e.g. ' Paris' (with its space); scored as the first token that "
+        "follows base when base + target is tokenized.",
+    )
     foil: str | None = Field(None, description="Alternative answer for logit differences.")
-    subject: str | None = Field(None, description="Substring of base; positions `subject*` use it.")
+    subject: str | None = Field(
+        None,
+        description="Substring of base, matched on token and word boundaries; positions `subject*` use it.",
+    )
+    subject_occurrence: int | None = Field(
+        None,
+        ge=1,
+        description="Which occurrence of subject in base (1 = first) when it occurs more than once.",
+    )
 
     @field_validator("base")
     @classmethod
@@ -285,14 +302,45 @@ class PromptRecord(Strict):
     def _subject_in_base(self) -> PromptRecord:
         if self.subject is not None and self.subject not in self.base:
             raise ValueError(f"subject {self.subject!r} does not occur in base {self.base!r}")
+        if self.subject_occurrence is not None and self.subject is None:
+            raise ValueError("subject_occurrence needs a `subject`")
         return self
 
 
 class PromptFile(Strict):
-    """`prompts: {file: ...}` a JSONL file of prompt records (relative to the config file)."""
+    """`prompts: {file: ...}` or `{dataset: ...}`: prompt records from a file or a `datasets` dataset."""
 
-    file: str = Field(description="JSONL file, one prompt record per line.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N records.")
+    file: str | None = Field(
+        None,
+        description="JSONL file of records (relative to the config file), or a JSON array such as ROME's "
+        "known_1000.json or CounterFact.",
+    )
+    dataset: str | None = Field(
+        None,
+        description="A Hugging Face `datasets` name, or a local directory (save_to_disk, JSON or Parquet "
+        "files); needs `pip install ivx-interventions[datasets]`.",
+    )
+    split: str = Field("train", description="Dataset split.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Record field → column name (dotted for nested columns), e.g. {target: target_true}.",
+    )
+    format: Literal["auto", "records", "known_1000", "counterfact"] = Field(
+        "auto",
+        description="Row layout: records (ivx's fields), known_1000 (ROME: prompt, subject, attribute), "
+        "counterfact (requested_rewrite: target_true → target, target_new → foil); auto detects it.",
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N records (reading stops there).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptFile:
+        if (self.file is None) == (self.dataset is None):
+            raise ValueError("give either `file` or `dataset`")
+        fields = PromptRecord.model_fields
+        for key in self.columns:
+            if key not in fields:
+                raise ValueError(f"columns key {key!r} is not a record field; allowed: {', '.join(fields)}")
+        return self
 
 
 class Corrupt(Strict):
@@ -592,6 +640,12 @@ class Experiment(Strict):
     metrics: list[str] = Field(
         default_factory=lambda: ["target_prob"], description="Any of: " + ", ".join(METRICS) + "."
     )
+    answer: Literal["first_token", "full"] = Field(
+        "first_token",
+        description="What target_prob scores: the first token that follows the prompt (ROME), or the "
+        "whole target by teacher forcing (the product of its tokens' probabilities; exact, but the "
+        "batch shortcuts are off). logit_diff metrics need first_token.",
+    )
     method: Literal["exact", "attribution"] = Field(
         "exact",
         description="exact: patch every cell; attribution: estimate every cell's effect from one "
@@ -626,6 +680,16 @@ class Experiment(Strict):
                 hint = f"did you mean {near[0]!r}? " if near else ""
                 raise ValueError(f"unknown metric {metric!r}; {hint}valid: {', '.join(METRICS)}")
         return value
+
+    @model_validator(mode="after")
+    def _full_answer(self) -> Experiment:
+        if self.answer == "full" and self.method == "attribution":
+            raise ValueError("answer: full needs method: exact (attribution estimates first-token metrics)")
+        if self.answer == "full" and {"logit_diff", "logit_diff_norm"} & set(self.metrics):
+            raise ValueError(
+                "answer: full scores the target only; logit_diff metrics need answer: first_token"
+            )
+        return self
 
     @field_validator("sweep")
     @classmethod

@@ -95,7 +95,7 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str,
         layer = int(row[axes["layer"]])
         pos = int(row[axes["position"]])
         p = prompts[row["prompt_index"]]
-        cat = category(pos, p.length, p.subject_span)
+        cat = category(pos, p.length, p.subject_span, p.bos)
         per_fact[comp][cat][layer][p.index].append(float(value))
         by_pos[comp][pos][layer].append(float(value))
     lengths = {p.length for p in prep.prompts}
@@ -144,7 +144,7 @@ def position_labels(prompts: list[Any]) -> list[str]:
     labels = []
     for pos, token in enumerate(prompts[0].base_tokens):
         shared = all(p.base_ids[pos] == prompts[0].base_ids[pos] for p in prompts)
-        text = token.strip() or repr(token)
+        text = "BOS" if pos == 0 and prompts[0].bos else (token.strip() or repr(token))
         labels.append(text if shared else f"({text})")
     return labels
 

@@ -204,7 +204,7 @@ def train_run(
     import yaml
     from safetensors.torch import save_file
 
-    from ivx import bundle, components, models, plan, positions, rundir, train_report
+    from ivx import bundle, components, models, plan, rundir, tokenization, train_report
     from ivx import config as config_mod
     from ivx.config import ConfigError
     from ivx.schema import TRAINABLE_KINDS, Train, is_ref
@@ -232,7 +232,7 @@ def train_run(
     for param in lm.model.parameters():  # the model is frozen: only the intervention trains
         param.requires_grad_(False)
     records = cfg.records[: settings.max_records] if settings.max_records else cfg.records
-    prompts = positions.tokenize(lm.tokenizer, records)
+    prompts = tokenization.for_config(cfg, lm.tokenizer, records)
     plan.expand(cfg, lm.info, prompts[:1])  # model-aware checks (layers, positions) before training
     held_idx, train_idx = split(len(prompts), settings.eval_split, exp.seed)
     if resume is not None:
