@@ -121,6 +121,14 @@ def run(
         typer.Option("--resume", help="Continue an interrupted run directory; computes only missing cells."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="local or ray (default: the config's `backend`).", show_default=False),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster: auto or HOST:PORT (default: start a local Ray).", show_default=False),
+    ] = None,
 ) -> None:
     """Run an experiment; the last line printed is the run directory."""
     from ivx import experiment
@@ -133,7 +141,13 @@ def run(
         raise typer.Exit(2)
     try:
         run_dir = experiment.run(
-            config or Path(), tuple(set_ or ()), str(out) if out else None, resume, progress=not quiet
+            config or Path(),
+            tuple(set_ or ()),
+            str(out) if out else None,
+            resume,
+            progress=not quiet,
+            backend=backend,
+            address=address,
         )
     except (KeyboardInterrupt, RuntimeError, OSError) as exc:
         _err(

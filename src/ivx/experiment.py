@@ -236,12 +236,17 @@ def run(
     resume: Path | None = None,
     progress: bool = True,
     lm: Any = None,
+    backend: str | None = None,
+    address: str | None = None,
 ) -> Path:
-    """Execute an experiment into a new (or resumed) run directory and return its path."""
+    """Execute an experiment into a new (or resumed) run directory and return its path.
+
+    `backend` / `address` (local | ray, a Ray cluster) override the config's `backend` / `ray.address`.
+    """
     import torch
     from safetensors.torch import save_file
 
-    from ivx import attribution, plots, runner, tracing, verification
+    from ivx import attribution, backends, plots, runner, tracing, verification
 
     if resume is not None:
         previous = json.loads((resume / "manifest.json").read_text())
@@ -251,6 +256,7 @@ def run(
         overrides = tuple(previous.get("overrides", []))
     preps = prepare_all(path, overrides, lm)
     prep = preps[0]
+    settings = backends.resolve(prep, path, overrides, backend, address)
     exp = prep.cfg.experiment
     labelled = prep.label is not None
     warning = size_warning(preps)
@@ -325,7 +331,7 @@ def run(
                     if exp.method == "attribution":
                         batches = attribution.execute(executor, todo)
                     else:
-                        batches = executor.execute(todo)
+                        batches = backends.execute(executor, todo, settings, variant.label)
                     for n_batch, outputs in enumerate(batches):
                         tensors: dict[str, torch.Tensor] = {}
                         for out in outputs:
