@@ -44,7 +44,12 @@ def measure(prep, executor, actors: int, settings) -> dict[str, float]:
     end = time.perf_counter()
     assert not ray.is_initialized()
     steady = (done - first_done) / max(end - first, 1e-9)
-    return {"total_s": end - t0, "cells": done, "cells_per_s": done / (end - t0), "steady_cells_per_s": steady}
+    return {
+        "total_s": end - t0,
+        "cells": done,
+        "cells_per_s": done / (end - t0),
+        "steady_cells_per_s": steady,
+    }
 
 
 def local(prep, executor) -> dict[str, float]:

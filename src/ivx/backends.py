@@ -41,8 +41,13 @@ class Settings:
     overrides: tuple[str, ...]
 
 
-def resolve(prep: Prepared, path: str | Path, overrides: tuple[str, ...], name: str | None = None,
-            address: str | None = None) -> Settings:
+def resolve(
+    prep: Prepared,
+    path: str | Path,
+    overrides: tuple[str, ...],
+    name: str | None = None,
+    address: str | None = None,
+) -> Settings:
     """The run's backend (command line over config); a ConfigError when it cannot run here."""
     exp = prep.cfg.experiment
     name = name or exp.backend
@@ -54,16 +59,18 @@ def resolve(prep: Prepared, path: str | Path, overrides: tuple[str, ...], name: 
             prep.cfg.problem(("method",), f"method: {exp.method} runs on the local backend only, not ray")
         )
     if name == "ray" and importlib.util.find_spec("ray") is None:
-        problems.append(prep.cfg.problem(("backend",), f"backend 'ray' needs Ray, which is not installed: {EXTRA}"))
+        problems.append(
+            prep.cfg.problem(("backend",), f"backend 'ray' needs Ray, which is not installed: {EXTRA}")
+        )
     if problems:
         raise ConfigError(problems)
     ray = exp.ray.model_copy(update={"address": address}) if address else exp.ray
     return Settings(name, ray, str(Path(path).resolve()), tuple(overrides))
 
 
-def execute(executor: Executor, todo: list[Cell], settings: Settings, label: str | None) -> Iterator[
-    list[CellOutput]
-]:
+def execute(
+    executor: Executor, todo: list[Cell], settings: Settings, label: str | None
+) -> Iterator[list[CellOutput]]:
     """Outputs of `todo` cells, a list per finished batch (task), from the chosen backend."""
     if settings.name == "local":
         return executor.execute(todo)
@@ -137,8 +144,9 @@ def fingerprint(prep: Prepared) -> str:
 class Worker:
     """A Ray actor: one model replica with its own Executor and baselines (all prompts, once)."""
 
-    def __init__(self, path: str, overrides: tuple[str, ...], label: str | None, threads: int,
-                 expected: str) -> None:
+    def __init__(
+        self, path: str, overrides: tuple[str, ...], label: str | None, threads: int, expected: str
+    ) -> None:
         import torch
 
         from ivx import experiment, runner
@@ -194,16 +202,18 @@ def connect(options: Any) -> bool:
     return True
 
 
-def _ray_outputs(executor: Executor, todo: list[Cell], settings: Settings, label: str | None) -> Iterator[
-    list[CellOutput]
-]:
+def _ray_outputs(
+    executor: Executor, todo: list[Cell], settings: Settings, label: str | None
+) -> Iterator[list[CellOutput]]:
     import ray
     import torch
 
     from ivx import experiment
 
     opts = settings.ray
-    per_task = opts.task_cells if opts.task_cells != "auto" else max(1, math.ceil(len(todo) / (4 * opts.actors)))
+    per_task = (
+        opts.task_cells if opts.task_cells != "auto" else max(1, math.ceil(len(todo) / (4 * opts.actors)))
+    )
     queue = tasks(executor, todo, per_task)
     if not queue:
         return
@@ -218,13 +228,13 @@ def _ray_outputs(executor: Executor, todo: list[Cell], settings: Settings, label
             num_gpus=opts.num_gpus,
             max_restarts=opts.max_restarts,
             max_task_retries=opts.max_restarts,
-        ).remote(
-            settings.path, settings.overrides, label, threads, fingerprint(prep)
-        )
+        ).remote(settings.path, settings.overrides, label, threads, fingerprint(prep))
         for i in range(min(opts.actors, len(queue)))
     ]
     try:
         yield from _dispatch(actors, queue)
+    except ray.exceptions.RayError as exc:  # restarts exhausted, or an actor failed to start
+        raise RuntimeError(f"Ray backend: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}") from exc
     finally:
         for actor in actors:
             ray.kill(actor, no_restart=True)

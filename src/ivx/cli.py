@@ -127,7 +127,9 @@ def run(
     ] = None,
     address: Annotated[
         str | None,
-        typer.Option("--address", help="Ray cluster: auto or HOST:PORT (default: start a local Ray).", show_default=False),
+        typer.Option(
+            "--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray).", show_default=False
+        ),
     ] = None,
 ) -> None:
     """Run an experiment; the last line printed is the run directory."""

@@ -564,7 +564,8 @@ class Experiment(Strict):
     output: Output = Field(default_factory=Output, description="What is written: see `output`.")
     batch: Batch = Field(default_factory=Batch, description="Batching and exact shortcuts: see `batch`.")
     backend: Literal["local", "ray"] = Field(
-        "local", description="Where cells run: in this process, or on Ray actors (see `ray`; `ivx run --backend`)."
+        "local",
+        description="Where cells run: in this process, or on Ray actors (see `ray`; `ivx run --backend`).",
     )
     ray: Ray = Field(default_factory=Ray, description="Ray actors, resources and fault tolerance: see `ray`.")
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")

@@ -59,7 +59,9 @@ def test_ray_backend_without_ray_names_the_extra(tmp_path: Path, monkeypatch: py
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
     result = CliRunner().invoke(
         app, ["run", str(TRACE), "--backend", "ray", "--out", str(tmp_path), "--set", "prompts.limit=1"]
     )
@@ -144,11 +146,22 @@ def _wait_for_rows(run_root: Path, proc: subprocess.Popen) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config,sets", [(TRACE, SMALL_TRACE), (PATCHING, SMALL_PATCHING)], ids=["trace", "patching"])
+@pytest.mark.parametrize(
+    "config,sets", [(TRACE, SMALL_TRACE), (PATCHING, SMALL_PATCHING)], ids=["trace", "patching"]
+)
 def test_ray_equals_local_bit_for_bit(cluster: str, tmp_path: Path, config: Path, sets: tuple) -> None:
     local = _finish(_ivx(str(config), "--out", str(tmp_path / "local"), *_sets(sets)))
     remote = _finish(
-        _ivx(str(config), "--out", str(tmp_path / "ray"), "--backend", "ray", "--address", cluster, *_sets(sets))
+        _ivx(
+            str(config),
+            "--out",
+            str(tmp_path / "ray"),
+            "--backend",
+            "ray",
+            "--address",
+            cluster,
+            *_sets(sets),
+        )
     )
     _same_results(local, remote)
 
@@ -159,10 +172,14 @@ def test_killed_actor_is_restarted_and_the_run_is_identical(cluster: str, tmp_pa
 
     sets = (*SMALL_TRACE, "ray.task_cells=20")
     local = _finish(_ivx(str(TRACE), "--out", str(tmp_path / "local"), *_sets(sets)))
-    proc = _ivx(str(TRACE), "--out", str(tmp_path / "ray"), "--backend", "ray", "--address", cluster, *_sets(sets))
+    proc = _ivx(
+        str(TRACE), "--out", str(tmp_path / "ray"), "--backend", "ray", "--address", cluster, *_sets(sets)
+    )
     run_dir = _wait_for_rows(tmp_path / "ray", proc)
     ray.init(address=cluster, logging_level="ERROR", log_to_driver=False)
-    named = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("ivx-worker-")]
+    named = [
+        a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("ivx-worker-")
+    ]
     assert named, "no ivx actor found"
     victim = ray.get_actor(named[0]["name"], namespace=named[0]["namespace"])
     pid = ray.get(victim.pid.remote())
@@ -179,7 +196,9 @@ def test_killed_actor_is_restarted_and_the_run_is_identical(cluster: str, tmp_pa
 def test_resume_after_the_driver_is_killed(cluster: str, tmp_path: Path) -> None:
     sets = (*SMALL_PATCHING, "ray.task_cells=20")
     local = _finish(_ivx(str(PATCHING), "--out", str(tmp_path / "local"), *_sets(sets)))
-    proc = _ivx(str(PATCHING), "--out", str(tmp_path / "ray"), "--backend", "ray", "--address", cluster, *_sets(sets))
+    proc = _ivx(
+        str(PATCHING), "--out", str(tmp_path / "ray"), "--backend", "ray", "--address", cluster, *_sets(sets)
+    )
     run_dir = _wait_for_rows(tmp_path / "ray", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
