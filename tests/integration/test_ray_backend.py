@@ -34,11 +34,18 @@ def _cells(executor, cells) -> dict[int, tuple[str, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("config", [TRACE, PATCHING], ids=["trace", "patching"])
-def test_tasks_run_alone_reproduce_the_local_loop_bit_for_bit(config: Path) -> None:
+@pytest.mark.parametrize(
+    "config,sets",
+    [
+        (TRACE, ("prompts.limit=2", "sweep.component=[block_output, mlp_output]")),
+        (PATCHING, ("prompts.limit=3",)),
+    ],
+    ids=["trace", "patching"],
+)
+def test_tasks_run_alone_reproduce_the_local_loop_bit_for_bit(config: Path, sets: tuple[str, ...]) -> None:
     from ivx import backends, experiment, runner
 
-    prep = experiment.prepare_all(config, ("prompts.limit=3",))[0]
+    prep = experiment.prepare_all(config, sets)[0]
     local = runner.Executor(prep.cfg, prep.lm, prep.prompts, prep.plan)
     local.prepare()
     whole = _cells(local, list(prep.plan.cells))
