@@ -154,8 +154,9 @@ def run_hand(model_dir: Path, length: int) -> tuple[float, int]:
 
 def run_pyvene(model_dir: Path, length: int) -> tuple[float, int]:
     import pyvene as pv
+    from transformers import AutoModelForCausalLM
 
-    model, _ = load_hf(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # no tokenizer: ids are random
     clean = torch.randint(0, 1000, (1, length))
     corrupted = torch.randint(0, 1000, (1, length))
     cells = 24  # timed, extrapolated per cell
@@ -177,14 +178,35 @@ def run_pyvene(model_dir: Path, length: int) -> tuple[float, int]:
     return per_cell * N_LAYERS * length, N_LAYERS * length
 
 
+def run_transformer_lens(model_dir: Path, length: int) -> tuple[float, int]:
+    """TransformerLens's documented sweep: patching.get_act_patch_resid_pre (one forward per cell)."""
+    import transformer_lens.patching as patching
+    from transformer_lens import TransformerBridge
+
+    model, tok = load_hf(model_dir)
+    model = TransformerBridge.boot_transformers(str(model_dir), hf_model=model, tokenizer=tok)
+    model.enable_compatibility_mode()  # the documented HookedTransformer-equivalent mode
+    clean = torch.randint(0, 1000, (1, length))
+    corrupted = clean.clone()
+    corrupted[0, :3] = torch.tensor([7, 8, 9])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(clean)
+        patching.get_act_patch_resid_pre(
+            model, corrupted, cache, lambda logits: logits[0, -1].log_softmax(-1)[5]
+        )
+    return time.perf_counter() - start, N_LAYERS * length
+
+
 VARIANTS = {
     "plain": lambda d, t, w: run_plain(d, t),
     "off": lambda d, t, w: run_ivx(d, t, False, w),
     "ivx": lambda d, t, w: run_ivx(d, t, True, w),
     "hand": lambda d, t, w: run_hand(d, t),
     "pyvene": lambda d, t, w: run_pyvene(d, t),
+    "transformer_lens": lambda d, t, w: run_transformer_lens(d, t),
 }
-OPTIONAL = {"pyvene": "pyvene"}
+OPTIONAL = {"pyvene": "pyvene", "transformer_lens": "transformer_lens"}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -195,9 +217,12 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": seconds, "cells": cells, "peak_rss_mb": rss}))
 
 
+PEER_PYTHON: dict[str, str] = {}  # variant -> interpreter (a venv with the peer's transformers)
+
+
 def measure(variant: str, model: Path, length: int, threads: int) -> dict:
     cmd = [
-        sys.executable,
+        PEER_PYTHON.get(variant, sys.executable),
         __file__,
         "--worker",
         variant,
@@ -225,6 +250,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument(
+        "--peer-python",
+        nargs="*",
+        default=[],
+        metavar="NAME=PYTHON",
+        help="interpreter per peer, e.g. pyvene=/venv-tf4.57/bin/python (a venv with a transformers they support)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
@@ -236,9 +268,15 @@ def main() -> None:
     variants = []
     for name in args.variants:
         module = OPTIONAL.get(name)
-        if module and __import__("importlib.util").util.find_spec(module) is None:
-            print(f"{name}: not installed — skipped")
-            continue
+        if module:
+            python = dict(item.split("=", 1) for item in args.peer_python).get(name, sys.executable)
+            probe = f"import {module}, transformers; print(transformers.__version__)"
+            found = subprocess.run([python, "-c", probe], capture_output=True, text=True)
+            if found.returncode:
+                print(f"{name}: not installed for {python} — skipped")
+                continue
+            PEER_PYTHON[name] = python
+            print(f"{name}: runs under {python} (transformers {found.stdout.strip()})")
         variants.append(name)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "gpt2-small-random")
@@ -264,7 +302,7 @@ def main() -> None:
                     print(f"  {name:8s} {rate:9.1f} {ratio} {r['peak_rss_mb']:7.0f} MB")
                 if "ivx" in best:
                     ivx_rate = best["ivx"]["cells"] / best["ivx"]["seconds"]
-                    for other in ("off", "hand", "pyvene"):
+                    for other in ("off", "hand", "pyvene", "transformer_lens"):
                         if other in best:
                             rate = best[other]["cells"] / best[other]["seconds"]
                             print(f"  ivx defaults / {other}: {ivx_rate / rate:.2f}x")

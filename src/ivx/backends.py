@@ -149,7 +149,7 @@ class Worker:
     ) -> None:
         import torch
 
-        from ivx import experiment, runner
+        from ivx import answers, experiment
 
         torch.set_num_threads(threads)
         preps = experiment.prepare_all(path, overrides)
@@ -160,7 +160,7 @@ class Worker:
                 "or data file on this node, or trace.select_correct deciding differently on its device)"
             )
         torch.manual_seed(prep.cfg.experiment.seed)
-        self.executor = runner.Executor(prep.cfg, prep.lm, prep.prompts, prep.plan)
+        self.executor = answers.executor(prep.cfg, prep.lm, prep.prompts, prep.plan)
         with torch.inference_mode():
             self.executor.prepare()
         self.cells = {cell.index: cell for cell in prep.plan.cells}

@@ -159,18 +159,32 @@ def _local(ref: str | Path) -> Path:
     return Path(text)
 
 
-def load(ref: str | Path, *, device: str = "cpu", expect: dict[str, int] | None = None) -> Bundle:
-    """Load a bundle from a folder or `hf://user/name[@revision]`, verifying hashes and shape."""
-    from safetensors.torch import load_file
+def _listed(path: Path, files: dict[str, _FileInfo]) -> None:
+    """The file list must name the weights and only files inside the bundle directory."""
+    if WEIGHTS not in files:
+        raise BundleError(
+            f"{path / MANIFEST}: files does not list {WEIGHTS}; every file the bundle loads must carry "
+            "its sha256 (re-save the bundle with `ivx save`)"
+        )
+    for name in files:
+        # lexical: the Hub cache's snapshot files are symlinks into its blob store, which is fine
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts or "\\" in name:
+            raise BundleError(f"{path / MANIFEST}: files entry {name!r} points outside the bundle directory")
 
+
+def verify(ref: str | Path) -> tuple[Path, _Manifest, dict[str, Any]]:
+    """Check a bundle without loading its tensors: manifest, file list, hashes; BundleError if not."""
     path = _local(ref)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise BundleError(f"{path} is not an ivx bundle (no {MANIFEST})")
     try:
-        raw = json.loads(manifest_path.read_text())
+        raw = json.loads(manifest_path.read_bytes().decode())
     except json.JSONDecodeError as exc:
         raise BundleError(f"{manifest_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{manifest_path}: not a JSON text ({type(exc).__name__})") from None
     try:
         manifest = _Manifest.model_validate(raw)
     except ValidationError as exc:
@@ -182,6 +196,7 @@ def load(ref: str | Path, *, device: str = "cpu", expect: dict[str, int] | None 
             f"{manifest_path}: format_version {manifest.format_version} is newer than this ivx "
             f"understands ({FORMAT_VERSION}); upgrade ivx-interventions"
         )
+    _listed(path, manifest.files)
     for name, info in manifest.files.items():
         file = path / name
         if not file.is_file():
@@ -193,6 +208,14 @@ def load(ref: str | Path, *, device: str = "cpu", expect: dict[str, int] | None 
                 "(the file was modified or corrupted)"
             )
     _validate_interventions(manifest.interventions, str(manifest_path))
+    return path, manifest, raw
+
+
+def load(ref: str | Path, *, device: str = "cpu", expect: dict[str, int] | None = None) -> Bundle:
+    """Load a bundle from a folder or `hf://user/name[@revision]`, verifying hashes and shape."""
+    from safetensors.torch import load_file
+
+    path, manifest, raw = verify(ref)
     base = manifest.base_model.model_dump()
     for key, value in (expect or {}).items():
         if base.get(key) != value:
@@ -200,7 +223,10 @@ def load(ref: str | Path, *, device: str = "cpu", expect: dict[str, int] | None 
                 f"bundle {ref} was made for {base['name']} ({key} {base.get(key)}), but this experiment's "
                 f"model has {key} {value}"
             )
-    tensors = load_file(str(path / WEIGHTS), device="cpu")
+    try:
+        tensors = load_file(str(path / WEIGHTS), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type
+        raise BundleError(f"{path / WEIGHTS} is not a readable safetensors file ({exc})") from None
     tensors = {k: v.to(device) for k, v in tensors.items()}
     return Bundle(path, manifest.interventions, tensors, base, raw)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,15 +17,89 @@ app = typer.Typer(
 )
 
 # Modules that add their own commands with `register(app)` (no torch at import time).
-_COMMAND_MODULES: tuple[str, ...] = ("ivx.generate", "ivx.train", "ivx.hub", "ivx.toy.cli")
+_COMMAND_MODULES: tuple[str, ...] = ("ivx.generate", "ivx.train", "ivx.hub", "ivx.runs", "ivx.toy.cli")
 
 
 def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _hide_flag_types() -> None:
+    """Flags take no value: show no `<bool>` type beside them in --help (typer ≥ 0.29 does)."""
+    from typer.core import TyperOption
+
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "_ivx", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        return None if self.is_flag else show(self, ctx)
+
+    display_type_rich._ivx = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_hide_flag_types()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ivx import __version__
+
+        typer.echo(f"ivx {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Causal interventions on Hugging Face causal language models, from one YAML file."""
+
+
+def console() -> object:
+    """A rich console that never cuts a table: when output is piped, lines may be long."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 250)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that mean the input is wrong (exit 2, one line), not that ivx failed."""
+    import pickle
+
+    from ivx.bundle import BundleError
+    from ivx.config import ConfigError
+    from ivx.hub import HubError
+    from ivx.models import ModelLoadError
+    from ivx.positions import PositionError
+    from ivx.rundir import RunDirError
+    from ivx.vectors import VectorError
+
+    return (
+        ConfigError,
+        ModelLoadError,
+        PositionError,
+        VectorError,
+        BundleError,
+        HubError,
+        RunDirError,
+        pickle.UnpicklingError,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _user_errors(fn):  # type: ignore[no-untyped-def]
-    """Turn user errors (bad config, unknown model) into clean messages and exit code 2."""
+    """Turn user errors (bad config, unknown model, bad bundle) into clean messages and exit code 2."""
     import functools
 
     @functools.wraps(fn)
@@ -40,16 +114,26 @@ def _user_errors(fn):  # type: ignore[no-untyped-def]
             _err(f"{len(exc.problems)} problem(s) found; nothing was run.")
             raise typer.Exit(2) from None
         except Exception as exc:
-            from ivx.models import ModelLoadError
-            from ivx.positions import PositionError
-            from ivx.vectors import VectorError
-
-            if isinstance(exc, ModelLoadError | PositionError | VectorError):
-                _err(f"error: {exc}")
+            if isinstance(exc, user_errors()):
+                _err(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
                 raise typer.Exit(2) from None
             raise
 
     return wrapper
+
+
+DEFAULT_MAX_CELLS = 2_000_000
+MaxCellsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-cells", min=1, help="Refuse plans with more cells than this (their plan alone fills memory)."
+    ),
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Accept a plan above --max-cells.")]
+
+
+def _cap(max_cells: int, force: bool) -> int | None:
+    return None if force else max_cells
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)]
@@ -72,11 +156,15 @@ def validate(
             "By default the model is built on the meta device from its config: fast, nothing big read.",
         ),
     ] = False,
+    max_cells: MaxCellsOpt = DEFAULT_MAX_CELLS,
+    force: ForceOpt = False,
 ) -> None:
-    """Check a config (schema, files, model-aware checks) and print the plan size."""
-    from ivx import experiment
+    """Check a config (schema, files, model-aware checks) and print the plan size and estimates."""
+    from ivx import answers, experiment
 
-    preps = experiment.prepare_all(config, tuple(set_ or ()), weights=weights)
+    preps = experiment.prepare_all(
+        config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force)
+    )
     prep = preps[0]
     exp = prep.cfg.experiment
     info = prep.lm.info
@@ -100,9 +188,12 @@ def validate(
     typer.echo(f"  cells      {cells} ({rows} forward rows)")
     size = experiment.tensor_bytes(preps)
     typer.echo(f"  tensors    ~{experiment.human_size(size)} of logits (output.logits: {exp.output.logits})")
+    from ivx import estimate
+
+    typer.echo(f"  estimate   {estimate.describe(preps, size)}")
     warning = experiment.size_warning(preps)
-    if warning:
-        _err(f"warning: {warning}")
+    for text in ([warning] if warning else []) + answers.scoring_warnings(prep.prompts, exp.answer):
+        _err(f"warning: {text}")
     trace = exp.trace
     if trace is not None and trace.select_correct and not weights:
         typer.echo("  note       trace.select_correct drops facts at run time (see them now: --weights)")
@@ -131,63 +222,90 @@ def run(
             "--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray).", show_default=False
         ),
     ] = None,
+    max_cells: MaxCellsOpt = DEFAULT_MAX_CELLS,
+    force: ForceOpt = False,
 ) -> None:
     """Run an experiment; the last line printed is the run directory."""
-    from ivx import experiment
+    from ivx import experiment, rundir
 
     if config is None and resume is None:
         _err("error: give a CONFIG file, or --resume RUN_DIR")
         raise typer.Exit(2)
-    if resume is not None and not (resume / "manifest.json").is_file():
-        _err(f"error: {resume} is not an ivx run directory (no manifest.json)")
-        raise typer.Exit(2)
-    try:
-        run_dir = experiment.run(
-            config or Path(),
-            tuple(set_ or ()),
-            str(out) if out else None,
-            resume,
-            progress=not quiet,
-            backend=backend,
-            address=address,
-        )
-    except (KeyboardInterrupt, RuntimeError, OSError) as exc:
+    if resume is not None and (config is not None or set_):
+        given = "CONFIG argument" if config is not None else "--set"
         _err(
-            f"error: run failed: {type(exc).__name__}: {exc} (the run directory is marked failed; "
-            "`ivx run --resume RUN_DIR` continues it)"
+            f"error: --resume takes no {given}: a resumed run uses the config and --set overrides "
+            f"recorded in {resume / 'manifest.json'}; start a new run to change them"
         )
-        raise typer.Exit(1) from None
+        raise typer.Exit(2)
+    if resume is not None:
+        if rundir.Manifest.read(resume).data["status"] == "complete":
+            _err(f"{resume} is already complete; nothing to resume")
+            typer.echo(str(resume))
+            return
+    started: list[Path] = []
+    try:
+        with rundir.signals_interrupt():
+            run_dir = experiment.run(
+                config or Path(),
+                tuple(set_ or ()),
+                str(out) if out else None,
+                resume,
+                progress=not quiet,
+                on_start=started.append,
+                max_cells=_cap(max_cells, force),
+                backend=backend,
+                address=address,
+            )
+    except Exception as exc:
+        if isinstance(exc, user_errors()):
+            raise
+        _run_failed(exc, started)
+    except KeyboardInterrupt as exc:
+        _run_failed(exc, started)
     if not quiet:
-        import json
-
-        summary = json.loads((run_dir / "summary.json").read_text())
-        from ivx import tracing
-
-        for label, trace in (summary.get("traces") or {None: summary.get("trace")}).items():
-            if trace:
-                _err((f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace))
-        checks = summary.get("attribution_verification")
-        if checks:
-            from ivx import verification
-
-            for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:
-                _err((f"== {label} corruption ==\n" if label else "") + verification.text(report))
-        for warning in summary.get("warnings", []):
-            _err(f"warning: {warning}")
-        _print_shortcuts(run_dir)
+        _print_summary(run_dir)
     typer.echo(str(run_dir))
 
 
-def _print_shortcuts(run_dir: Path) -> None:
-    """Which exact shortcuts ran (per corruption and prompt length), from the manifest."""
-    import json
+def _print_summary(run_dir: Path) -> None:
+    """The run's terminal tables, scored tokens, attribution checks, warnings and shortcuts, on stderr."""
+    from ivx import answers, shortcuts, verification
+    from ivx.api import Run
 
-    from ivx import shortcuts
-
-    report = json.loads((run_dir / "manifest.json").read_text()).get("shortcuts") or {}
+    run = Run(run_dir)
+    _err(run.table())
+    scored = answers.scored_text(run.summary.get("prompts") or [])
+    if scored:
+        _err(scored)
+    checks = run.summary.get("attribution_verification")
+    if checks:
+        for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:
+            _err((f"== {label} corruption ==\n" if label else "") + verification.text(report))
+    for warning in run.summary.get("warnings", []):
+        _err(f"warning: {warning}")
+    report = run.manifest.get("shortcuts") or {}
     for label, part in report.items() if "groups" not in report else [(None, report)]:
         lines = shortcuts.describe(part)
-        _err("\n".join([f"{lines[0]}" + (f" [{label}]" if label else ""), *lines[1:]]))
+        _err("\n".join([lines[0] + (f" [{label}]" if label else ""), *lines[1:]]))
+
+
+def _run_failed(exc: BaseException, started: list[Path]) -> None:
+    """One line for a runtime failure (exit 1), naming the run directory only if there is one."""
+    what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    if started and (started[0] / "manifest.json").is_file():
+        where = f"{started[0]} is marked failed; `ivx run --resume {started[0]}` continues it"
+    else:
+        where = "no run directory was written"
+    reason = (
+        _one_line(exc) if str(exc) else ("SIGINT" if isinstance(exc, KeyboardInterrupt) else _one_line(exc))
+    )
+    _err(f"error: run {what}: {reason} ({where})")
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C / SIGTERM: the way back is the last line
+        if started:
+            _err(f"resume: ivx run --resume {started[0]}")
+        raise typer.Exit(143 if "SIGTERM" in str(exc) else 130) from None
+    raise typer.Exit(1) from None
 
 
 @app.command()
@@ -197,7 +315,6 @@ def components(
     revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
 ) -> None:
     """List the components, layers and heads of a model, with shapes."""
-    from rich.console import Console
     from rich.table import Table
 
     from ivx import components as comps
@@ -205,8 +322,8 @@ def components(
 
     lm = models.load(model, revision, weights=False)  # structure only: no weights are read
     info = lm.info
-    console = Console()
-    console.print(
+    out: Any = console()
+    out.print(
         f"[bold]{model}[/]  {info.model_type} (layout {info.layout}): {info.n_layers} layers, "
         f"d_model {info.d_model}, {info.n_heads} heads ({info.n_kv_heads} key/value), head_dim "
         f"{info.head_dim}, d_mlp {info.d_mlp}, vocab {info.vocab_size}"
@@ -214,9 +331,11 @@ def components(
     from rich.markup import escape
 
     table = Table("component", "module (layer N)", "hook", "shape")
+    for column in table.columns:
+        column.overflow = "fold"  # wrap, never "…"
     for row in comps.table(lm.model, info):
         table.add_row(str(row["name"]), str(row["module"]), str(row["hook"]), escape(str(row["shape"])))
-    console.print(table)
+    out.print(table)
 
 
 @app.command()
@@ -232,7 +351,6 @@ def schema(
     ] = False,
 ) -> None:
     """Every experiment-file field: type, default and meaning (from the validator's own schema)."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -249,14 +367,16 @@ def schema(
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         _err(f"error: unknown section {section!r}{hint}; sections: {', '.join(known)}")
         raise typer.Exit(2)
-    console = Console()
+    out: Any = console()
     for name in [section] if section else list(known):
         table = Table(
             "field", "type", "default", "description", title=f"[bold]{name}[/]", title_justify="left"
         )
+        for column in table.columns:
+            column.overflow = "fold"
         for row in reference.rows(name):
             table.add_row(*(escape(row[k]) for k in ("field", "type", "default", "description")))
-        console.print(table)
+        out.print(table)
 
 
 def _register_all() -> None:

@@ -75,6 +75,8 @@ class LoadedConfig:
     lines: dict[tuple, int] = field(default_factory=dict)
     records: list[PromptRecord] = field(default_factory=list)
     records_file: Path | None = None
+    # per record: (file, line, dotted path when inline in the config else "")
+    record_origins: list[tuple[str, int | None, str]] = field(default_factory=list)
 
     def line_of(self, path: tuple) -> int | None:
         """Line of the YAML node at `path`, or of its closest ancestor."""
@@ -96,7 +98,38 @@ def _dotted(path: tuple) -> str:
     return out
 
 
+MAX_BYTES = 4 * 2**20  # an experiment file is a few KB; prompts belong in a prompts file
+MAX_NODES = 100_000  # YAML values after alias expansion
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read(path: Path) -> str:
+    """The config's text, or one clear problem (missing, unreadable, binary, huge)."""
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), None, "", "config file not found")])
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), None, "", f"cannot read: {exc.strerror}")]) from None
+    if len(data) > MAX_BYTES:
+        raise ConfigError([Problem(str(path), None, "", f"{len(data):,} bytes is too large for a config")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [Problem(str(path), None, "", f"not a UTF-8 text file (byte {exc.start}); is this a config?")]
+        ) from None
+    if "\x00" in text:
+        raise ConfigError([Problem(str(path), None, "", "binary data (NUL bytes); is this a config?")])
+    return text
+
+
 def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], dupes: list) -> None:
+    if len(lines) > MAX_NODES:
+        raise _TooLarge
     lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -185,6 +218,8 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
             out.append(part)
             node = node[part]
+        elif isinstance(part, str) and part[:1].isupper():
+            continue  # a union member's class name (Corrupt in `Corrupt | list[Corrupt]`), not a key
         elif isinstance(node, dict) and isinstance(part, str) and part not in node:
             # a missing or extra key: keep it only if it is a plausible field name
             if part.isidentifier() and ("[" not in part):
@@ -198,9 +233,12 @@ def _clean_loc(loc: tuple, raw: Any) -> tuple:
 def _messages(exc: ValidationError, raw: dict, where: LoadedConfig) -> list[Problem]:
     problems: list[Problem] = []
     seen: set[tuple] = set()
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors:
         loc = _clean_loc(tuple(err["loc"]), raw)
         kind = err["type"]
+        if kind == "list_type" and isinstance(err.get("input"), dict) and len(errors) > 1:
+            continue  # `X | list[X]` given a mapping: the X branch's error is the useful one
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
@@ -262,61 +300,104 @@ def _check_refs(cfg: LoadedConfig) -> list[Problem]:
 
 
 def _load_records(cfg: LoadedConfig) -> list[Problem]:
-    prompts = cfg.experiment.prompts
-    if isinstance(prompts, list):
-        cfg.records = list(prompts)
-        return []
-    assert isinstance(prompts, PromptFile)
-    file = (cfg.path.parent / prompts.file).resolve()
-    cfg.records_file = file
-    if not file.is_file():
-        return [
-            cfg.problem(("prompts", "file"), f"prompt file {prompts.file!r} not found (looked at {file})")
+    from ivx import prompts as sources
+
+    spec = cfg.experiment.prompts
+    if isinstance(spec, list):
+        cfg.records = list(spec)
+        cfg.record_origins = [
+            (str(cfg.path), cfg.line_of(("prompts", i)), f"prompts[{i}]") for i in range(len(spec))
         ]
+        return []
+    assert isinstance(spec, PromptFile)
+    key = "file" if spec.file is not None else "dataset"
+    if spec.file is not None:
+        cfg.records_file = (cfg.path.parent / spec.file).resolve()
     problems: list[Problem] = []
     records: list[PromptRecord] = []
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        if prompts.limit is not None and len(records) >= prompts.limit:
-            break
-        try:
-            records.append(PromptRecord.model_validate(json.loads(line)))
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(str(file), number, "", f"invalid JSON: {exc.msg}"))
-        except ValidationError as exc:
-            for err in exc.errors():
-                msg = err["msg"].removeprefix("Value error, ")
-                if err["type"] == "extra_forbidden":
-                    msg = f"unknown key {err['loc'][-1]!r}; allowed: {', '.join(PromptRecord.model_fields)}"
-                problems.append(Problem(str(file), number, _dotted(tuple(err["loc"])), msg))
-        if len(problems) > 20:
-            break
+    try:
+        for row in sources.rows(spec, cfg.path.parent):
+            if spec.limit is not None and len(records) >= spec.limit:
+                break
+            record = _record(row, spec, problems)
+            if record is not None:
+                records.append(record)
+                cfg.record_origins.append((row.where, row.line, ""))
+            if len(problems) > 20:
+                break
+    except sources.SourceError as exc:
+        return [cfg.problem(("prompts", key), str(exc))]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [
+            cfg.problem(("prompts", key), f"prompt {key} {getattr(spec, key)!r} is not UTF-8 text ({exc})")
+        ]
     if not records and not problems:
-        problems.append(cfg.problem(("prompts", "file"), f"prompt file {prompts.file!r} has no records"))
+        problems.append(cfg.problem(("prompts", key), f"prompt {key} {getattr(spec, key)!r} has no records"))
     cfg.records = records
     return problems
+
+
+def _record(row: Any, spec: PromptFile, problems: list[Problem]) -> PromptRecord | None:
+    """Validate one raw row as a record; append its problems (located at the row)."""
+    from ivx import prompts as sources
+
+    if isinstance(row.data, json.JSONDecodeError | RecursionError):
+        why = row.data.msg if isinstance(row.data, json.JSONDecodeError) else "nested too deeply"
+        problems.append(Problem(row.where, row.line, "", f"invalid JSON: {why}"))
+        return None
+    if not isinstance(row.data, dict):
+        problems.append(Problem(row.where, row.line, "", f"a record must be a JSON object, got {row.data!r}"))
+        return None
+    try:
+        return PromptRecord.model_validate(sources.to_record(row.data, spec))
+    except KeyError as exc:
+        problems.append(
+            Problem(row.where, row.line, "", f"column {exc.args[0]!r} is missing; has {sorted(row.data)}")
+        )
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key {err['loc'][-1]!r}; allowed: {', '.join(PromptRecord.model_fields)}"
+            problems.append(Problem(row.where, row.line, _dotted(tuple(err["loc"])), msg))
+    return None
+
+
+def record_problem(cfg: LoadedConfig, index: int, field: str, message: str) -> Problem:
+    """A problem located at prompt record `index` (its YAML node, file line or dataset row)."""
+    if index < len(cfg.record_origins):
+        file, line, path = cfg.record_origins[index]
+        if path:  # inline in the config
+            return cfg.problem(("prompts", index, field), message)
+        return Problem(file, line, field, message)
+    return cfg.problem(("prompts",), f"prompt {index}: {message}")
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
     """Read, override and validate an experiment file; raise ConfigError with all problems."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError([Problem(str(path), None, "", "config file not found")])
-    text = path.read_text()
+    text = _read(path)
     try:
         node = yaml.compose(text, Loader=_Loader)
         raw = parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise ConfigError([Problem(str(path), line, "", f"invalid YAML: {exc}")]) from None
+        message = " ".join(str(exc).split())
+        raise ConfigError([Problem(str(path), line, "", f"invalid YAML: {message}")]) from None
+    except RecursionError:
+        raise ConfigError([Problem(str(path), None, "", "invalid YAML: nested too deeply")]) from None
     if not isinstance(raw, dict):
         raise ConfigError([Problem(str(path), 1, "", "the config must be a YAML mapping")])
     lines: dict[tuple, int] = {}
     dupes: list = []
     if node is not None:
-        _line_map(node, (), lines, dupes)
+        try:
+            _line_map(node, (), lines, dupes)
+        except _TooLarge:
+            raise ConfigError(
+                [Problem(str(path), None, "", f"the config expands to over {MAX_NODES:,} values (aliases?)")]
+            ) from None
     cfg = LoadedConfig(experiment=None, path=path, raw=raw, text=text, lines=lines)  # type: ignore[arg-type]
     problems = [cfg.problem(p, f"duplicate key {p[-1]!r}") for p, _ in dupes]
     for assignment in overrides:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,14 +58,19 @@ def prepare(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -
 
 
 def prepare_all(
-    path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None, weights: bool = True
+    path: str | Path,
+    overrides: tuple[str, ...] = (),
+    lm: Any = None,
+    weights: bool = True,
+    max_cells: int | None = None,
 ) -> list[Prepared]:
     """`prepare` for every corruption variant (one item unless `corrupt` is a list).
 
     `weights=False` checks against the model's structure only (meta device, nothing downloaded
     but its config and tokenizer); fact selection, which needs forward passes, is then skipped.
+    `max_cells` refuses larger plans before they are built (their cells alone fill memory).
     """
-    from ivx import models, positions
+    from ivx import checks, models, tokenization
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
@@ -77,11 +84,9 @@ def prepare_all(
             if not weights:
                 raise
             lm = models.load(*load)  # its init needs real tensors: check after loading
-    try:
-        prompts = positions.tokenize(lm.tokenizer, cfg.records)
-    except positions.PositionError as exc:
-        raise ConfigError([cfg.problem(("prompts",), str(exc))]) from None
+    prompts = tokenization.for_config(cfg, lm.tokenizer)
     _check_files(cfg)
+    checks.model_limits(cfg, lm, prompts, max_cells)
     if cfg.experiment.method == "attribution":
         from ivx import attribution
 
@@ -159,10 +164,14 @@ def size_warning(preps: list[Prepared]) -> str | None:
 
 def _check_files(cfg: LoadedConfig) -> None:
     """Vector and bundle references must exist before anything runs (hf:// is checked on load)."""
+    from ivx import checks
+
     problems = []
     for i, iv in enumerate(cfg.experiment.interventions):
         for field in ("vector", "bundle"):
             ref = getattr(iv, field)
+            if isinstance(ref, str) and ref.startswith("hf://"):
+                problems.extend(checks.hub_reference(cfg, ("interventions", i, field), ref))
             if not isinstance(ref, str) or ref.startswith("hf://") or ref.startswith("$"):
                 continue
             path = Path(ref) if Path(ref).is_absolute() else cfg.path.parent / ref
@@ -170,6 +179,8 @@ def _check_files(cfg: LoadedConfig) -> None:
                 problems.append(
                     cfg.problem(("interventions", i, field), f"{ref!r} not found (looked at {path})")
                 )
+            else:
+                problems.extend(checks.reference(cfg, ("interventions", i, field), path))
     if problems:
         raise ConfigError(problems)
 
@@ -236,25 +247,48 @@ def run(
     resume: Path | None = None,
     progress: bool = True,
     lm: Any = None,
+    on_start: Callable[[Path], None] | None = None,
+    max_cells: int | None = None,
     backend: str | None = None,
     address: str | None = None,
 ) -> Path:
     """Execute an experiment into a new (or resumed) run directory and return its path.
 
-    `backend` / `address` (local | ray, a Ray cluster) override the config's `backend` / `ray.address`.
+    One process at a time writes a run directory (rundir.Lock); resuming a complete run does
+    nothing; `on_start` is called with the run directory once it exists. `backend` / `address`
+    (local | ray, a Ray cluster) override the config's `backend` / `ray.address`.
     """
-    import torch
-    from safetensors.torch import save_file
+    with contextlib.ExitStack() as stack:
+        if resume is not None:
+            stack.enter_context(rundir.Lock(resume))
+            if rundir.Manifest.read(resume).data["status"] == "complete":
+                return resume
+        hooks = (on_start or (lambda _: None), max_cells, (backend, address))
+        return _run(path, overrides, out_root, resume, progress, lm, hooks, stack)
 
-    from ivx import attribution, backends, plots, runner, tracing, verification
+
+def _run(
+    path: str | Path,
+    overrides: tuple[str, ...],
+    out_root: str | None,
+    resume: Path | None,
+    progress: bool,
+    lm: Any,
+    hooks: tuple[Callable[[Path], None], int | None, tuple[str | None, str | None]],
+    stack: contextlib.ExitStack,
+) -> Path:
+    import torch
+
+    from ivx import answers, attribution, backends, fingerprint, gridplot, plots, tracing, verification
 
     if resume is not None:
-        previous = json.loads((resume / "manifest.json").read_text())
+        previous = rundir.Manifest.read(resume).data
         original = Path(previous.get("config") or "")
         # the original file (relative prompt files resolve next to it), else the run's copy
         path = original if original.is_file() else resume / "config.yaml"
         overrides = tuple(previous.get("overrides", []))
-    preps = prepare_all(path, overrides, lm)
+    on_start, max_cells, (backend, address) = hooks
+    preps = prepare_all(path, overrides, lm, max_cells=max_cells)
     prep = preps[0]
     settings = backends.resolve(prep, path, overrides, backend, address)
     exp = prep.cfg.experiment
@@ -266,7 +300,9 @@ def run(
         print(f"warning: {warning}", file=sys.stderr)
     torch.manual_seed(exp.seed)
     digest = hashlib.sha256(prep.cfg.text.encode()).hexdigest()
+    inputs = fingerprint.inputs(prep.cfg, prep.lm)
     if resume is not None:
+        fingerprint.check(prep.cfg, resume, previous.get("inputs"), inputs)
         if previous.get("config_sha256") not in (None, digest):
             raise ConfigError(
                 [
@@ -278,10 +314,13 @@ def run(
                 ]
             )
         run_dir = resume
+        on_start(run_dir)
         manifest = rundir.Manifest.read(run_dir)
-        manifest.update(status="running", resumed=rundir._now())
+        manifest.update(status="running", resumed=rundir._now(), error=None)
     else:
         run_dir = rundir.create(out_root or exp.output.root, exp.name)
+        stack.enter_context(rundir.Lock(run_dir))
+        on_start(run_dir)
         rundir.write_text(run_dir / "config.yaml", prep.cfg.text)
         manifest = rundir.Manifest.start(
             run_dir,
@@ -303,28 +342,31 @@ def run(
             cells=sum(len(p.plan.cells) for p in preps),
             prompts=len(prep.prompts),
             corruptions=[p.label for p in preps] if labelled else None,
+            inputs=inputs,
         )
-        rundir.write_text(run_dir / "resolved.yaml", _resolved(prep))
-        plan_rows = [
-            {**row, **({"corruption": p.label} if labelled else {})}
-            for p in preps
-            for row in p.plan.to_rows()
-        ]
-        rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in plan_rows))
-    results = rundir.Results(run_dir)
-    results.repair()
-    done = results.done_cells()
     parts = run_dir / "tensors.parts"
     started = time.perf_counter()
+    spent = float(manifest.data.get("seconds") or 0.0)
+    noop_before = int(manifest.data.get("cells_noop") or 0) if resume is not None else 0
+    executors: list[Any] = []
+    try:
+        _write_plan(run_dir, preps)  # rewritten on resume: a kill or a full disk may have lost it
+        results = rundir.Results(run_dir)
+        results.repair()
+        done = results.done_cells()
+        if resume is not None:
+            done = results.verified(done, parts, exp.output.logits)
+    except BaseException as exc:
+        manifest.fail(exc, spent + time.perf_counter() - started, noop_before)
+        raise
     metric_names = [m for m in exp.metrics if m != "top_k"]
     axes = tuple(prep.plan.axes) + (("corruption",) if labelled else ())
     try:
-        executors = []
         with torch.inference_mode():
             todo_total = sum(1 for p in preps for c in p.plan.cells if c.index not in done)
             with _progress(progress, todo_total) as advance:
                 for variant in preps:
-                    executor = runner.Executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
+                    executor = answers.executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
                     executor.prepare()
                     executors.append(executor)
                     todo = [c for c in variant.plan.cells if c.index not in done]
@@ -343,7 +385,7 @@ def run(
                         if tensors:
                             parts.mkdir(exist_ok=True)
                             stamp = f"{int(time.time() * 1000)}-{n_batch:06d}"
-                            save_file(tensors, str(parts / f"part-{stamp}.safetensors"))
+                            rundir.save_tensors(tensors, parts / f"part-{stamp}.safetensors")
                         results.append([o.row for o in outputs])
                         advance(len(outputs))
             rows = results.rows()
@@ -356,7 +398,8 @@ def run(
             }
             if prep.dropped:
                 summary["dropped"] = prep.dropped
-            warnings = _contrast_warnings(summary["prompts"], metric_names)
+            warnings = answers.scoring_warnings(prep.prompts, exp.answer)
+            warnings += _contrast_warnings(summary["prompts"], metric_names)
             if warnings:
                 summary["warnings"] = warnings
             traces = {}
@@ -386,14 +429,16 @@ def run(
                     trace = traces.get(variant.label)
                     suffix = f"_{variant.label}" if labelled else ""
                     plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
+                gridplot.write(run_dir, summary)
     except BaseException as exc:
-        manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
+        manifest.fail(exc, spent + time.perf_counter() - started, noop_before + _noop(executors))
         raise
     manifest.finish(
         "complete",
-        seconds=round(time.perf_counter() - started, 3),
+        error=None,
+        seconds=round(spent + time.perf_counter() - started, 3),
         cells_done=len(rows),
-        cells_noop=sum(e.noop_cells for e in executors),
+        cells_noop=noop_before + _noop(executors),
         shortcuts=(
             {p.label: e.report for p, e in zip(preps, executors, strict=True)}
             if labelled
@@ -401,6 +446,20 @@ def run(
         ),
     )
     return run_dir
+
+
+def _write_plan(run_dir: Path, preps: list[Prepared]) -> None:
+    """resolved.yaml and plan.jsonl (deterministic: a resume rewrites the same bytes)."""
+    labelled = preps[0].label is not None
+    rundir.write_text(run_dir / "resolved.yaml", _resolved(preps[0]))
+    plan_rows = [
+        {**row, **({"corruption": p.label} if labelled else {})} for p in preps for row in p.plan.to_rows()
+    ]
+    rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in plan_rows))
+
+
+def _noop(executors: list[Any]) -> int:
+    return sum(e.noop_cells for e in executors)
 
 
 # below these gaps between the clean and the corrupted run, effects are noise-dominated
@@ -442,6 +501,11 @@ def _prompt_table(executor: Any) -> list[dict[str, Any]]:
                 "base": p.record.base,
                 "tokens": list(p.base_tokens),
                 "subject_span": list(p.subject_span) if p.subject_span else None,
+                "bos": p.bos,
+                "target_ids": list(p.target_ids) if p.target_ids else None,
+                "target_tokens": list(p.target_tokens) if p.target_tokens else None,
+                "foil_ids": list(p.foil_ids) if p.foil_ids else None,
+                "foil_tokens": list(p.foil_tokens) if p.foil_tokens else None,
                 "clean": clean,
                 "corrupted": corrupted,
             }
@@ -455,7 +519,7 @@ def _merge_tensors(
     import shutil
 
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     tensors: dict[str, torch.Tensor] = {}
     if logits != "none":
@@ -467,13 +531,14 @@ def _merge_tensors(
                 tensors[f"{tag}corrupted.prompt{p}"] = v.contiguous()
             for p, v in base.source_logits.items():
                 tensors[f"source.prompt{p}"] = v.contiguous()
+    merged = run_dir / "tensors.safetensors"
+    if merged.exists():  # a resume after an interrupted merge: keep every cell merged before
+        tensors = {**load_file(str(merged)), **tensors}
     if parts.exists():
         for part in sorted(parts.glob("part-*.safetensors")):
             tensors.update(load_file(str(part)))
     if tensors:
-        tmp = run_dir / "tensors.safetensors.tmp"
-        save_file(tensors, str(tmp))
-        tmp.replace(run_dir / "tensors.safetensors")
+        rundir.save_tensors(tensors, merged)
     if parts.exists():
         shutil.rmtree(parts)
 

@@ -39,19 +39,19 @@ class Resolved:
     subspace: tuple[int, ...] | None
 
 
-def _capture(lm: Any, site: Site, text: str) -> torch.Tensor:
-    """The component at `site` for every token of `text`: [seq, dim]."""
+def _capture(lm: Any, site: Site, text: str, bos: bool = False) -> torch.Tensor:
+    """The component at `site` for every token of `text` (BOS first when `bos`): [seq, dim]."""
     import torch
 
-    from ivx import hooks
+    from ivx import hooks, tokenization
 
-    ids = torch.tensor([lm.tokenizer(text, add_special_tokens=False)["input_ids"]], device=lm.device)
+    ids = torch.tensor([tokenization.ids(lm.tokenizer, text, bos)], device=lm.device)
     with torch.inference_mode(), hooks.capturing(lm.model, [site]) as store:
         lm.model(input_ids=ids)
     return store[site][0]
 
 
-def contrast_vector(lm: Any, site: Site, contrast: Any, base_dir: Path) -> torch.Tensor:
+def contrast_vector(lm: Any, site: Site, contrast: Any, base_dir: Path, bos: bool = False) -> torch.Tensor:
     """ActAdd: activation(positive) − activation(negative), or the mean over a JSONL of pairs."""
     import torch
 
@@ -64,7 +64,10 @@ def contrast_vector(lm: Any, site: Site, contrast: Any, base_dir: Path) -> torch
     def pick(acts: torch.Tensor) -> torch.Tensor:
         return acts[-1] if contrast.position == "last" else acts.mean(0)
 
-    diffs = [pick(_capture(lm, site, p["positive"])) - pick(_capture(lm, site, p["negative"])) for p in pairs]
+    diffs = [
+        pick(_capture(lm, site, p["positive"], bos)) - pick(_capture(lm, site, p["negative"], bos))
+        for p in pairs
+    ]
     vector = torch.stack(diffs).mean(0)
     if contrast.normalize:
         vector = vector / vector.norm().clamp_min(1e-12)
@@ -73,10 +76,11 @@ def contrast_vector(lm: Any, site: Site, contrast: Any, base_dir: Path) -> torch
 
 def resolve(lm: Any, exp: Experiment, records: list, base_dir: Path) -> tuple[list[Resolved], dict]:
     """Turn the config's interventions into `Resolved` ones; return them and computed vectors."""
-    from ivx import components, interventions, positions
+    from ivx import components, interventions, positions, tokenization
     from ivx.vectors import load_vector
 
-    prompts = positions.tokenize(lm.tokenizer, records)
+    bos = tokenization.use_bos(lm.tokenizer, exp.model.bos)
+    prompts = tokenization.tokenize(lm.tokenizer, records, bos)
     out: list[Resolved] = []
     saved: dict[str, Any] = {}
     for index, iv in enumerate(exp.interventions):
@@ -86,7 +90,7 @@ def resolve(lm: Any, exp: Experiment, records: list, base_dir: Path) -> tuple[li
         site = components.resolve(lm.model, lm.info, iv.component, layer)
         vector = None
         if iv.contrast is not None:
-            vector = contrast_vector(lm, site, iv.contrast, base_dir).to(lm.device)
+            vector = contrast_vector(lm, site, iv.contrast, base_dir, bos).to(lm.device)
             saved[f"{name}.vector"] = vector.detach().cpu().contiguous()
         elif iv.vector is not None:
             vector = load_vector(iv.vector, name, base_dir).to(lm.device)
@@ -97,7 +101,7 @@ def resolve(lm: Any, exp: Experiment, records: list, base_dir: Path) -> tuple[li
             src = None
             if iv.kind in ("vanilla", "addition", "subtraction") and vector is None and pos:
                 text = p.record.source if p.record.source is not None else p.record.base
-                acts = _capture(lm, site, text)
+                acts = _capture(lm, site, text, bos)
                 spos = pos
                 if iv.source_position is not None:
                     spos = positions.resolve(iv.source_position, acts.shape[0], p.source_subject_span)
@@ -191,16 +195,22 @@ def _choose(logits: torch.Tensor, settings: Generate, gen: torch.Generator) -> t
 
 
 def run_generation(
-    lm: Any, texts: list[str], items: list[Resolved], settings: Generate, seed: int, stream: Any = None
+    lm: Any,
+    texts: list[str],
+    items: list[Resolved],
+    settings: Generate,
+    seed: int,
+    stream: Any = None,
+    bos: bool = False,
 ) -> list[dict[str, Any]]:
     """Generate for every prompt (× num_return_sequences) with `items` applied; left padding."""
     import torch
 
-    from ivx import hooks
+    from ivx import hooks, tokenization
 
     tok = lm.tokenizer
     rows = [i for i in range(len(texts)) for _ in range(settings.num_return_sequences)]
-    prompt_ids = [tok(texts[i], add_special_tokens=False)["input_ids"] for i in rows]
+    prompt_ids = [tokenization.ids(tok, texts[i], bos) for i in rows]
     width = max(len(p) for p in prompt_ids)
     pad = [width - len(p) for p in prompt_ids]
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -273,7 +283,7 @@ def generate_run(
     from safetensors.torch import save_file
 
     from ivx import config as config_mod
-    from ivx import models, rundir
+    from ivx import models, rundir, tokenization
     from ivx.schema import Generate
 
     if quick is not None:
@@ -306,9 +316,10 @@ def generate_run(
     try:
         texts = [r.base for r in cfg.records]
         started = time.perf_counter()
-        plain = run_generation(lm, texts, [], settings, seed)
+        bos = tokenization.use_bos(lm.tokenizer, spec.bos)
+        plain = run_generation(lm, texts, [], settings, seed, bos=bos)
         stream = (lambda s: echo(s, nl=False, err=True)) if settings.stream and echo else None
-        steered = run_generation(lm, texts, items, settings, seed, stream)
+        steered = run_generation(lm, texts, items, settings, seed, stream, bos)
         if stream:
             echo("", err=True)
         lines = []

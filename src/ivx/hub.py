@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Annotated, Any, Protocol
@@ -16,6 +17,7 @@ from typing import Annotated, Any, Protocol
 import typer
 
 SKIP_SUFFIXES = (".tmp",)
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SKIP_DIRS = ("tensors.parts", "checkpoints", "__pycache__")
 
 
@@ -38,9 +40,49 @@ def endpoint() -> str:
     return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection
+READ_TIMEOUT = 60.0  # seconds without a byte from the server; IVX_HUB_TIMEOUT overrides
+_TIMEOUTS_SET: list[tuple[float, float]] = []
+
+
+def timeouts() -> tuple[float, float]:
+    """(connect, read) timeouts in seconds; `IVX_HUB_TIMEOUT` sets both (a server that never
+    answers then fails with a clear error instead of hanging)."""
+    text = os.environ.get("IVX_HUB_TIMEOUT")
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        raise HubError(f"IVX_HUB_TIMEOUT={text!r} must be a number of seconds") from None
+    if value is not None and value > 0:
+        return min(CONNECT_TIMEOUT, value), value
+    return CONNECT_TIMEOUT, READ_TIMEOUT
+
+
+def use_timeouts() -> None:
+    """Give huggingface_hub's shared HTTP client connect and read timeouts (its default has none)."""
+    import httpx2  # huggingface_hub's HTTP client
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils._http import hf_request_event_hook
+
+    connect, read = timeouts()
+    if _TIMEOUTS_SET == [(connect, read)]:
+        return
+
+    def factory() -> httpx2.Client:
+        return httpx2.Client(
+            event_hooks={"request": [hf_request_event_hook]},
+            follow_redirects=True,
+            timeout=httpx2.Timeout(read, connect=connect),
+        )
+
+    set_client_factory(factory)
+    _TIMEOUTS_SET[:] = [(connect, read)]
+
+
 def _client(token: str | None) -> HubClient:
     from huggingface_hub import HfApi
 
+    use_timeouts()
     return HfApi(endpoint=endpoint(), token=token)
 
 
@@ -60,7 +102,8 @@ def files_of(path: Path) -> list[tuple[str, int]]:
     out = []
     for file in sorted(path.rglob("*")):
         rel = file.relative_to(path)
-        if file.is_dir() or file.name.endswith(SKIP_SUFFIXES) or any(p in SKIP_DIRS for p in rel.parts):
+        skipped = file.name.endswith(SKIP_SUFFIXES) or file.name == ".lock"
+        if file.is_dir() or skipped or any(p in SKIP_DIRS for p in rel.parts):
             continue
         out.append((rel.as_posix(), file.stat().st_size))
     return out
@@ -81,6 +124,12 @@ def _explain(exc: Exception, repo: str) -> HubError:
                 f"the token may not write to {repo} (403): check the repository name and token scope"
             )
         return HubError(f"the Hub answered {code} for {repo}: {str(exc).splitlines()[0]}")
+    if isinstance(exc, httpx2.TimeoutException | TimeoutError):
+        connect, read = timeouts()
+        return HubError(
+            f"the Hub at {endpoint()} did not answer in time (connect {connect:g} s, read {read:g} s; "
+            "IVX_HUB_TIMEOUT sets them): check the network or HF_ENDPOINT"
+        )
     if isinstance(exc, httpx2.TransportError | ConnectionError):
         return HubError(
             f"cannot reach the Hub at {endpoint()} ({type(exc).__name__}); check the network or HF_ENDPOINT"
@@ -100,11 +149,10 @@ def push(
     """Upload a bundle or complete run in one commit; returns the URL (or, dry run, the file list)."""
     from huggingface_hub import CommitOperationAdd, get_token
 
+    repo_id(repo)  # the same check as pull, before anything else (also for --dry-run)
     files = files_of(path)
     if dry_run:
         return files
-    if "/" not in repo:
-        raise HubError(f"--repo {repo!r} must look like user/name")
     token = get_token()
     if client is None:
         if not token:
@@ -128,13 +176,21 @@ def push(
     return f"{endpoint()}/{repo}" + (f"/tree/{revision}" if revision else "")
 
 
+
+def repo_id(repo: str) -> str:
+    """Check a Hub repository id (user/name; letters, digits, '.', '_', '-'); return it."""
+    if not REPO_ID.match(repo) or ".." in repo or len(repo) > 96:
+        raise HubError(
+            f"{repo!r} is not a Hub repository id: expected user/name (letters, digits, '.', '_', '-')"
+        )
+    return repo
+
+
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """`hf://user/name@rev` or `user/name@rev` → (repo id, revision or None)."""
     text = ref.removeprefix("hf://")
     repo, _, revision = text.partition("@")
-    if repo.count("/") != 1:
-        raise HubError(f"{ref!r} is not a Hub repository reference (expected user/name[@revision])")
-    return repo, revision or None
+    return repo_id(repo), revision or None
 
 
 def pull(ref: str, out: Path | None = None) -> Path:
@@ -142,6 +198,7 @@ def pull(ref: str, out: Path | None = None) -> Path:
     from huggingface_hub import snapshot_download
 
     repo, revision = parse_ref(ref)
+    use_timeouts()
     try:
         local = Path(snapshot_download(repo, revision=revision, endpoint=endpoint()))
     except Exception as exc:  # noqa: BLE001
@@ -161,18 +218,33 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
+    def check(ref: str) -> None:
+        """A malformed repository id is a user error (exit 2), for push and pull alike."""
+        try:
+            parse_ref(ref)
+        except HubError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
     @app.command("save")
     def save_command(
         run_dir: Annotated[
             Path, typer.Argument(help="A finished run with computed or trained interventions.")
         ],
         out: Annotated[Path, typer.Option("--out", help="Bundle directory to write.")],
+        point: Annotated[
+            int | None,
+            typer.Option("--point", help="`ivx train` runs: this grid point (default: bundle/'s best)."),
+        ] = None,
     ) -> None:
         """Turn a run's vectors / trained parameters into an intervention bundle."""
-        from ivx import bundle
+        from ivx import bundle, train_report
 
         try:
-            path = bundle.from_run(run_dir, out)
+            if point is not None:
+                path = train_report.export_point(run_dir, point, out)
+            else:
+                path = bundle.from_run(run_dir, out)
         except bundle.BundleError as exc:
             fail(exc)
         typer.echo(str(path))
@@ -189,6 +261,7 @@ def register(app: typer.Typer) -> None:
         message: Annotated[str | None, typer.Option("--message", help="Commit message.")] = None,
     ) -> None:
         """Publish a bundle or a finished run to the Hugging Face Hub in one commit."""
+        check(repo)
         try:
             result = push(path, repo, private, revision, dry_run, message)
         except HubError as exc:
@@ -208,6 +281,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option("--out", help="Copy the files into this directory.")] = None,
     ) -> None:
         """Download a bundle or run from the Hub (cached in the usual HF cache)."""
+        check(ref)
         try:
             path = pull(ref, out)
         except HubError as exc:

@@ -297,6 +297,17 @@ def _edits(
     ]
 
 
+def count(cfg: LoadedConfig, info: Any, prompts: list[TokenizedPrompt]) -> int:
+    """Cells `expand` would make (per corruption variant), without building any of them."""
+    total = 0
+    for prompt in prompts:
+        n = 1
+        for values in _axis_values(cfg, info, prompt, []).values():
+            n *= len(values)
+        total += n
+    return total
+
+
 def expand(cfg: LoadedConfig, info: Any, prompts: list[TokenizedPrompt]) -> Plan:
     """Cells for every prompt × grid point; raise ConfigError with every model-aware problem."""
     exp = cfg.experiment

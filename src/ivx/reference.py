@@ -68,6 +68,7 @@ VALIDATED = {
     + " | list | $axis",
     "_check_head": "int | list[int] | 'all' | $axis | null",
     "_check_positive": "int > 0 | $axis | null",
+    "_check_sever": " | ".join(repr(k) for k in schema.SEVERABLE) + " | 'none' | $axis | null",
 }
 
 

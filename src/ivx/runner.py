@@ -435,38 +435,15 @@ class Executor:
         return float(weight[ids].std())
 
     def _replacements(self) -> dict[int, tuple[int, ...]]:
-        """Symmetric token replacement: swap each subject for another of the same token length."""
-        import random
+        """Symmetric token replacement: swap each subject for another (`tokenization.replacements`)."""
+        from ivx import tokenization
 
-        rng = random.Random(self.exp.seed)
-        by_len: dict[int, list[TokenizedPrompt]] = defaultdict(list)
-        for p in self.prompts.values():
-            if p.subject_span:
-                by_len[p.subject_span[1] - p.subject_span[0]].append(p)
-        out: dict[int, tuple[int, ...]] = {}
-        problems = []
-        for p in self.prompts.values():
-            if not p.subject_span:
-                problems.append(self.cfg.problem(("corrupt", "kind"), f"prompt {p.index} has no subject"))
-                continue
-            start, end = p.subject_span
-            mine = p.base_ids[start:end]
-            others = [q for q in by_len[end - start] if q.base_ids[slice(*q.subject_span)] != mine]
-            if not others:
-                problems.append(
-                    self.cfg.problem(
-                        ("corrupt", "kind"),
-                        f"prompt {p.index}: no other subject with {end - start} tokens to swap in",
-                    )
-                )
-                continue
-            other = rng.choice(others)
-            assert other.subject_span is not None
-            swap = other.base_ids[slice(*other.subject_span)]
-            out[p.index] = p.base_ids[:start] + swap + p.base_ids[end:]
-        if problems:
-            raise ConfigError(problems)
-        return out
+        try:
+            return tokenization.replacements(self.lm.tokenizer, list(self.prompts.values()), self.exp.seed)
+        except tokenization.TokenizationError as exc:
+            raise ConfigError(
+                [self.cfg.problem(("corrupt", "kind"), f"prompt {i}: {m}") for i, _, m in exc.problems]
+            ) from None
 
     # ---- cells --------------------------------------------------------------------------------
     def _source_values(self, cell: Cell, edit: Any, site: Site) -> torch.Tensor | None:

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    StrictBool,
     Tag,
     field_validator,
     model_validator,
@@ -85,6 +86,10 @@ METRICS: tuple[str, ...] = (
     "indirect_effect_norm",
     "top_k",
 )
+
+# per-(seed, prompt, sample) noise seeds are seed × ~10^10 + ...: they must stay below 2^64
+MAX_SEED = 2**30 - 1
+MAX_ROWS_PER_BATCH = 1_000_000
 
 REF = re.compile(r"^\$[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -186,6 +191,18 @@ def _check_positive(value: Any) -> Any:
     return value
 
 
+SEVERABLE: tuple[str, ...] = ("mlp_output", "attention_output")
+
+
+def _check_sever(value: Any) -> Any:
+    if value is None or value == "none":
+        return None
+    if is_ref(value) or value in SEVERABLE:
+        return value
+    raise ValueError(f"sever {value!r} must be one of {', '.join(SEVERABLE)}, none, or a $axis reference")
+
+
+Sever = Annotated[Any, AfterValidator(_check_sever)]
 PositiveOrRef = Annotated[Any, AfterValidator(_check_positive)]
 Position = Annotated[Any, AfterValidator(check_position)]
 Layer = Annotated[Any, AfterValidator(_check_layer)]
@@ -212,7 +229,7 @@ def check_window(value: Any) -> Any:
 class Strict(BaseModel):
     """Base for every schema section: unknown keys are errors, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -224,7 +241,26 @@ class ModelSpec(Strict):
         "auto", description="Weights dtype; auto = float32 on CPU."
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
-    trust_remote_code: bool = Field(False, description="Allow the model's own code from the Hub.")
+    trust_remote_code: StrictBool = Field(
+        False,
+        description="Allow the model's own code from the Hub. Only the YAML booleans true/false are "
+        "accepted (not yes, on, 1 or 'true'): running downloaded code must be asked for exactly.",
+    )
+    bos: Literal["auto"] | bool = Field(
+        "auto",
+        description="Put a BOS token first in every prompt: auto = as the tokenizer does by default "
+        "(Llama/Mistral/Gemma yes, GPT-2/Pythia no), or force true/false. Positions count it.",
+    )
+
+    @field_validator("trust_remote_code", mode="before")
+    @classmethod
+    def _strict_trust(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(
+                f"trust_remote_code accepts only true or false (got {value!r}): running a model's own "
+                "code must be asked for exactly"
+            )
+        return value
 
     @field_validator("device")
     @classmethod
@@ -237,24 +273,74 @@ class ModelSpec(Strict):
 class PromptRecord(Strict):
     """One prompt record: the base run, optional counterfactual source run, answers, subject."""
 
-    base: str = Field(description="The prompt the intervention is applied to.")
+    base: str = Field(description="The prompt the intervention is applied to (not blank).")
     source: str | None = Field(None, description="Counterfactual prompt activations are copied from.")
-    target: str | None = Field(None, description="Expected answer; its first token is scored.")
+    target: str | None = Field(
+        None,
+        description="Expected answer, e.g. ' Paris' (with its space); scored as the first token that "
+        "follows base when base + target is tokenized.",
+    )
     foil: str | None = Field(None, description="Alternative answer for logit differences.")
-    subject: str | None = Field(None, description="Substring of base; positions `subject*` use it.")
+    subject: str | None = Field(
+        None,
+        description="Substring of base, matched on token and word boundaries; positions `subject*` use it.",
+    )
+    subject_occurrence: int | None = Field(
+        None,
+        ge=1,
+        description="Which occurrence of subject in base (1 = first) when it occurs more than once.",
+    )
+
+    @field_validator("base")
+    @classmethod
+    def _base_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("base is empty; a prompt needs at least one token")
+        return value
 
     @model_validator(mode="after")
     def _subject_in_base(self) -> PromptRecord:
         if self.subject is not None and self.subject not in self.base:
             raise ValueError(f"subject {self.subject!r} does not occur in base {self.base!r}")
+        if self.subject_occurrence is not None and self.subject is None:
+            raise ValueError("subject_occurrence needs a `subject`")
         return self
 
 
 class PromptFile(Strict):
-    """`prompts: {file: ...}` a JSONL file of prompt records (relative to the config file)."""
+    """`prompts: {file: ...}` or `{dataset: ...}`: prompt records from a file or a `datasets` dataset."""
 
-    file: str = Field(description="JSONL file, one prompt record per line.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N records.")
+    file: str | None = Field(
+        None,
+        description="JSONL file of records (relative to the config file), or a JSON array such as ROME's "
+        "known_1000.json or CounterFact.",
+    )
+    dataset: str | None = Field(
+        None,
+        description="A Hugging Face `datasets` name, or a local directory (save_to_disk, JSON or Parquet "
+        "files); needs `pip install ivx-interventions[datasets]`.",
+    )
+    split: str = Field("train", description="Dataset split.")
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Record field → column name (dotted for nested columns), e.g. {target: target_true}.",
+    )
+    format: Literal["auto", "records", "known_1000", "counterfact"] = Field(
+        "auto",
+        description="Row layout: records (ivx's fields), known_1000 (ROME: prompt, subject, attribute), "
+        "counterfact (requested_rewrite: target_true → target, target_new → foil); auto detects it.",
+    )
+    limit: int | None = Field(None, ge=1, description="Use only the first N records (reading stops there).")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptFile:
+        if (self.file is None) == (self.dataset is None):
+            raise ValueError("give either `file` or `dataset`")
+        fields = PromptRecord.model_fields
+        for key in self.columns:
+            if key not in fields:
+                raise ValueError(f"columns key {key!r} is not a record field; allowed: {', '.join(fields)}")
+        return self
 
 
 class Corrupt(Strict):
@@ -269,8 +355,17 @@ class Corrupt(Strict):
     sigma: float | Literal["subjects", "embeddings"] = Field(
         "subjects",
         description="subjects: std of the subjects' token embeddings over the dataset; "
-        "embeddings: std of the whole embedding matrix; or a fixed number.",
+        "embeddings: std of the whole embedding matrix; or a fixed number > 0.",
     )
+
+    @field_validator("sigma", mode="before")
+    @classmethod
+    def _sigma(cls, value: Any) -> Any:
+        if value in ("subjects", "embeddings"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+            raise ValueError(f"sigma {value!r} must be 'subjects', 'embeddings' or a finite number > 0")
+        return value
 
 
 class Contrast(Strict):
@@ -334,10 +429,11 @@ class Intervention(Strict):
         "prompt",
         description="ivx generate: intervene on prompt positions, on every generated token, or both.",
     )
-    sever: Literal["mlp_output", "attention_output"] | None = Field(
+    sever: Sever = Field(
         None,
-        description="Causal tracing with severed paths: hold this component of every later layer "
-        "at its corrupted value (all positions) while restoring this site.",
+        description="Causal tracing with severed paths: hold this component (mlp_output or "
+        "attention_output) of every later layer at its corrupted value (all positions) while "
+        "restoring this site; none, or a $axis to compare them (ROME Fig. 3).",
     )
     temperature: list[float] | None = Field(
         None, description="boundless_das: boundary temperature schedule [start, end]."
@@ -389,7 +485,17 @@ class Output(Strict):
 class Batch(Strict):
     """`batch:` how many sequences go through the model at once."""
 
-    size: int | Literal["auto"] = Field("auto", description="Rows per forward pass, or auto.")
+    size: int | Literal["auto"] = Field("auto", description="Rows per forward pass (≥ 1), or auto.")
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_BATCH:
+            raise ValueError(f"batch.size {value!r} must be 'auto' or an integer 1..{MAX_ROWS_PER_BATCH:,}")
+        return value
+
     memory_gb: float = Field(2.0, gt=0, description="Activation-memory budget for auto.")
     prefix_reuse: bool = Field(
         True,
@@ -442,7 +548,9 @@ class Generate(Strict):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
     top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens.")
-    seed: int | None = Field(None, description="Sampling seed (default: the experiment seed).")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Sampling seed (default: the experiment seed)."
+    )
     stop: list[str] = Field(default_factory=list, description="Stop when any of these strings appears.")
     num_return_sequences: int = Field(1, ge=1, le=64, description="Continuations per prompt.")
     use_cache: bool = Field(True, description="Decode with the KV cache (results are identical).")
@@ -533,7 +641,9 @@ class Experiment(Strict):
         None, description="Free text for readers of the config (copied into the run as config.yaml)."
     )
     model: ModelSpec = Field(description="The model: see section `model`.")
-    seed: int = Field(0, description="Seeds noise draws, sampling and training.")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description=f"Seeds noise draws, sampling and training (0..{MAX_SEED})."
+    )
     prompts: Prompts = Field(
         description="Inline list of records (section `prompts`) or {file: data.jsonl, limit: N}."
     )
@@ -552,6 +662,12 @@ class Experiment(Strict):
     )
     metrics: list[str] = Field(
         default_factory=lambda: ["target_prob"], description="Any of: " + ", ".join(METRICS) + "."
+    )
+    answer: Literal["first_token", "full"] = Field(
+        "first_token",
+        description="What target_prob scores: the first token that follows the prompt (ROME), or the "
+        "whole target by teacher forcing (the product of its tokens' probabilities; exact, but the "
+        "batch shortcuts are off). logit_diff metrics need first_token.",
     )
     method: Literal["exact", "attribution"] = Field(
         "exact",
@@ -592,6 +708,16 @@ class Experiment(Strict):
                 hint = f"did you mean {near[0]!r}? " if near else ""
                 raise ValueError(f"unknown metric {metric!r}; {hint}valid: {', '.join(METRICS)}")
         return value
+
+    @model_validator(mode="after")
+    def _full_answer(self) -> Experiment:
+        if self.answer == "full" and self.method == "attribution":
+            raise ValueError("answer: full needs method: exact (attribution estimates first-token metrics)")
+        if self.answer == "full" and {"logit_diff", "logit_diff_norm"} & set(self.metrics):
+            raise ValueError(
+                "answer: full scores the target only; logit_diff metrics need answer: first_token"
+            )
+        return self
 
     @field_validator("sweep")
     @classmethod

@@ -40,6 +40,16 @@ def bound_axes(prep: Any) -> dict[str, str]:
     return out
 
 
+def panel(row: dict[str, Any], prep: Any) -> str:
+    """The panel a traced cell belongs to: its component, plus the values of any other sweep axis
+    (e.g. `block_output | sever=mlp_output`), so conditions are aggregated apart, never mixed."""
+    axes = bound_axes(prep)
+    default = str(prep.cfg.experiment.interventions[0].component)
+    comp = str(row[axes["component"]]) if "component" in axes else default
+    extra = [a for a in prep.plan.axes if a not in axes.values()]
+    return comp + "".join(f" | {a}={row.get(a) if row.get(a) is not None else 'none'}" for a in extra)
+
+
 def plot_metric(metrics: list[str]) -> str | None:
     """The metric a heatmap shows: the most informative one that was computed."""
     for name in PLOT_METRICS:
@@ -68,7 +78,6 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str,
     axes = bound_axes(prep)
     metric = plot_metric(prep.cfg.experiment.metrics)
     assert metric is not None
-    default_component = str(prep.cfg.experiment.interventions[0].component)
     n_layers = prep.lm.info.n_layers
     prompts = {p.index: p for p in prep.prompts}
     # per component → category → layer → fact → values (several tokens can share a category)
@@ -82,11 +91,11 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str,
         value = row.get(metric)
         if not isinstance(value, int | float):
             continue
-        comp = str(row[axes["component"]]) if "component" in axes else default_component
+        comp = panel(row, prep)
         layer = int(row[axes["layer"]])
         pos = int(row[axes["position"]])
         p = prompts[row["prompt_index"]]
-        cat = category(pos, p.length, p.subject_span)
+        cat = category(pos, p.length, p.subject_span, p.bos)
         per_fact[comp][cat][layer][p.index].append(float(value))
         by_pos[comp][pos][layer].append(float(value))
     lengths = {p.length for p in prep.prompts}
@@ -135,7 +144,7 @@ def position_labels(prompts: list[Any]) -> list[str]:
     labels = []
     for pos, token in enumerate(prompts[0].base_tokens):
         shared = all(p.base_ids[pos] == prompts[0].base_ids[pos] for p in prompts)
-        text = token.strip() or repr(token)
+        text = "BOS" if pos == 0 and prompts[0].bos else (token.strip() or repr(token))
         labels.append(text if shared else f"({text})")
     return labels
 

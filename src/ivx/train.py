@@ -204,7 +204,7 @@ def train_run(
     import yaml
     from safetensors.torch import save_file
 
-    from ivx import bundle, components, models, plan, positions, rundir
+    from ivx import bundle, components, models, plan, rundir, tokenization, train_report
     from ivx import config as config_mod
     from ivx.config import ConfigError
     from ivx.schema import TRAINABLE_KINDS, Train, is_ref
@@ -232,7 +232,7 @@ def train_run(
     for param in lm.model.parameters():  # the model is frozen: only the intervention trains
         param.requires_grad_(False)
     records = cfg.records[: settings.max_records] if settings.max_records else cfg.records
-    prompts = positions.tokenize(lm.tokenizer, records)
+    prompts = tokenization.for_config(cfg, lm.tokenizer, records)
     plan.expand(cfg, lm.info, prompts[:1])  # model-aware checks (layers, positions) before training
     held_idx, train_idx = split(len(prompts), settings.eval_split, exp.seed)
     if resume is not None:
@@ -335,58 +335,14 @@ def train_run(
         rundir.write_text(run_dir / "interventions.yaml", yaml.safe_dump({"interventions": [best[1]]}))
         summary = {"points": results, "best_point": best[3], "best_iia": best[0], "axes": axes}
         rundir.write_json(run_dir / "summary.json", summary)
-        _plots(run_dir, results, axes)
+        train_report.write(run_dir, summary)
+        with (run_dir / "bundle" / "README.md").open("a") as fh:
+            fh.write(train_report.bundle_note(summary, run_dir))
     except BaseException as exc:
         manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
     manifest.finish("complete", seconds=round(time.perf_counter() - started, 1))
     return run_dir
-
-
-def _plots(run_dir: Path, results: list[dict[str, Any]], axes: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    (run_dir / "plots").mkdir(exist_ok=True)
-    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2), constrained_layout=True)
-    for point in sorted({h["point"] for h in history}):
-        rows = [h for h in history if h["point"] == point]
-        label = ", ".join(f"{a}={rows[0][a]}" for a in axes) or "site"
-        ax1.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], marker="o", ms=3, label=label)
-        ax2.plot([r["epoch"] for r in rows], [r["iia"] for r in rows], marker="o", ms=3, label=label)
-    ax1.set_xlabel("epoch"), ax1.set_ylabel("training loss"), ax2.set_xlabel("epoch")
-    ax2.set_ylabel("held-out IIA"), ax2.set_ylim(0, 1.02)
-    if len(results) <= 8:
-        ax2.legend(fontsize=7)
-    fig.savefig(run_dir / "plots" / "training.png", dpi=110)
-    plt.close(fig)
-    if not axes:
-        return
-    import numpy as np
-
-    x_axis = axes[0]
-    y_axis = axes[1] if len(axes) > 1 else None
-    xs = sorted({r[x_axis] for r in results}, key=str)
-    ys = sorted({r[y_axis] for r in results}, key=str) if y_axis else [None]
-    grid = np.full((len(ys), len(xs)), np.nan)
-    for r in results:  # if more than two axes, the best over the rest is shown
-        i, j = ys.index(r[y_axis]) if y_axis else 0, xs.index(r[x_axis])
-        grid[i, j] = np.nanmax([grid[i, j], r["iia"]])
-    fig, ax = plt.subplots(figsize=(2.5 + 0.8 * len(xs), 2 + 0.5 * len(ys)), constrained_layout=True)
-    image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
-    ax.set_yticks(range(len(ys)), [str(y) for y in ys])
-    ax.set_xlabel(x_axis)
-    ax.set_ylabel(y_axis or "")
-    for i in range(len(ys)):
-        for j in range(len(xs)):
-            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(image, ax=ax, label="held-out IIA")
-    fig.savefig(run_dir / "plots" / "iia.png", dpi=110)
-    plt.close(fig)
 
 
 def register(app: typer.Typer) -> None:
@@ -425,4 +381,8 @@ def register(app: typer.Typer) -> None:
         except (ModelLoadError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        from ivx import train_report
+
+        summary = json.loads((run_dir / "summary.json").read_text())
+        typer.echo(train_report.iia_table(summary), err=True)
         typer.echo(str(run_dir))

@@ -40,9 +40,24 @@ def load_vector(ref: str, name: str, base_dir: Path) -> torch.Tensor:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return _pick(load_file(str(path)), name, str(path)).float()
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type
+            raise VectorError(f"vector file {path} is not a readable safetensors file ({exc})") from None
+        return _pick(tensors, name, str(path)).float()
     if path.suffix in (".pt", ".pth", ".bin"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        import pickle
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VectorError(
+                f"vector file {path} cannot be loaded safely (only plain tensors, no pickled code): {first}"
+            ) from None
         if isinstance(obj, torch.Tensor):
             return obj.float()
         if isinstance(obj, dict):

@@ -38,6 +38,9 @@ OFFLINE_RUNS = {
     "activation_patching.yaml": ["prompts.limit=4"],
     "causal_trace.yaml": ["prompts.limit=5", "corrupt.samples=2", "trace.plots_per_fact=1"],
     "das_eval.yaml": ["prompts.limit=10"],
+    "activation_patching_heads.yaml": ["prompts.limit=2"],
+    "causal_trace_severed.yaml": ["prompts.limit=3", "corrupt.samples=2", "sweep.layer=[0,2]"],
+    "causal_trace_corruptions.yaml": ["prompts.limit=30", "corrupt.0.samples=2", "sweep.layer=[1]", "sweep.component=[block_output]"],
 }
 
 
@@ -87,6 +90,65 @@ def test_train_config_runs_through_cli(tmp_path: Path) -> None:
     run_dir = Path(result.output.strip().splitlines()[-1])
     assert (run_dir / "bundle" / "ivx_bundle.json").is_file() and (run_dir / "metrics.jsonl").is_file()
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "complete"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    point = summary["points"][0]
+    assert "held-out IIA (random-basis control)" in result.output
+    row = next(line for line in result.output.splitlines() if line.startswith("site "))
+    assert row.split() == ["site", f"{point['iia']:.3f}", f"{point['control_iia']:.3f}"]
+    assert "holds point 0" in (run_dir / "bundle" / "README.md").read_text()
+    assert (run_dir / "plots" / "training.png").is_file()
+
+
+def test_das_eval_prints_its_metrics(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["run", str(ROOT / "configs" / "das_eval.yaml"), "--out", str(tmp_path), "--set", "prompts.limit=10"]
+    )
+    assert result.exit_code == 0, result.output
+    run_dir = Path(result.output.strip().splitlines()[-1])
+    entry = json.loads((run_dir / "summary.json").read_text())["grid"][0]
+    line = next(x for x in result.output.splitlines() if x.startswith("target_prob"))
+    assert line.split()[1:4] == [f"{entry['target_prob']:.3f}", f"{entry['target_prob_stderr']:.3f}", "10"]
+
+
+def test_severed_trace_aggregates_conditions_apart(tmp_path: Path) -> None:
+    sets = ["prompts.limit=3", "corrupt.samples=2", "sweep.layer=[0]", "trace.select_correct=false"]
+    result = runner.invoke(
+        app,
+        ["run", str(ROOT / "configs" / "causal_trace_severed.yaml"), "--out", str(tmp_path), "-q"]
+        + [x for s in sets for x in ("--set", s)],
+    )
+    assert result.exit_code == 0, result.output
+    run_dir = Path(result.output.strip().splitlines()[-1])
+    trace = json.loads((run_dir / "summary.json").read_text())["trace"]
+    assert list(trace["components"]) == [
+        "block_output | sever=none",
+        "block_output | sever=mlp_output",
+        "block_output | sever=attention_output",
+    ]
+    rows = [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
+    # restoring the last token's final-layer-0 state: nothing later is severed on the MLP side
+    # beyond what that state carries, so each condition's mean is its own rows' mean
+    for cond in ("none", "mlp_output", "attention_output"):
+        mine = [r for r in rows if r["sever"] == cond]
+        last = [r["indirect_effect"] for r in mine if r["position"] == max(x["position"] for x in mine if x["prompt_index"] == r["prompt_index"])]
+        got = trace["components"][f"block_output | sever={cond}"]["by_category"]["last"]["mean"][0]
+        assert got == pytest.approx(sum(last) / len(last))
+    from ivx import plots
+
+    assert (run_dir / "plots" / "severed.png").is_file()
+    fig = plots.severed_figure(trace)  # ROME Fig. 3: one bar group per layer, one bar per condition
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "nothing severed",
+        "MLPs severed",
+        "attention severed",
+    ]
+    from matplotlib.container import BarContainer
+
+    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+    for container, key in zip(bars, trace["components"], strict=True):
+        expected = trace["components"][key]["by_category"]["subject_last"]["mean"][0]
+        assert container.patches[0].get_height() == pytest.approx(expected)
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -152,3 +152,14 @@ def test_yaml_12_booleans_keep_on_as_a_key(tmp_path: Path) -> None:
     cfg = config.load(write(tmp_path, GOOD.replace("    position: last", "    position: last\n    on: all")))
     assert cfg.experiment.interventions[0].on == "all"
     assert config.parse("a: yes\nb: true\non: off") == {"a": "yes", "b": True, "on": "off"}
+
+
+def test_sever_takes_none_a_component_or_an_axis(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace("    position: last\n", "    position: last\n    sever: mlp\n"))
+    found = problems(path)
+    assert len(found) == 1 and "exp.yaml:14  interventions[0].sever" in found[0]
+    assert "'mlp'" in found[0] and "mlp_output, attention_output, none" in found[0]
+    ok = config.load(path, ("interventions.0.sever=none",))
+    assert ok.experiment.interventions[0].sever is None
+    swept = config.load(path, ("interventions.0.sever=$layer",))
+    assert swept.experiment.interventions[0].sever == "$layer"

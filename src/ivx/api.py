@@ -1,0 +1,171 @@
+"""The Python entry point: run an experiment from a file or a dict, load a run directory.
+
+import ivx
+r = ivx.run("configs/activation_patching.yaml", prompts={"limit": 5})
+r.results          # pandas DataFrame, one row per cell × prompt
+r.summary["grid"]  # mean ± standard error per grid point
+r.plot()           # the sweep figure of the main metric (a matplotlib Figure)
+ivx.load_run("runs/20261122-140512_activation_patching").tensors["clean.prompt0"]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+
+class Tensors(Mapping[str, Any]):
+    """A run's tensors.safetensors, read one tensor at a time on access."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @cached_property
+    def _keys(self) -> list[str]:
+        from safetensors import safe_open
+
+        if not self.path.is_file():
+            return []
+        with safe_open(str(self.path), framework="pt") as fh:
+            return list(fh.keys())
+
+    def __getitem__(self, key: str) -> Any:
+        from safetensors import safe_open
+
+        if key not in self._keys:
+            raise KeyError(key)
+        with safe_open(str(self.path), framework="pt") as fh:
+            return fh.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class Run:
+    """A run directory: its manifest, summary, results table, tensors and figures."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not (self.path / "manifest.json").is_file():
+            raise FileNotFoundError(f"{self.path} is not an ivx run directory (no manifest.json)")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, status={self.manifest.get('status')!r})"
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """manifest.json (versions, model, status, timings)."""
+        return json.loads((self.path / "manifest.json").read_text())
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """summary.json (per grid point: mean, standard error and count of every metric)."""
+        file = self.path / "summary.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    @cached_property
+    def results(self) -> Any:
+        """results.jsonl as a pandas DataFrame: one row per cell × prompt."""
+        import pandas as pd
+
+        file = self.path / "results.jsonl"
+        lines = file.read_text().splitlines() if file.is_file() else []
+        return pd.DataFrame([json.loads(line) for line in lines if line.strip()])
+
+    @cached_property
+    def tensors(self) -> Tensors:
+        """tensors.safetensors as a lazy mapping name → torch.Tensor."""
+        return Tensors(self.path / "tensors.safetensors")
+
+    def table(self) -> str:
+        """The terminal table `ivx run` printed (trace tables for layer × position sweeps)."""
+        from ivx import report, tracing
+
+        summary = self.summary
+        traces = summary.get("traces") or ({None: summary["trace"]} if summary.get("trace") else {})
+        if traces:
+            return "\n\n".join(
+                (f"== {label} corruption ==\n" if label else "") + tracing.table_text(trace)
+                for label, trace in traces.items()
+            )
+        if "points" in summary:  # an `ivx train` run
+            from ivx import train_report
+
+            return train_report.iia_table(summary)
+        return report.table(summary)
+
+    def plot(self, metric: str | None = None) -> Any:
+        """The sweep figure of one metric (default: the main one); None for a single point."""
+        from ivx import gridplot, report
+
+        name = metric or report.primary_metric(self.summary.get("metrics", []))
+        return gridplot.figure(self.summary, name) if name else None
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run directory."""
+    return Run(path)
+
+
+def _flatten(prefix: str, value: Any) -> list[str]:
+    if isinstance(value, dict) and value:
+        return [item for k, v in value.items() for item in _flatten(f"{prefix}.{k}", v)]
+    return [f"{prefix}={json.dumps(value)}"]
+
+
+PATH_FIELDS = (("prompts", "file"),)
+INTERVENTION_PATHS = ("vector", "bundle")
+
+
+def _absolute(config: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of a config dict whose relative file references point under `base`."""
+    import copy
+
+    out = copy.deepcopy(config)
+
+    def fix(holder: Any, key: str) -> None:
+        value = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(value, str) and not value.startswith(("hf://", "$")) and not Path(value).is_absolute():
+            holder[key] = str((base / value).resolve())
+
+    fix(out.get("prompts"), "file")
+    for iv in out.get("interventions") or []:
+        for key in INTERVENTION_PATHS:
+            fix(iv, key)
+        fix(iv.get("contrast") if isinstance(iv, dict) else None, "file")
+    return out
+
+
+def run(
+    config: str | Path | dict[str, Any],
+    *,
+    out: str | Path | None = None,
+    progress: bool = False,
+    **overrides: Any,
+) -> Run:
+    """Run an experiment (a YAML path or a config dict) and return its Run.
+
+    Keyword overrides are fields of the experiment file, e.g. `prompts={"limit": 5}` or
+    `seed=3`; relative files in a dict resolve against the current directory.
+    """
+    import tempfile
+
+    import yaml
+
+    from ivx import experiment
+
+    sets = tuple(item for key, value in overrides.items() for item in _flatten(key, value))
+    if isinstance(config, dict):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(yaml.safe_dump(_absolute(config, Path.cwd()), sort_keys=False))
+            run_dir = experiment.run(path, sets, str(out) if out else None, progress=progress)
+    else:
+        run_dir = experiment.run(config, sets, str(out) if out else None, progress=progress)
+    return Run(run_dir)

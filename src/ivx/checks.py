@@ -1,0 +1,87 @@
+"""Model-aware limits checked before anything runs: prompt lengths, plan size, referenced files.
+
+Everything `ivx run` would reject here is rejected by `ivx validate` too, in the same
+`file:line  dotted.path  message` form.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ivx.config import ConfigError, LoadedConfig, Problem
+
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
+
+
+def max_positions(lm: Any) -> int | None:
+    """The longest sequence the model's position embeddings cover, when its config says."""
+    config = getattr(lm.model, "config", None)
+    for key in POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def model_limits(cfg: LoadedConfig, lm: Any, prompts: list, max_cells: int | None) -> None:
+    """Prompts must fit the model's positions; the plan must stay under `max_cells` cells."""
+    from ivx import plan
+
+    problems: list[Problem] = []
+    limit = max_positions(lm)
+    for p in prompts if limit else []:
+        for run, ids in (("base", p.base_ids), ("source", p.source_ids)):
+            if ids is not None and len(ids) > limit:
+                problems.append(
+                    cfg.problem(
+                        ("prompts",),
+                        f"prompt {p.index} {run} is {len(ids)} tokens; {lm.name} takes at most {limit} "
+                        "positions (max_position_embeddings): shorten it",
+                    )
+                )
+    if problems:
+        raise ConfigError(problems[:20])
+    if max_cells is None:
+        return
+    variants = len(cfg.experiment.corrupt) if isinstance(cfg.experiment.corrupt, list) else 1
+    cells = plan.count(cfg, lm.info, prompts) * variants
+    if cells > max_cells:
+        raise ConfigError(
+            [
+                cfg.problem(
+                    ("sweep",),
+                    f"the plan has {cells:,} cells (prompts × sweep grid), above --max-cells {max_cells:,}; "
+                    "its cells alone take ~1.2 KB each before any runs: narrow the sweep or use fewer "
+                    "prompts, or pass --force / a larger --max-cells",
+                )
+            ]
+        )
+
+
+def reference(cfg: LoadedConfig, loc: tuple, path: Path) -> list[Problem]:
+    """A referenced bundle or vector file must be intact (hashes, format) before anything runs."""
+    import pickle
+
+    from ivx import bundle, vectors
+
+    try:
+        if (path / bundle.MANIFEST).is_file() or loc[-1] == "bundle":
+            bundle.verify(path)
+        else:
+            iv = cfg.experiment.interventions[loc[1]]
+            vectors.load_vector(str(path.resolve()), iv.name or f"iv{loc[1]}", cfg.path.parent)
+    except (bundle.BundleError, vectors.VectorError, pickle.UnpicklingError) as exc:
+        return [cfg.problem(loc, " ".join(str(exc).split()))]
+    return []
+
+
+def hub_reference(cfg: LoadedConfig, loc: tuple, ref: str) -> list[Problem]:
+    """An `hf://user/name[@revision]` reference must at least be well formed."""
+    from ivx import hub
+
+    try:
+        hub.parse_ref(ref)
+    except hub.HubError as exc:
+        return [cfg.problem(loc, str(exc))]
+    return []

@@ -1,0 +1,97 @@
+"""Run directories as a collection: `ivx ls`, `ivx show RUN`, `ivx compare RUN_A RUN_B`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ivx import report
+
+
+def listing(root: Path) -> list[dict[str, Any]]:
+    """One row per run directory under `root` (oldest first): name, status, cells, time, created."""
+    out = []
+    for manifest_file in sorted(root.glob("*/manifest.json")):
+        manifest = json.loads(manifest_file.read_text())
+        seconds = manifest.get("seconds")
+        out.append(
+            {
+                "run": manifest_file.parent.name,
+                "name": manifest.get("name", ""),
+                "kind": manifest.get("kind", "run"),
+                "status": manifest.get("status", "?"),
+                "cells": manifest.get("cells_done", manifest.get("cells", "")),
+                "wall time": f"{seconds:.1f} s" if isinstance(seconds, int | float) else "-",
+                "created": str(manifest.get("started", ""))[:19].replace("T", " "),
+            }
+        )
+    return out
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): every shared metric at every grid point of A, with B's value and B − A."""
+    axes = [x for x in a.get("axes", []) if x in b.get("axes", [])]
+    metrics = [m for m in a.get("metrics", []) if m in b.get("metrics", [])]
+    index = {json.dumps([e.get(x) for x in axes]): e for e in b.get("grid", [])}
+    header = [*axes] + [h for m in metrics for h in (f"{m} A", f"{m} B", "Δ")]
+    rows = []
+    for entry in a.get("grid", []):
+        other = index.get(json.dumps([entry.get(x) for x in axes]), {})
+        cells = []
+        for m in metrics:
+            va, vb = entry.get(m), other.get(m)
+            both = isinstance(va, int | float) and isinstance(vb, int | float)
+            delta = f"{vb - va:+.3f}" if both else "-"  # type: ignore[operator]
+            cells += [_num(va), _num(vb), delta]
+        rows.append([report.label(entry.get(x)) for x in axes] + cells)
+    return header or ["(single point)"], rows
+
+
+def _num(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+def _open(path: Path) -> Any:
+    from ivx.api import Run
+
+    try:
+        return Run(path)
+    except FileNotFoundError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def register(app: typer.Typer) -> None:
+    """Add `ls`, `show` and `compare`."""
+
+    @app.command("ls")
+    def ls_command(
+        runs_dir: Annotated[Path, typer.Argument(help="Directory holding run directories.")] = Path("runs"),
+    ) -> None:
+        """List the runs in RUNS_DIR: name, status, cells, wall time, created."""
+        rows = listing(runs_dir)
+        if not rows:
+            typer.echo(f"no runs in {runs_dir}", err=True)
+            return
+        header = list(rows[0])
+        typer.echo(report.wrap(header, [[str(r[h]) for h in header] for r in rows], width=10_000))
+
+    @app.command("show")
+    def show_command(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+        """Print a run's summary table again (what `ivx run` / `ivx train` printed)."""
+        opened = _open(run)
+        manifest = opened.manifest
+        typer.echo(f"{run}  {manifest.get('name', '')}  status {manifest.get('status')}")
+        typer.echo(opened.table())
+
+    @app.command("compare")
+    def compare_command(
+        run_a: Annotated[Path, typer.Argument(help="Run A.")],
+        run_b: Annotated[Path, typer.Argument(help="Run B.")],
+    ) -> None:
+        """Metric means of two runs at every grid point, and their difference B − A."""
+        header, rows = compare(_open(run_a).summary, _open(run_b).summary)
+        typer.echo(report.wrap(header, rows))
