@@ -212,6 +212,16 @@ def run(
         typer.Option("--resume", help="Continue an interrupted run directory; computes only missing cells."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or tables.")] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option("--backend", help="local or ray (default: the config's `backend`).", show_default=False),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray).", show_default=False
+        ),
+    ] = None,
     max_cells: MaxCellsOpt = DEFAULT_MAX_CELLS,
     force: ForceOpt = False,
 ) -> None:
@@ -244,6 +254,8 @@ def run(
                 progress=not quiet,
                 on_start=started.append,
                 max_cells=_cap(max_cells, force),
+                backend=backend,
+                address=address,
             )
     except Exception as exc:
         if isinstance(exc, user_errors()):

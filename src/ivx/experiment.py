@@ -249,18 +249,21 @@ def run(
     lm: Any = None,
     on_start: Callable[[Path], None] | None = None,
     max_cells: int | None = None,
+    backend: str | None = None,
+    address: str | None = None,
 ) -> Path:
     """Execute an experiment into a new (or resumed) run directory and return its path.
 
     One process at a time writes a run directory (rundir.Lock); resuming a complete run does
-    nothing; `on_start` is called with the run directory once it exists.
+    nothing; `on_start` is called with the run directory once it exists. `backend` / `address`
+    (local | ray, a Ray cluster) override the config's `backend` / `ray.address`.
     """
     with contextlib.ExitStack() as stack:
         if resume is not None:
             stack.enter_context(rundir.Lock(resume))
             if rundir.Manifest.read(resume).data["status"] == "complete":
                 return resume
-        hooks = (on_start or (lambda _: None), max_cells)
+        hooks = (on_start or (lambda _: None), max_cells, (backend, address))
         return _run(path, overrides, out_root, resume, progress, lm, hooks, stack)
 
 
@@ -271,12 +274,12 @@ def _run(
     resume: Path | None,
     progress: bool,
     lm: Any,
-    hooks: tuple[Callable[[Path], None], int | None],
+    hooks: tuple[Callable[[Path], None], int | None, tuple[str | None, str | None]],
     stack: contextlib.ExitStack,
 ) -> Path:
     import torch
 
-    from ivx import answers, attribution, fingerprint, gridplot, plots, tracing, verification
+    from ivx import answers, attribution, backends, fingerprint, gridplot, plots, tracing, verification
 
     if resume is not None:
         previous = rundir.Manifest.read(resume).data
@@ -284,9 +287,10 @@ def _run(
         # the original file (relative prompt files resolve next to it), else the run's copy
         path = original if original.is_file() else resume / "config.yaml"
         overrides = tuple(previous.get("overrides", []))
-    on_start, max_cells = hooks
+    on_start, max_cells, (backend, address) = hooks
     preps = prepare_all(path, overrides, lm, max_cells=max_cells)
     prep = preps[0]
+    settings = backends.resolve(prep, path, overrides, backend, address)
     exp = prep.cfg.experiment
     labelled = prep.label is not None
     warning = size_warning(preps)
@@ -369,7 +373,7 @@ def _run(
                     if exp.method == "attribution":
                         batches = attribution.execute(executor, todo)
                     else:
-                        batches = executor.execute(todo)
+                        batches = backends.execute(executor, todo, settings, variant.label)
                     for n_batch, outputs in enumerate(batches):
                         tensors: dict[str, torch.Tensor] = {}
                         for out in outputs:

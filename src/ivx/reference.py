@@ -29,6 +29,7 @@ def sections() -> dict[str, type[BaseModel]]:
         "interventions.contrast": schema.Contrast,
         "output": schema.Output,
         "batch": schema.Batch,
+        "ray": schema.Ray,
         "trace": schema.Trace,
         "attribution": schema.Attribution,
         "attribution.verify": schema.Verify,

@@ -610,6 +610,29 @@ Prompts = Annotated[
 ]
 
 
+class Ray(Strict):
+    """`backend: ray`: cells run on Ray actors, each holding one model replica (see `ivx.backends`)."""
+
+    address: str | None = Field(
+        None, description="Cluster to join: auto, HOST:PORT, or null to start a local Ray on this machine."
+    )
+    actors: int = Field(2, ge=1, description="Actors (model replicas) running cells in parallel.")
+    num_gpus: float = Field(0, ge=0, description="GPUs reserved per actor (1 on a GPU node).")
+    num_cpus: float = Field(1, ge=0, description="CPUs reserved per actor.")
+    threads: int | Literal["auto"] = Field(
+        "auto",
+        description="torch threads per actor; auto: the driver's count, which keeps results bit-identical "
+        "to the local backend (CPU results depend on the thread count in their last bits).",
+    )
+    task_cells: int | Literal["auto"] = Field(
+        "auto", description="Cells per task sent to an actor; auto: about 4 tasks per actor."
+    )
+    max_restarts: int = Field(
+        3, ge=-1, description="Restarts of a dead actor (-1: unlimited); its unfinished tasks are retried."
+    )
+    object_store_mb: int = Field(200, ge=50, description="Object store of a local Ray started by ivx.")
+
+
 class Experiment(Strict):
     """The whole experiment file."""
 
@@ -656,6 +679,11 @@ class Experiment(Strict):
     )
     output: Output = Field(default_factory=Output, description="What is written: see `output`.")
     batch: Batch = Field(default_factory=Batch, description="Batching and exact shortcuts: see `batch`.")
+    backend: Literal["local", "ray"] = Field(
+        "local",
+        description="Where cells run: in this process, or on Ray actors (see `ray`; `ivx run --backend`).",
+    )
+    ray: Ray = Field(default_factory=Ray, description="Ray actors, resources and fault tolerance: see `ray`.")
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
     generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
     train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")
