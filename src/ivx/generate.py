@@ -206,7 +206,7 @@ def run_generation(
     """Generate for every prompt (× num_return_sequences) with `items` applied; left padding."""
     import torch
 
-    from ivx import hooks, tokenization
+    from ivx import hooks, kvcache, tokenization
 
     tok = lm.tokenizer
     rows = [i for i in range(len(texts)) for _ in range(settings.num_return_sequences)]
@@ -229,15 +229,16 @@ def run_generation(
             start = total - 1 if (settings.use_cache and past is not None) else 0
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
             patches = _patches(items, rows, pad, width, start, total)
+            cached = {kvcache.argument(lm.model.forward): past} if past is not None else {}
             with hooks.patching(lm.model, patches):
                 out = lm.model(
                     input_ids=ids[:, start:],
                     attention_mask=mask,
                     position_ids=position_ids,
-                    past_key_values=past,
                     use_cache=settings.use_cache,
+                    **cached,
                 )
-            past = out.past_key_values if settings.use_cache else None
+            past = kvcache.returned(out) if settings.use_cache else None
             logits = out.logits[:, -1].float()
             next_ids = _choose(logits, settings, gen).cpu()
             p_next = torch.softmax(logits, -1).cpu().gather(1, next_ids[:, None]).squeeze(1)
