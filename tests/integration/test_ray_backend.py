@@ -148,7 +148,7 @@ def _wait_for_rows(run_root: Path, proc: subprocess.Popen) -> Path:
         found = [p / "results.jsonl" for p in run_root.glob("*") if (p / "results.jsonl").is_file()]
         if found and found[0].read_text().count("\n") >= 1:
             return found[0].parent
-        time.sleep(0.2)
+        time.sleep(0.02)
     raise AssertionError(f"the run ended before any result: {proc.communicate()[1][-2000:]}")
 
 
@@ -201,7 +201,8 @@ def test_killed_actor_is_restarted_and_the_run_is_identical(cluster: str, tmp_pa
 
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(cluster: str, tmp_path: Path) -> None:
-    sets = (*SMALL_PATCHING, "ray.task_cells=20")
+    # 30 prompts in tasks of 20 cells: ~190 tasks, so the kill lands mid-run even on an idle machine
+    sets = (*SMALL_PATCHING, "prompts.limit=30", "ray.task_cells=20")
     local = _finish(_ivx(str(PATCHING), "--out", str(tmp_path / "local"), *_sets(sets)))
     proc = _ivx(
         str(PATCHING), "--out", str(tmp_path / "ray"), "--backend", "ray", "--address", cluster, *_sets(sets)
