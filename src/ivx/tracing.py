@@ -15,18 +15,8 @@ from collections import defaultdict
 from typing import Any
 
 from ivx.positions import CATEGORIES, category
+from ivx.report import PRIMARY
 from ivx.schema import is_ref
-
-PLOT_METRICS: tuple[str, ...] = (
-    "indirect_effect",
-    "logit_diff_norm",
-    "indirect_effect_norm",
-    "logit_diff",
-    "target_prob",
-    "kl",
-    "target_logit",
-    "target_rank",
-)
 
 
 def bound_axes(prep: Any) -> dict[str, str]:
@@ -52,7 +42,7 @@ def panel(row: dict[str, Any], prep: Any) -> str:
 
 def plot_metric(metrics: list[str]) -> str | None:
     """The metric a heatmap shows: the most informative one that was computed."""
-    for name in PLOT_METRICS:
+    for name in PRIMARY:
         if name in metrics:
             return name
     return None
