@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -279,14 +280,10 @@ def _run(
 ) -> Path:
     import torch
 
-    from ivx import answers, attribution, backends, fingerprint, gridplot, plots, tracing, verification
+    from ivx import answers, attribution, backends
 
     if resume is not None:
-        previous = rundir.Manifest.read(resume).data
-        original = Path(previous.get("config") or "")
-        # the original file (relative prompt files resolve next to it), else the run's copy
-        path = original if original.is_file() else resume / "config.yaml"
-        overrides = tuple(previous.get("overrides", []))
+        path, overrides = _recorded_config(resume)
     on_start, max_cells, (backend, address) = hooks
     preps = prepare_all(path, overrides, lm, max_cells=max_cells)
     prep = preps[0]
@@ -295,13 +292,105 @@ def _run(
     labelled = prep.label is not None
     warning = size_warning(preps)
     if warning and progress:
-        import sys
-
         print(f"warning: {warning}", file=sys.stderr)
     torch.manual_seed(exp.seed)
+    run_dir, manifest = _open_run_dir(prep, preps, path, overrides, out_root, resume, on_start, stack)
+    parts = run_dir / "tensors.parts"
+    started = time.perf_counter()
+    spent = float(manifest.data.get("seconds") or 0.0)
+    noop_before = int(manifest.data.get("cells_noop") or 0) if resume is not None else 0
+    executors: list[Any] = []
+    try:
+        _write_plan(run_dir, preps)  # rewritten on resume: a kill or a full disk may have lost it
+        results = rundir.Results(run_dir)
+        results.repair()
+        done = results.done_cells()
+        if resume is not None:
+            done = results.verified(done, parts, exp.output.logits)
+    except BaseException as exc:
+        manifest.fail(exc, spent + time.perf_counter() - started, noop_before)
+        raise
+    metric_names = [m for m in exp.metrics if m != "top_k"]
+    axes = tuple(prep.plan.axes) + (("corruption",) if labelled else ())
+    try:
+        with torch.inference_mode():
+            todo_total = sum(1 for p in preps for c in p.plan.cells if c.index not in done)
+            with _progress(progress, todo_total) as advance:
+                for variant in preps:
+                    executor = answers.executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
+                    executor.prepare()
+                    executors.append(executor)
+                    todo = [c for c in variant.plan.cells if c.index not in done]
+                    if exp.method == "attribution":
+                        batches = attribution.execute(executor, todo)
+                    else:
+                        batches = backends.execute(executor, todo, settings, variant.label)
+                    for n_batch, outputs in enumerate(batches):
+                        label = variant.label if labelled else None
+                        _store(outputs, label, exp.output.logits, parts, n_batch, results)
+                        advance(len(outputs))
+            rows = results.rows()
+            _write_outputs(run_dir, preps, executors, rows, results, axes, metric_names)
+    except BaseException as exc:
+        manifest.fail(exc, spent + time.perf_counter() - started, noop_before + _noop(executors))
+        raise
+    manifest.finish(
+        "complete",
+        error=None,
+        seconds=round(spent + time.perf_counter() - started, 3),
+        cells_done=len(rows),
+        cells_noop=noop_before + _noop(executors),
+        shortcuts=(
+            {p.label: e.report for p, e in zip(preps, executors, strict=True)}
+            if labelled
+            else executors[0].report
+        ),
+    )
+    return run_dir
+
+
+def _write_plan(run_dir: Path, preps: list[Prepared]) -> None:
+    """resolved.yaml and plan.jsonl (deterministic: a resume rewrites the same bytes)."""
+    labelled = preps[0].label is not None
+    rundir.write_text(run_dir / "resolved.yaml", _resolved(preps[0]))
+    plan_rows = [
+        {**row, **({"corruption": p.label} if labelled else {})} for p in preps for row in p.plan.to_rows()
+    ]
+    rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in plan_rows))
+
+
+def _noop(executors: list[Any]) -> int:
+    return sum(e.noop_cells for e in executors)
+
+
+def _recorded_config(resume: Path) -> tuple[Path, tuple[str, ...]]:
+    """The config file and --set overrides a run was started with."""
+    previous = rundir.Manifest.read(resume).data
+    original = Path(previous.get("config") or "")
+    # the original file (relative prompt files resolve next to it), else the run's copy
+    path = original if original.is_file() else resume / "config.yaml"
+    return path, tuple(previous.get("overrides", []))
+
+
+def _open_run_dir(
+    prep: Prepared,
+    preps: list[Prepared],
+    path: str | Path,
+    overrides: tuple[str, ...],
+    out_root: str | None,
+    resume: Path | None,
+    on_start: Callable[[Path], None],
+    stack: contextlib.ExitStack,
+) -> tuple[Path, rundir.Manifest]:
+    """Check a resumed run's inputs and reopen it, or create a new run directory and manifest."""
+    from ivx import fingerprint
+
+    exp = prep.cfg.experiment
+    labelled = prep.label is not None
     digest = hashlib.sha256(prep.cfg.text.encode()).hexdigest()
     inputs = fingerprint.inputs(prep.cfg, prep.lm)
     if resume is not None:
+        previous = rundir.Manifest.read(resume).data
         fingerprint.check(prep.cfg, resume, previous.get("inputs"), inputs)
         if previous.get("config_sha256") not in (None, digest):
             raise ConfigError(
@@ -344,122 +433,100 @@ def _run(
             corruptions=[p.label for p in preps] if labelled else None,
             inputs=inputs,
         )
-    parts = run_dir / "tensors.parts"
-    started = time.perf_counter()
-    spent = float(manifest.data.get("seconds") or 0.0)
-    noop_before = int(manifest.data.get("cells_noop") or 0) if resume is not None else 0
-    executors: list[Any] = []
-    try:
-        _write_plan(run_dir, preps)  # rewritten on resume: a kill or a full disk may have lost it
-        results = rundir.Results(run_dir)
-        results.repair()
-        done = results.done_cells()
-        if resume is not None:
-            done = results.verified(done, parts, exp.output.logits)
-    except BaseException as exc:
-        manifest.fail(exc, spent + time.perf_counter() - started, noop_before)
-        raise
-    metric_names = [m for m in exp.metrics if m != "top_k"]
-    axes = tuple(prep.plan.axes) + (("corruption",) if labelled else ())
-    try:
-        with torch.inference_mode():
-            todo_total = sum(1 for p in preps for c in p.plan.cells if c.index not in done)
-            with _progress(progress, todo_total) as advance:
-                for variant in preps:
-                    executor = answers.executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
-                    executor.prepare()
-                    executors.append(executor)
-                    todo = [c for c in variant.plan.cells if c.index not in done]
-                    if exp.method == "attribution":
-                        batches = attribution.execute(executor, todo)
-                    else:
-                        batches = backends.execute(executor, todo, settings, variant.label)
-                    for n_batch, outputs in enumerate(batches):
-                        tensors: dict[str, torch.Tensor] = {}
-                        for out in outputs:
-                            if labelled:
-                                out.row["corruption"] = variant.label
-                            if exp.output.logits != "none" and out.logits is not None:
-                                tensors[f"cell{out.cell.index}"] = out.logits.contiguous()
-                            tensors.update({k: v.contiguous() for k, v in out.collected.items()})
-                        if tensors:
-                            parts.mkdir(exist_ok=True)
-                            stamp = f"{int(time.time() * 1000)}-{n_batch:06d}"
-                            rundir.save_tensors(tensors, parts / f"part-{stamp}.safetensors")
-                        results.append([o.row for o in outputs])
-                        advance(len(outputs))
-            rows = results.rows()
-            summary: dict[str, Any] = {
-                "name": exp.name,
-                "metrics": metric_names,
-                "axes": list(axes),
-                "grid": summarize(rows, axes, metric_names),
-                "prompts": _prompt_table(executors[0]),
-            }
-            if prep.dropped:
-                summary["dropped"] = prep.dropped
-            warnings = answers.scoring_warnings(prep.prompts, exp.answer)
-            warnings += _contrast_warnings(summary["prompts"], metric_names)
-            if warnings:
-                summary["warnings"] = warnings
-            traces = {}
-            for variant, executor in zip(preps, executors, strict=True):
-                mine = [r for r in rows if r.get("corruption") == variant.label] if labelled else rows
-                if executor.base.sigma is not None:
-                    key = f"noise_std_{variant.label}" if labelled else "noise_std"
-                    summary[key] = variant.cfg.experiment.corrupt.scale * executor.base.sigma  # type: ignore[union-attr]
-                if tracing.applies(variant):
-                    traces[variant.label] = tracing.aggregate(variant, mine, executor)
-            if traces:
-                summary["trace"] = next(iter(traces.values()))
-                if labelled:
-                    summary["traces"] = traces
-            if exp.method == "attribution":
-                checks = verification.for_run(executors, [p.label for p in preps], rows)
-                if checks:
-                    summary["attribution_verification"] = checks
-            rundir.write_json(run_dir / "summary.json", summary)
-            results.write_csv(rows)
-            _merge_tensors(
-                run_dir, parts, [e.base for e in executors], [p.label for p in preps], exp.output.logits
-            )
-            if exp.output.plots:
-                for variant in preps:
-                    mine = [r for r in rows if r.get("corruption") == variant.label] if labelled else rows
-                    trace = traces.get(variant.label)
-                    suffix = f"_{variant.label}" if labelled else ""
-                    plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
-                gridplot.write(run_dir, summary)
-    except BaseException as exc:
-        manifest.fail(exc, spent + time.perf_counter() - started, noop_before + _noop(executors))
-        raise
-    manifest.finish(
-        "complete",
-        error=None,
-        seconds=round(spent + time.perf_counter() - started, 3),
-        cells_done=len(rows),
-        cells_noop=noop_before + _noop(executors),
-        shortcuts=(
-            {p.label: e.report for p, e in zip(preps, executors, strict=True)}
-            if labelled
-            else executors[0].report
-        ),
-    )
-    return run_dir
+    return run_dir, manifest
 
 
-def _write_plan(run_dir: Path, preps: list[Prepared]) -> None:
-    """resolved.yaml and plan.jsonl (deterministic: a resume rewrites the same bytes)."""
+def _store(
+    outputs: list[Any], label: str | None, logits: str, parts: Path, n_batch: int, results: rundir.Results
+) -> None:
+    """Append one batch: its tensors as an atomic part file, then its rows (all or nothing)."""
+    import torch
+
+    tensors: dict[str, torch.Tensor] = {}
+    for out in outputs:
+        if label is not None:
+            out.row["corruption"] = label
+        if logits != "none" and out.logits is not None:
+            tensors[f"cell{out.cell.index}"] = out.logits.contiguous()
+        tensors.update({k: v.contiguous() for k, v in out.collected.items()})
+    if tensors:
+        parts.mkdir(exist_ok=True)
+        stamp = f"{int(time.time() * 1000)}-{n_batch:06d}"
+        rundir.save_tensors(tensors, parts / f"part-{stamp}.safetensors")
+    results.append([o.row for o in outputs])
+
+
+def _summary(
+    preps: list[Prepared],
+    executors: list[Any],
+    rows: list[dict[str, Any]],
+    axes: tuple[str, ...],
+    metric_names: list[str],
+) -> tuple[dict[str, Any], dict[str | None, dict[str, Any]]]:
+    """summary.json's content (grid statistics, prompts, warnings, traces, attribution checks)."""
+    from ivx import answers, tracing, verification
+
+    prep = preps[0]
+    exp = prep.cfg.experiment
+    labelled = prep.label is not None
+    summary: dict[str, Any] = {
+        "name": exp.name,
+        "metrics": metric_names,
+        "axes": list(axes),
+        "grid": summarize(rows, axes, metric_names),
+        "prompts": _prompt_table(executors[0]),
+    }
+    if prep.dropped:
+        summary["dropped"] = prep.dropped
+    warnings = answers.scoring_warnings(prep.prompts, exp.answer)
+    warnings += _contrast_warnings(summary["prompts"], metric_names)
+    if warnings:
+        summary["warnings"] = warnings
+    traces = {}
+    for variant, executor in zip(preps, executors, strict=True):
+        mine = [r for r in rows if r.get("corruption") == variant.label] if labelled else rows
+        if executor.base.sigma is not None:
+            key = f"noise_std_{variant.label}" if labelled else "noise_std"
+            summary[key] = variant.cfg.experiment.corrupt.scale * executor.base.sigma  # type: ignore[union-attr]
+        if tracing.applies(variant):
+            traces[variant.label] = tracing.aggregate(variant, mine, executor)
+    if traces:
+        summary["trace"] = next(iter(traces.values()))
+        if labelled:
+            summary["traces"] = traces
+    if exp.method == "attribution":
+        checks = verification.for_run(executors, [p.label for p in preps], rows)
+        if checks:
+            summary["attribution_verification"] = checks
+    return summary, traces
+
+
+def _write_outputs(
+    run_dir: Path,
+    preps: list[Prepared],
+    executors: list[Any],
+    rows: list[dict[str, Any]],
+    results: rundir.Results,
+    axes: tuple[str, ...],
+    metric_names: list[str],
+) -> None:
+    """Everything after the cells: summary.json, results.csv, the merged tensors, the figures."""
+    from ivx import gridplot, plots
+
+    exp = preps[0].cfg.experiment
     labelled = preps[0].label is not None
-    rundir.write_text(run_dir / "resolved.yaml", _resolved(preps[0]))
-    plan_rows = [
-        {**row, **({"corruption": p.label} if labelled else {})} for p in preps for row in p.plan.to_rows()
-    ]
-    rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in plan_rows))
-
-
-def _noop(executors: list[Any]) -> int:
-    return sum(e.noop_cells for e in executors)
+    parts = run_dir / "tensors.parts"
+    summary, traces = _summary(preps, executors, rows, axes, metric_names)
+    rundir.write_json(run_dir / "summary.json", summary)
+    results.write_csv(rows)
+    _merge_tensors(run_dir, parts, [e.base for e in executors], [p.label for p in preps], exp.output.logits)
+    if exp.output.plots:
+        for variant in preps:
+            mine = [r for r in rows if r.get("corruption") == variant.label] if labelled else rows
+            trace = traces.get(variant.label)
+            suffix = f"_{variant.label}" if labelled else ""
+            plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
+        gridplot.write(run_dir, summary)
 
 
 # below these gaps between the clean and the corrupted run, effects are noise-dominated
