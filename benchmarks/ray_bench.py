@@ -37,7 +37,7 @@ def measure(prep, executor, actors: int, settings) -> dict[str, float]:
     t0 = time.perf_counter()
     first = None
     done = 0
-    for outputs in backends.execute(executor, cells, run, prep.label):
+    for outputs in backends.execute(executor, cells, run, prep):
         done += len(outputs)
         if first is None:
             first, first_done = time.perf_counter(), done

@@ -7,7 +7,7 @@ tokens' probabilities at their positions. Interventions address prompt positions
 appended tokens do not move, and a causal model's prompt positions do not see them, so every
 prompt-position number is unchanged; the answer tokens then see the intervened prompt.
 
-This executor keeps the runner's batching but turns its exact shortcuts (prefix and layer reuse,
+This scoring keeps the runner's batching but turns its exact shortcuts (prefix and layer reuse,
 no-op skipping, deferred unembedding) off: they assume the last position is the prompt's.
 `kl`, `top_k`, `target_logit` and `target_rank` stay the next-token view at the prompt's end.
 """
@@ -17,111 +17,98 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from ivx.runner import CellOutput, Executor
+from ivx.config import LoadedConfig
+from ivx.plan import Cell, Plan
+from ivx.runner import Executor
 from ivx.tokenization import TokenizedPrompt
+from ivx.workload import Scoring
 
 if TYPE_CHECKING:
     import torch
 
-    from ivx.plan import Cell
+    from ivx.models import LoadedModel
 
 
-class FullAnswerExecutor(Executor):
-    """An Executor whose rows carry the answer continuation and whose `target_prob` is P(answer)."""
+class FullAnswer(Scoring):
+    """Scoring by P(answer): rows carry the answer continuation, `target_prob` is its product."""
 
-    def __init__(self, cfg: Any, lm: Any, prompts: list, plan: Any) -> None:
+    all_logits = True  # the answer tokens are scored at their positions
+    shortcuts_off = "answer: full reads the logits at the answer's positions"
+
+    def __init__(self, prompts: list[TokenizedPrompt]) -> None:
         self.answer: dict[int, tuple[int, tuple[int, ...]]] = {}  # prompt → (prompt length, answer ids)
         self.source_len: dict[int, int] = {}
-        extended = []
+        self.extended: dict[int, TokenizedPrompt] = {}  # prompts followed by their answer but its last
         for p in prompts:
             rest = tuple(p.target_ids[:-1]) if p.target_ids else ()
             self.answer[p.index] = (p.length, tuple(p.target_ids or ()))
             if p.source_ids is not None:
                 self.source_len[p.index] = len(p.source_ids)
             source = p.source_ids + rest if p.source_ids is not None else None
-            extended.append(dataclasses.replace(p, base_ids=p.base_ids + rest, source_ids=source))
-        super().__init__(cfg, lm, extended, plan)
+            self.extended[p.index] = dataclasses.replace(p, base_ids=p.base_ids + rest, source_ids=source)
         self.full_clean: dict[int, float] = {}
         self.full_source: dict[int, float] = {}
         self.full_corrupt: dict[int, float] = {}
         self.full_cell: dict[int, float] = {}
 
-    def _config_reasons(self) -> dict[str, str | None]:
-        """Every shortcut off: they assume the logits that matter are at the prompt's last position."""
-        reason = "answer: full reads the logits at the answer's positions"
-        return {name: reason for name in super()._config_reasons()}
-
-    def batch_rows(self, length: int) -> int:
+    def rows(self, rows: int, length: int) -> int:
         """Fewer rows: every position's logits are kept."""
-        return max(1, super().batch_rows(length) // max(1, length))
+        return max(1, rows // max(1, length))
 
-    def forward(
-        self, ids: torch.Tensor, all_logits: bool = False, past: Any = None, keep_cache: bool = False
-    ) -> tuple[torch.Tensor, Any]:
-        """Logits of every position ([b, s, vocab]): the answer tokens are scored at theirs."""
-        return super().forward(ids, True, past, keep_cache)
+    def captured(self, prompt: int, ids: tuple[int, ...], logits: torch.Tensor) -> torch.Tensor:
+        """Record P(answer) of a clean or source run ([seq, vocab]); its logits at the prompt's end."""
+        # a source run differs from the base run (an identical one gives the same numbers)
+        is_source = prompt in self.source_len and ids != self.extended[prompt].base_ids
+        start = (self.source_len[prompt] if is_source else self.answer[prompt][0]) - 1
+        store = self.full_source if is_source else self.full_clean
+        store[prompt] = float(answer_prob(logits.unsqueeze(0), start, self.answer[prompt][1])[0])
+        return logits[start]
 
-    def _answer_prob(self, logits: torch.Tensor, start: int, answer: tuple[int, ...]) -> torch.Tensor:
-        """P(answer) per row from [b, s, vocab] logits, answer token j predicted at start + j."""
+    def ran(self, cells: list[Cell], logits: torch.Tensor, samples: int) -> torch.Tensor:
+        """Record P(answer) of each cell ([rows, seq, vocab]); the logits at the prompt's end."""
         import torch
 
-        if not answer:
-            return torch.full((logits.shape[0],), float("nan"))
-        logp = torch.log_softmax(logits[:, start : start + len(answer)].float(), dim=-1)
-        index = torch.tensor(answer, device=logp.device).expand(logits.shape[0], -1).unsqueeze(-1)
-        return logp.gather(-1, index).squeeze(-1).sum(-1).exp().cpu()  # [b]
-
-    def _capture_pass(self, ids_of: dict[int, tuple[int, ...]], needed: set) -> tuple[dict, dict]:
-        logits, acts = super()._capture_pass(ids_of, needed)
-        for prompt, full in logits.items():
-            # a source run differs from the base run (an identical one gives the same numbers)
-            is_source = prompt in self.source_len and ids_of[prompt] != self.prompts[prompt].base_ids
-            start = (self.source_len[prompt] if is_source else self.answer[prompt][0]) - 1
-            store = self.full_source if is_source else self.full_clean
-            store[prompt] = float(self._answer_prob(full.unsqueeze(0), start, self.answer[prompt][1])[0])
-            logits[prompt] = full[start]  # the next-token view at the prompt's end
-        return logits, acts
-
-    def _outputs(
-        self, chunk: list[Cell], logits: torch.Tensor, collect_index: list[tuple]
-    ) -> list[CellOutput]:
-        import torch
-
-        S = self.samples
         last = []
-        for i, cell in enumerate(chunk):
-            rows = logits[i * S : (i + 1) * S]
+        for i, cell in enumerate(cells):
+            rows = logits[i * samples : (i + 1) * samples]
             length, answer = self.answer[cell.prompt]
-            value = float(self._answer_prob(rows, length - 1, answer).mean())
+            value = float(answer_prob(rows, length - 1, answer).mean())
             if cell.index < 0:
                 self.full_corrupt[cell.prompt] = value
             else:
                 self.full_cell[cell.index] = value
             last.append(rows[:, length - 1])
-        return super()._outputs(chunk, torch.cat(last), collect_index)
+        return torch.cat(last)
 
-    def _reference_values(self, prompt: int) -> tuple[dict[str, float], dict[str, float]]:
-        corrupted, clean = super()._reference_values(prompt)
+    def reference(self, prompt: int, corrupted: dict[str, float], clean: dict[str, float]) -> None:
+        """`target_prob` of the clean (source) and corrupted runs is P(answer)."""
         clean["target_prob"] = self.full_source.get(prompt, self.full_clean.get(prompt, float("nan")))
         corrupted["target_prob"] = self.full_corrupt.get(prompt, self.full_clean.get(prompt, float("nan")))
-        return corrupted, clean
 
-    def _row(self, cell: Cell, patched: dict[str, float], last: torch.Tensor) -> dict[str, Any]:
+    def patched(self, cell: Cell, values: dict[str, float]) -> dict[str, float]:
+        """A cell's `target_prob` is P(answer)."""
         if cell.index in self.full_cell:
-            patched = {**patched, "target_prob": self.full_cell[cell.index]}
-        return super()._row(cell, patched, last)
+            return {**values, "target_prob": self.full_cell[cell.index]}
+        return values
 
-    def _replacements(self) -> dict[int, tuple[int, ...]]:
-        """The prompts' own replacements, each followed by its answer continuation."""
-        full = self.prompts
-        self.prompts = {
-            i: dataclasses.replace(p, base_ids=p.base_ids[: self.answer[i][0]]) for i, p in full.items()
-        }
-        try:
-            swapped = super()._replacements()
-        finally:
-            self.prompts = full
-        return {i: ids + full[i].base_ids[len(ids) :] for i, ids in swapped.items()}
+    def truncated(self, prompts: list[TokenizedPrompt]) -> list[TokenizedPrompt]:
+        """The prompts without their answer continuation (subjects are swapped in those)."""
+        return [dataclasses.replace(p, base_ids=p.base_ids[: self.answer[p.index][0]]) for p in prompts]
+
+    def continued(self, prompt: int, ids: tuple[int, ...]) -> tuple[int, ...]:
+        """A replaced prompt followed by its answer continuation."""
+        return ids + self.extended[prompt].base_ids[len(ids) :]
+
+
+def answer_prob(logits: torch.Tensor, start: int, answer: tuple[int, ...]) -> torch.Tensor:
+    """P(answer) per row from [b, s, vocab] logits, answer token j predicted at start + j."""
+    import torch
+
+    if not answer:
+        return torch.full((logits.shape[0],), float("nan"))
+    logp = torch.log_softmax(logits[:, start : start + len(answer)].float(), dim=-1)
+    index = torch.tensor(answer, device=logp.device).expand(logits.shape[0], -1).unsqueeze(-1)
+    return logp.gather(-1, index).squeeze(-1).sum(-1).exp().cpu()  # [b]
 
 
 def _bare(token: str) -> bool:
@@ -147,8 +134,8 @@ def scoring_warnings(prompts: list[TokenizedPrompt], answer: str = "first_token"
         p = shared[0]
         out.append(
             f"{len(shared)} prompts: target and foil share their first token (e.g. prompt {p.index}: "
-            f"{p.record.target!r} / {p.record.foil!r} both start with {p.target_tokens[0]!r}), so they "
-            "cannot be told apart by it"
+            f"{p.record.target!r} / {p.record.foil!r} both start with {(p.target_tokens or ('',))[0]!r}), so "
+            "they cannot be told apart by it"
         )
     if bare:
         out.append(
@@ -171,7 +158,7 @@ def scored_text(prompts: list[dict[str, Any]], limit: int = 3) -> str:
     for p in prompts[:limit]:
         parts = []
         for name in ("target", "foil"):
-            ids, toks = p.get(f"{name}_ids"), p.get(f"{name}_tokens")
+            ids, toks = p.get(f"{name}_ids"), p.get(f"{name}_tokens") or ["?"]
             if ids:
                 parts.append(
                     f"{name} {toks[0]!r} (id {ids[0]}" + (f" of {len(ids)} tokens)" if len(ids) > 1 else ")")
@@ -183,8 +170,9 @@ def scored_text(prompts: list[dict[str, Any]], limit: int = 3) -> str:
     return "\n".join(lines)
 
 
-def executor(cfg: Any, lm: Any, prompts: list, plan: Any) -> Executor:
+def executor(cfg: LoadedConfig, lm: LoadedModel, prompts: list[TokenizedPrompt], plan: Plan) -> Executor:
     """The executor for this experiment's answer scoring."""
     if cfg.experiment.answer == "full":
-        return FullAnswerExecutor(cfg, lm, prompts, plan)
+        scoring = FullAnswer(prompts)
+        return Executor(cfg, lm, list(scoring.extended.values()), plan, scoring)
     return Executor(cfg, lm, prompts, plan)

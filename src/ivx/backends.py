@@ -1,14 +1,15 @@
 """Where cells run: `local` (this process) or `ray` (actors on a Ray cluster, one model replica each).
 
 The driver (`experiment.run`) prepares the baselines, asks a backend for the outputs of the cells
-still to do, and stays the only writer of the run directory. A backend yields lists of
-`runner.CellOutput` as batches finish, in any order.
+still to do, and stays the only writer of the run directory. A backend receives batches of cells
+and yields lists of `execution.CellOutput` as they finish, in any order.
 
 Ray results are byte-identical to local ones because an actor runs exactly the forwards the
 local loop would: every actor builds the same `Executor` from the same config (same plan, same
 noise, same baselines, packing costed over the whole plan), and the driver cuts the local
-stream of batches into tasks only where the local loop holds no pending work (no deferred
-unembedding waiting for more rows), so no forward or unembedding gets different rows.
+loop's batches (`Executor.steps`) into tasks only where the loop holds no pending work (no
+deferred unembedding waiting for more rows, `execution.segments`), so no forward or
+unembedding gets different rows.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 from ivx.config import ConfigError
 
 if TYPE_CHECKING:
+    from ivx.execution import CellOutput
     from ivx.experiment import Prepared
     from ivx.plan import Cell
-    from ivx.runner import CellOutput, Executor
+    from ivx.runner import Executor
 
 EXTRA = "pip install 'ivx-interventions[ray]'  (or, in a checkout: pip install -e \".[ray]\")"
 
@@ -69,52 +71,23 @@ def resolve(
 
 
 def execute(
-    executor: Executor, todo: list[Cell], settings: Settings, label: str | None
+    executor: Executor, todo: list[Cell], settings: Settings, prep: Prepared
 ) -> Iterator[list[CellOutput]]:
-    """Outputs of `todo` cells, a list per finished batch (task), from the chosen backend."""
+    """Outputs of `todo` cells of `prep`, a list per finished batch (task), from the chosen backend."""
     if settings.name == "local":
         return executor.execute(todo)
-    return _ray_outputs(executor, todo, settings, label)
+    return _ray_outputs(executor, todo, settings, prep)
 
 
 def tasks(executor: Executor, todo: list[Cell], task_cells: int) -> list[list[Cell]]:
     """`todo` cut into tasks of about `task_cells` cells that reproduce the local loop's forwards.
 
-    Mirrors `Executor.execute`: no-op cells in its chunks, then the scheduled batches in order;
-    a task boundary falls only where no deferred-head rows are pending. Counts what will run in
-    the executor's report, as the local loop would.
+    The executor's own batches (`Executor.steps`, counted in its report as the local loop would)
+    cut where no deferred-head rows are pending (`execution.segments`), then joined into tasks.
     """
-    from ivx import runner
+    from ivx import execution
 
-    S = executor.samples
-    noop = [cell for cell in todo if executor._noop(cell)]
-    step = max(1, runner.MAX_ROWS // S)
-    segments = [noop[i : i + step] for i in range(0, len(noop), step)]
-    executor.noop_cells += len(noop)
-    for cell in noop:
-        group = executor._group(executor.prompts[cell.prompt].length)
-        group["cells"] += 1
-        group["noop_cells"] += 1
-    skipped = {cell.index for cell in noop}
-    wanted = {cell.index for cell in todo if cell.index not in skipped}
-    whole = [cell for cell in executor.plan.cells if cell.index in wanted or not executor._noop(cell)]
-    defer = executor.exp.output.logits != "all" and executor.defers_head()
-    current: list[Cell] = []
-    pending = 0  # deferred rows the local loop would hold
-    for planned, prefix, skip in executor._schedule(whole):
-        chunk = [cell for cell in planned if cell.index in wanted]
-        if not chunk:
-            continue
-        executor._count(chunk, prefix, skip)
-        collects = any(e.kind == "collect" for cell in chunk for e in cell.edits)
-        if defer and chunk[0].index >= 0 and not collects:
-            if pending + len(chunk) * S > runner.MAX_ROWS:  # the local loop flushes here
-                segments.append(current)
-                current, pending = [], 0
-            pending += len(chunk) * S
-        current.extend(chunk)
-    segments.append(current)
-    return _merge([s for s in segments if s], task_cells)
+    return _merge(execution.segments(executor.steps(todo), executor.samples), task_cells)
 
 
 def _merge(segments: list[list[Cell]], task_cells: int) -> list[list[Cell]]:
@@ -203,12 +176,10 @@ def connect(options: Any) -> bool:
 
 
 def _ray_outputs(
-    executor: Executor, todo: list[Cell], settings: Settings, label: str | None
+    executor: Executor, todo: list[Cell], settings: Settings, prep: Prepared
 ) -> Iterator[list[CellOutput]]:
     import ray
     import torch
-
-    from ivx import experiment
 
     opts = settings.ray
     per_task = (
@@ -218,17 +189,16 @@ def _ray_outputs(
     if not queue:
         return
     started = connect(opts)
-    prep = experiment.Prepared(executor.cfg, executor.lm, list(executor.prompts.values()), executor.plan)
     actor_class = ray.remote(Worker)
     threads = torch.get_num_threads() if opts.threads == "auto" else opts.threads
-    actors = [
+    actors: list[Any] = [
         actor_class.options(
             name=f"ivx-worker-{os.getpid()}-{id(executor)}-{i}",
             num_cpus=opts.num_cpus,
             num_gpus=opts.num_gpus,
             max_restarts=opts.max_restarts,
             max_task_retries=opts.max_restarts,
-        ).remote(settings.path, settings.overrides, label, threads, fingerprint(prep))
+        ).remote(settings.path, settings.overrides, prep.label, threads, fingerprint(prep))
         for i in range(min(opts.actors, len(queue)))
     ]
     try:

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -21,6 +21,10 @@ from ivx import config as config_mod
 from ivx import rundir
 from ivx.config import ConfigError, LoadedConfig
 from ivx.plan import Plan
+
+if TYPE_CHECKING:
+    from ivx import backends
+    from ivx.runner import Executor
 
 
 @dataclass
@@ -40,7 +44,7 @@ def variants(cfg: LoadedConfig) -> list[tuple[str | None, LoadedConfig]]:
     corrupt = cfg.experiment.corrupt
     if not isinstance(corrupt, list):
         return [(None, cfg)]
-    out = []
+    out: list[tuple[str | None, LoadedConfig]] = []
     kinds = [c.kind for c in corrupt]
     for i, single in enumerate(corrupt):
         label = single.kind if kinds.count(single.kind) == 1 else f"{single.kind}{i}"
@@ -278,9 +282,10 @@ def _run(
     hooks: tuple[Callable[[Path], None], int | None, tuple[str | None, str | None]],
     stack: contextlib.ExitStack,
 ) -> Path:
+    """The recipe: config → plan → run directory → baselines and cells per variant → outputs."""
     import torch
 
-    from ivx import answers, attribution, backends
+    from ivx import backends
 
     if resume is not None:
         path, overrides = _recorded_config(resume)
@@ -288,65 +293,106 @@ def _run(
     preps = prepare_all(path, overrides, lm, max_cells=max_cells)
     prep = preps[0]
     settings = backends.resolve(prep, path, overrides, backend, address)
-    exp = prep.cfg.experiment
-    labelled = prep.label is not None
     warning = size_warning(preps)
     if warning and progress:
         print(f"warning: {warning}", file=sys.stderr)
-    torch.manual_seed(exp.seed)
+    torch.manual_seed(prep.cfg.experiment.seed)
     run_dir, manifest = _open_run_dir(prep, preps, path, overrides, out_root, resume, on_start, stack)
-    parts = run_dir / "tensors.parts"
-    started = time.perf_counter()
-    spent = float(manifest.data.get("seconds") or 0.0)
-    noop_before = int(manifest.data.get("cells_noop") or 0) if resume is not None else 0
-    executors: list[Any] = []
+    clock = _Clock(manifest, resume is not None)
+    executors: list[Executor] = []
     try:
-        _write_plan(run_dir, preps)  # rewritten on resume: a kill or a full disk may have lost it
-        results = rundir.Results(run_dir)
-        results.repair()
-        done = results.done_cells()
-        if resume is not None:
-            done = results.verified(done, parts, exp.output.logits)
-    except BaseException as exc:
-        manifest.fail(exc, spent + time.perf_counter() - started, noop_before)
-        raise
-    metric_names = [m for m in exp.metrics if m != "top_k"]
-    axes = tuple(prep.plan.axes) + (("corruption",) if labelled else ())
-    try:
+        results, done = _results(run_dir, preps, resume is not None)
         with torch.inference_mode():
-            todo_total = sum(1 for p in preps for c in p.plan.cells if c.index not in done)
-            with _progress(progress, todo_total) as advance:
-                for variant in preps:
-                    executor = answers.executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
-                    executor.prepare()
-                    executors.append(executor)
-                    todo = [c for c in variant.plan.cells if c.index not in done]
-                    if exp.method == "attribution":
-                        batches = attribution.execute(executor, todo)
-                    else:
-                        batches = backends.execute(executor, todo, settings, variant.label)
-                    for n_batch, outputs in enumerate(batches):
-                        label = variant.label if labelled else None
-                        _store(outputs, label, exp.output.logits, parts, n_batch, results)
-                        advance(len(outputs))
+            _execute(preps, executors, done, settings, results, run_dir / "tensors.parts", progress)
             rows = results.rows()
-            _write_outputs(run_dir, preps, executors, rows, results, axes, metric_names)
+            _write_outputs(run_dir, preps, executors, rows, results, *_axes_and_metrics(prep))
     except BaseException as exc:
-        manifest.fail(exc, spent + time.perf_counter() - started, noop_before + _noop(executors))
+        clock.fail(exc, executors)
         raise
-    manifest.finish(
-        "complete",
-        error=None,
-        seconds=round(spent + time.perf_counter() - started, 3),
-        cells_done=len(rows),
-        cells_noop=noop_before + _noop(executors),
-        shortcuts=(
-            {p.label: e.report for p, e in zip(preps, executors, strict=True)}
-            if labelled
-            else executors[0].report
-        ),
-    )
+    clock.finish(preps, executors, len(rows))
     return run_dir
+
+
+def _axes_and_metrics(prep: Prepared) -> tuple[tuple[str, ...], list[str]]:
+    """The results' grid axes (plus `corruption` for a list of corruptions) and scalar metric names."""
+    axes = tuple(prep.plan.axes) + (("corruption",) if prep.label is not None else ())
+    return axes, [m for m in prep.cfg.experiment.metrics if m != "top_k"]
+
+
+def _results(run_dir: Path, preps: list[Prepared], resumed: bool) -> tuple[rundir.Results, set[int]]:
+    """The plan files, the results table (repaired) and the cells already done (verified on resume)."""
+    _write_plan(run_dir, preps)  # rewritten on resume: a kill or a full disk may have lost it
+    results = rundir.Results(run_dir)
+    results.repair()
+    done = results.done_cells()
+    if resumed:
+        done = results.verified(done, run_dir / "tensors.parts", preps[0].cfg.experiment.output.logits)
+    return results, done
+
+
+def _execute(
+    preps: list[Prepared],
+    executors: list[Executor],
+    done: set[int],
+    settings: backends.Settings,
+    results: rundir.Results,
+    parts: Path,
+    progress: bool,
+) -> None:
+    """Per variant: baselines, then the cells not yet done from the backend, stored batch by batch."""
+    from ivx import answers, attribution, backends
+
+    exp = preps[0].cfg.experiment
+    label_rows = preps[0].label is not None
+    todo_total = sum(1 for p in preps for c in p.plan.cells if c.index not in done)
+    with _progress(progress, todo_total) as advance:
+        for variant in preps:
+            executor = answers.executor(variant.cfg, variant.lm, variant.prompts, variant.plan)
+            executor.prepare()
+            executors.append(executor)
+            todo = [c for c in variant.plan.cells if c.index not in done]
+            if exp.method == "attribution":
+                batches = attribution.execute(executor, todo)
+            else:
+                batches = backends.execute(executor, todo, settings, variant)
+            for n_batch, outputs in enumerate(batches):
+                label = variant.label if label_rows else None
+                _store(outputs, label, exp.output.logits, parts, n_batch, results)
+                advance(len(outputs))
+
+
+class _Clock:
+    """Wall time and no-op cells across resumes, written into the manifest when the run ends."""
+
+    def __init__(self, manifest: rundir.Manifest, resumed: bool) -> None:
+        self.manifest = manifest
+        self.started = time.perf_counter()
+        self.spent = float(manifest.data.get("seconds") or 0.0)
+        self.noop_before = int(manifest.data.get("cells_noop") or 0) if resumed else 0
+
+    def seconds(self) -> float:
+        """Seconds spent in this run directory, over every resume."""
+        return self.spent + time.perf_counter() - self.started
+
+    def fail(self, exc: BaseException, executors: list[Executor]) -> None:
+        """Mark the run failed."""
+        self.manifest.fail(exc, self.seconds(), self.noop_before + _noop(executors))
+
+    def finish(self, preps: list[Prepared], executors: list[Executor], cells_done: int) -> None:
+        """Mark the run complete, with what ran and how (the executors' shortcut reports)."""
+        labelled = preps[0].label is not None
+        self.manifest.finish(
+            "complete",
+            error=None,
+            seconds=round(self.seconds(), 3),
+            cells_done=cells_done,
+            cells_noop=self.noop_before + _noop(executors),
+            shortcuts=(
+                {p.label: e.report for p, e in zip(preps, executors, strict=True)}
+                if labelled
+                else executors[0].report
+            ),
+        )
 
 
 def _write_plan(run_dir: Path, preps: list[Prepared]) -> None:
@@ -359,7 +405,7 @@ def _write_plan(run_dir: Path, preps: list[Prepared]) -> None:
     rundir.write_text(run_dir / "plan.jsonl", "".join(json.dumps(r) + "\n" for r in plan_rows))
 
 
-def _noop(executors: list[Any]) -> int:
+def _noop(executors: list[Executor]) -> int:
     return sum(e.noop_cells for e in executors)
 
 

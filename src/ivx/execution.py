@@ -1,0 +1,285 @@
+"""The execute loop: cells in, `CellOutput`s out, batch by batch (the backend seam).
+
+Cells are grouped by prompt length (no padding, so numbers equal single-sequence runs) and packed
+into batched forwards by `steps`: no-op cells are answered from the corrupted baseline, the rest
+are scheduled by the measured cost model (`schedule`) — continuing from the baseline's KV cache,
+skipping blocks below their first edit, their last positions unembedded together when the head
+can be deferred. A backend (`backends`) receives batches of cells and returns what `execute`
+yields; `segments` cuts the same stream where no deferred rows are pending, so any consecutive
+run of segments executed alone gives the same bits.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ivx import hooks, schedule, shortcuts
+from ivx.baselines import Acts, Baselines, SiteKey
+from ivx.patches import PatchBuilder, PatchSet
+from ivx.plan import Cell
+from ivx.rows import Rows
+from ivx.shortcut_state import ShortcutState
+from ivx.workload import MAX_ROWS, Workload
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class CellOutput:
+    """What one executed cell produced."""
+
+    cell: Cell
+    row: dict[str, Any]
+    logits: torch.Tensor | None  # [vocab] (or [seq, vocab]) mean over samples
+    collected: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One batch of the loop: no-op cells answered from the baseline, or one scheduled forward."""
+
+    cells: list[Cell]
+    prefix: int = 0  # reused tokens (KV cache)
+    skip: int = 0  # skipped blocks (layer reuse)
+    noop: bool = False
+    deferred: bool = False  # backbone only; the head runs later for many steps at once
+
+
+@dataclass
+class Engine:
+    """Everything the loop reads: the workload, its baselines, shortcut state, patches and rows."""
+
+    work: Workload
+    base: Baselines
+    state: ShortcutState
+    patches: PatchBuilder
+    rows: Rows
+
+
+def steps(engine: Engine, cells: list[Cell]) -> list[Step]:
+    """The batches `execute` runs for `cells`, counted in the shortcut report as they will run."""
+    work, state = engine.work, engine.state
+    noop = [cell for cell in cells if state.noop(cell)]
+    per_step = max(1, MAX_ROWS // work.samples)  # rows of [vocab] logits held at once, as for a forward
+    out = [Step(noop[i : i + per_step], noop=True) for i in range(0, len(noop), per_step)]
+    state.noop_cells += len(noop)
+    for cell in noop:
+        group = _group(state, work.length(cell))
+        group["cells"] += 1
+        group["noop_cells"] += 1
+    skipped = {cell.index for cell in noop}
+    todo = {cell.index for cell in cells if cell.index not in skipped}
+    # packed over the whole plan, so a cell's batch shape (its reused prefix and skipped
+    # blocks) does not depend on which cells are left to do (a resumed run gives the same bits)
+    whole = [cell for cell in work.plan.cells if cell.index in todo or not state.noop(cell)]
+    defer = work.exp.output.logits != "all" and state.on("defer_head")
+    for planned, prefix, skip in _schedule(engine, whole):
+        chunk = [cell for cell in planned if cell.index in todo]
+        if not chunk:
+            continue
+        _count(state, work.length(chunk[0]), len(chunk), prefix, skip)
+        collects = any(e.kind == "collect" for cell in chunk for e in cell.edits)
+        out.append(Step(chunk, prefix, skip, deferred=defer and chunk[0].index >= 0 and not collects))
+    return out
+
+
+def segments(batches: list[Step], samples: int) -> list[list[Cell]]:
+    """The cells of `batches` cut where the loop holds no deferred rows (task boundaries)."""
+    out = [step.cells for step in batches if step.noop]
+    current: list[Cell] = []
+    pending = 0  # deferred rows the loop would hold
+    for step in batches:
+        if step.noop:
+            continue
+        if step.deferred:
+            if pending + len(step.cells) * samples > MAX_ROWS:  # the loop flushes here
+                out.append(current)
+                current, pending = [], 0
+            pending += len(step.cells) * samples
+        current.extend(step.cells)
+    out.append(current)
+    return [s for s in out if s]
+
+
+def execute(engine: Engine, batches: list[Step]) -> Iterator[list[CellOutput]]:
+    """Run the batches of `steps`; yield each batch's outputs (deferred ones when their head runs)."""
+    import torch
+
+    work, base = engine.work, engine.base
+    all_logits = work.exp.output.logits == "all"
+    pending: list[tuple[list[Cell], torch.Tensor]] = []  # cells whose logits are not yet computed
+
+    def flush() -> list[CellOutput]:
+        cells, hidden = [c for chunk, _ in pending for c in chunk], torch.cat([h for _, h in pending])
+        pending.clear()
+        return outputs(engine, cells, shortcuts.unembed(work.lm, hidden))
+
+    for step in batches:
+        if step.noop:
+            logits = torch.cat([base.corrupt_logits[c.prompt] for c in step.cells])
+            yield outputs(engine, step.cells, logits.to(work.lm.device))
+            continue
+        chunk, prefix, skip = step.cells, step.prefix, step.skip
+        ids = torch.tensor([base.run_ids(work, c.prompt) for c in chunk]).repeat_interleave(
+            work.samples, dim=0
+        )
+        patched = engine.patches.build(chunk, offset=prefix)
+        past = engine.state.past(chunk, prefix) if prefix else None
+        states = engine.state.block_states(chunk, prefix, skip)
+        with hooks.patching(work.lm.model, patched.patches), engine.state.skipping(skip, states):
+            if step.deferred:
+                hidden = shortcuts.final_hidden(work.lm, ids[:, prefix:], past)
+            else:
+                logits, _ = work.forward(ids[:, prefix:], all_logits, past)
+        if step.deferred:
+            if sum(len(h) for _, h in pending) + len(hidden) > MAX_ROWS:
+                yield flush()
+            pending.append((chunk, hidden))
+            continue
+        yield outputs(engine, chunk, logits, patched)
+    if pending:
+        yield flush()
+
+
+def corrupted_pass(engine: Engine, capture: set[SiteKey]) -> Acts:
+    """Corrupted baseline runs (no site edits), keeping KV caches and block outputs for the shortcuts.
+
+    Stores each prompt's corrupted logits in the baselines and returns the activations at the
+    `capture` sites ([samples, seq, d] per prompt).
+    """
+    import torch
+
+    work, state = engine.work, engine.state
+    S = work.samples
+    state_sites = []
+    if state.on("layer_reuse"):
+        state_sites = [work.site("block_output", layer) for layer in range(work.lm.info.n_layers)]
+    wanted = {key: work.site(*key) for key in capture}
+    acts: Acts = {key: {} for key in capture}
+    sites = list(dict.fromkeys([*state_sites, *wanted.values()]))
+    by_len: dict[int, list[Cell]] = defaultdict(list)
+    for p in work.prompts.values():
+        by_len[p.length].append(Cell(-1 - p.index, p.index, (), ()))
+    for length, group in sorted(by_len.items()):
+        per_batch = max(1, work.batch_rows(length) // S)
+        for start in range(0, len(group), per_batch):
+            chunk = group[start : start + per_batch]
+            ids = torch.tensor([engine.base.run_ids(work, c.prompt) for c in chunk]).repeat_interleave(
+                S, dim=0
+            )
+            patched = engine.patches.build(chunk)
+            with (
+                hooks.patching(work.lm.model, patched.patches),
+                hooks.capturing(work.lm.model, sites) as store,
+            ):
+                logits, cache = work.forward(ids, keep_cache=state.on("prefix_reuse"))
+            for i, cell in enumerate(chunk):
+                for key, site in wanted.items():
+                    acts[key][cell.prompt] = store[site][i * S : (i + 1) * S]
+            state.keep(chunk, cache, store, state_sites)
+            outputs(engine, chunk, logits)
+    return acts
+
+
+def outputs(
+    engine: Engine, chunk: list[Cell], logits: torch.Tensor, patched: PatchSet | None = None
+) -> list[CellOutput]:
+    """The outputs of a batch's cells; corrupted-baseline cells (index < 0) store their logits instead."""
+    work = engine.work
+    S = work.samples
+    logits = work.scoring.ran(chunk, logits, S)
+    last = logits if logits.dim() == 2 else logits[:, -1]
+    if all(c.index < 0 for c in chunk):  # corrupted baselines: kept, no metric rows
+        for i, cell in enumerate(chunk):
+            engine.base.corrupt_logits[cell.prompt] = last[i * S : (i + 1) * S].cpu()
+        return []
+    values = engine.rows.batch_values(chunk, last)
+    collected = patched.collected(S) if patched is not None else {}
+    out = []
+    for i, cell in enumerate(chunk):
+        rows = slice(i * S, (i + 1) * S)
+        if cell.index < 0:  # corrupted baseline
+            engine.base.corrupt_logits[cell.prompt] = last[rows].cpu()
+            continue
+        mean = {k: float(v[rows].mean()) for k, v in values.items()}
+        row = engine.rows.row(cell, mean, last[rows])
+        out.append(CellOutput(cell, row, logits[rows].mean(0).cpu(), collected.get(cell.index, {})))
+    return out
+
+
+# ---- scheduling ---------------------------------------------------------------------------------
+def _schedule(engine: Engine, cells: list[Cell]) -> list[tuple[list[Cell], int, int]]:
+    """Batches (cells, reused prefix, skipped blocks) of the cells that need a forward.
+
+    Per prompt length, two packings are costed with the measured model cost — continuing
+    from the baseline's KV cache (cells grouped by their first edited position) or full
+    recomputation (any position together) — and the cheaper one runs. Within either, cells
+    sorted by their first edited layer are split where skipping blocks saves more than
+    a separate forward costs (`schedule.partition`).
+    """
+    by_len: dict[int, list[Cell]] = defaultdict(list)
+    for cell in cells:
+        by_len[engine.work.length(cell)].append(cell)
+    out: list[tuple[list[Cell], int, int]] = []
+    for length, group in sorted(by_len.items()):
+        options: dict[str, tuple[float, list[tuple[list[Cell], int, int]]]] = {}
+        options["full"] = _pack(engine, group, length, 0)
+        by_prefix: dict[int, list[Cell]] = defaultdict(list)
+        for cell in group:
+            by_prefix[engine.state.prefix(cell)].append(cell)
+        if len(by_prefix) > 1 or 0 not in by_prefix:
+            packs = [_pack(engine, part, length, prefix) for prefix, part in sorted(by_prefix.items())]
+            options["prefix_reuse"] = (sum(p[0] for p in packs), [b for p in packs for b in p[1]])
+        choice = min(options, key=lambda k: options[k][0])
+        record = _group(engine.state, length)
+        record["packing"] = choice
+        record["estimated_seconds"] = {k: round(v[0], 4) for k, v in options.items()}
+        out.extend(options[choice][1])
+    return out
+
+
+def _pack(
+    engine: Engine, cells: list[Cell], length: int, prefix: int
+) -> tuple[float, list[tuple[list[Cell], int, int]]]:
+    """Estimated seconds and batches of cells continuing after `prefix` reused tokens."""
+    work, state = engine.work, engine.state
+    tokens = length - prefix
+    layer_reuse = state.on("layer_reuse")
+    ordered = sorted(cells, key=state.skip) if layer_reuse else list(cells)
+    skips = [state.skip(c) for c in ordered]
+    cost = state.cost() if (state.on("prefix_reuse") or layer_reuse) else schedule.Cost(1.0, 0.0)
+    batches, seconds = schedule.partition(
+        skips, work.lm.info.n_layers, work.samples, tokens, work.batch_rows(tokens), cost
+    )
+    return seconds, [(ordered[b.start : b.end], prefix, b.skip) for b in batches]
+
+
+def _group(state: ShortcutState, length: int) -> dict[str, Any]:
+    """The report's record of the cells of one prompt length: what ran, and how."""
+    groups: list[dict[str, Any]] = state.report["groups"]
+    for group in groups:
+        if group["length"] == length:
+            return group
+    group = {
+        "length": length,
+        "cells": 0,
+        "noop_cells": 0,
+        "forwards": 0,
+        "cells_after_prefix": 0,
+        "cells_skipping_blocks": 0,
+    }
+    groups.append(group)
+    groups.sort(key=lambda g: g["length"])
+    return group
+
+
+def _count(state: ShortcutState, length: int, cells: int, prefix: int, skip: int) -> None:
+    group = _group(state, length)
+    group["cells"] += cells
+    group["forwards"] += 1
+    group["cells_after_prefix"] += cells if prefix else 0
+    group["cells_skipping_blocks"] += cells if skip else 0
