@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ivx.config import ConfigError
 
@@ -54,8 +54,9 @@ def resolve(
     exp = prep.cfg.experiment
     name = name or exp.backend
     problems = []
-    if name not in ("local", "ray"):
-        problems.append(prep.cfg.problem(("backend",), f"unknown backend {name!r}; valid: local, ray"))
+    if name not in BACKENDS:
+        valid = ", ".join(BACKENDS)
+        problems.append(prep.cfg.problem(("backend",), f"unknown backend {name!r}; valid: {valid}"))
     if name == "ray" and exp.method != "exact":
         problems.append(
             prep.cfg.problem(("method",), f"method: {exp.method} runs on the local backend only, not ray")
@@ -70,13 +71,26 @@ def resolve(
     return Settings(name, ray, str(Path(path).resolve()), tuple(overrides))
 
 
+class Backend(Protocol):
+    """Where cells run: given a prepared executor and the cells to do, outputs per finished batch."""
+
+    def __call__(
+        self, executor: Executor, todo: list[Cell], settings: Settings, prep: Prepared
+    ) -> Iterator[list[CellOutput]]: ...
+
+
 def execute(
     executor: Executor, todo: list[Cell], settings: Settings, prep: Prepared
 ) -> Iterator[list[CellOutput]]:
     """Outputs of `todo` cells of `prep`, a list per finished batch (task), from the chosen backend."""
-    if settings.name == "local":
-        return executor.execute(todo)
-    return _ray_outputs(executor, todo, settings, prep)
+    return BACKENDS[settings.name](executor, todo, settings, prep)
+
+
+def _local(
+    executor: Executor, todo: list[Cell], settings: Settings, prep: Prepared
+) -> Iterator[list[CellOutput]]:
+    """This process: the executor's own loop."""
+    return executor.execute(todo)
 
 
 def tasks(executor: Executor, todo: list[Cell], task_cells: int) -> list[list[Cell]]:
@@ -210,6 +224,9 @@ def _ray_outputs(
             ray.kill(actor, no_restart=True)
         if started:
             ray.shutdown()
+
+
+BACKENDS: dict[str, Backend] = {"local": _local, "ray": _ray_outputs}
 
 
 def _dispatch(actors: list[Any], queue: list[list[Cell]]) -> Iterator[list[CellOutput]]:
