@@ -7,7 +7,7 @@
 
 Each relies on an API of transformers (the cache argument, how blocks are called, what the head
 computes). A release that changes one must not silently change numbers or speed, so every run
-checks them on its first prompt before any cell runs (`runner.Executor._verify_shortcuts`): the
+checks them on its first prompt before any cell runs (`shortcut_state.ShortcutState.verify`): the
 corrupted baseline recomputed through all enabled shortcuts at once (half the prompt from its KV
 cache, block 0 skipped, the head deferred) must reproduce its plain-forward logits; on a
 mismatch each shortcut is checked alone and the failing ones are switched off, with the reason

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ivx.positions import CATEGORIES, category
 from ivx.report import PRIMARY
 from ivx.schema import is_ref
+
+if TYPE_CHECKING:
+    from ivx.runner import Executor
 
 
 def bound_axes(prep: Any) -> dict[str, str]:
@@ -63,7 +66,7 @@ def _stats(values: list[float]) -> tuple[float, float, int]:
     return mean, math.sqrt(var / n), n
 
 
-def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Any) -> dict[str, Any]:
+def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Executor) -> dict[str, Any]:
     """AIE by token category × layer (and by position × layer) per component, with std errors."""
     axes = bound_axes(prep)
     metric = plot_metric(prep.cfg.experiment.metrics)
