@@ -7,8 +7,9 @@ position, one sample per cell, the target's log-prob at the last position.
 
 Variants, each timed in its own fresh process (so peak RSS is its own), interleaved over repeats,
 fastest repeat reported:
-- plain:  the same number of sequences through a plain batched forward, no hooks (the limit of
-          a naive recompute);
+- plain:  the same number of sequences through a plain batched forward, no hooks, logits of the
+          last position only (`logits_to_keep=1`: the limit of a naive recompute; ratios are per this);
+- plain_all: the same with every position's logits, as a plain `model(ids)` (the issue's baseline);
 - off:    `ivx run` with every shortcut off;
 - ivx:    `ivx run` with its defaults;
 - hand:   a hand-written exact prefix-KV reuse (per position, all layers in one batch, continuing
@@ -84,7 +85,8 @@ def load_hf(model_dir: Path):  # type: ignore[no-untyped-def]
     return AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
 
 
-def run_plain(model_dir: Path, length: int) -> tuple[float, int]:
+def run_plain(model_dir: Path, length: int, keep: int | None = 1) -> tuple[float, int]:
+    """`keep=1`: logits of the last position only (a tuned baseline); None: all logits, as `model(ids)`."""
     model, _ = load_hf(model_dir)
     cells = N_LAYERS * length
     batch = max(1, 2048 // length)
@@ -93,7 +95,10 @@ def run_plain(model_dir: Path, length: int) -> tuple[float, int]:
         model(input_ids=ids[:2], logits_to_keep=1)  # warm-up
         start = time.perf_counter()
         for done in range(0, cells, batch):
-            model(input_ids=ids[: min(batch, cells - done)], use_cache=False, logits_to_keep=1)
+            if keep is None:
+                model(input_ids=ids[: min(batch, cells - done)], use_cache=False)
+            else:
+                model(input_ids=ids[: min(batch, cells - done)], use_cache=False, logits_to_keep=keep)
     return time.perf_counter() - start, cells
 
 
@@ -200,6 +205,7 @@ def run_transformer_lens(model_dir: Path, length: int) -> tuple[float, int]:
 
 VARIANTS = {
     "plain": lambda d, t, w: run_plain(d, t),
+    "plain_all": lambda d, t, w: run_plain(d, t, None),
     "off": lambda d, t, w: run_ivx(d, t, False, w),
     "ivx": lambda d, t, w: run_ivx(d, t, True, w),
     "hand": lambda d, t, w: run_hand(d, t),
@@ -290,16 +296,20 @@ def main() -> None:
                         loads.append(r["load"])
                         if name not in best or r["seconds"] < best[name]["seconds"]:
                             best[name] = r
-                plain = best["plain"]["cells"] / best["plain"]["seconds"] if "plain" in best else None
+                rates = {name: r["cells"] / r["seconds"] for name, r in best.items()}
                 print(
                     f"\nT={length}, {threads} thread(s), {N_LAYERS * length} cells, "
                     f"load average {min(loads):.1f}-{max(loads):.1f} during the run"
                 )
-                print(f"  {'variant':8s} {'cells/s':>9s} {'x plain':>8s} {'peak RSS':>9s}")
+                print(
+                    f"  {'variant':16s} {'cells/s':>9s} {'x plain':>8s} {'x plain_all':>11s} {'peak RSS':>9s}"
+                )
                 for name, r in best.items():
-                    rate = r["cells"] / r["seconds"]
-                    ratio = f"{rate / plain:7.2f}x" if plain else "       -"
-                    print(f"  {name:8s} {rate:9.1f} {ratio} {r['peak_rss_mb']:7.0f} MB")
+                    ratios = [
+                        f"{rates[name] / rates[base]:{width}.2f}x" if base in rates else " " * (width + 1)
+                        for base, width in (("plain", 7), ("plain_all", 10))
+                    ]
+                    print(f"  {name:16s} {rates[name]:9.1f} {' '.join(ratios)} {r['peak_rss_mb']:7.0f} MB")
                 if "ivx" in best:
                     ivx_rate = best["ivx"]["cells"] / best["ivx"]["seconds"]
                     for other in ("off", "hand", "pyvene", "transformer_lens"):

@@ -2,9 +2,9 @@
 
 Cells are grouped by prompt length (no padding, so numbers equal single-sequence runs) and packed
 into batched forwards by `steps`: no-op cells are answered from the corrupted baseline, the rest
-are scheduled by the measured cost model (`schedule`) — continuing from the baseline's KV cache,
-skipping blocks below their first edit, their last positions unembedded together when the head
-can be deferred. A backend (`backends`) receives batches of cells and returns what `execute`
+are scheduled by the cost model (`schedule`) — continuing from the baseline's KV cache, each row
+entering the blocks at its first edit (`stagger`), their last positions unembedded together when
+the head can be deferred. A backend (`backends`) receives batches of cells and returns what `execute`
 yields; `segments` cuts the same stream where no deferred rows are pending, so any consecutive
 run of segments executed alone gives the same bits.
 """
@@ -44,7 +44,7 @@ class Step:
 
     cells: list[Cell]
     prefix: int = 0  # reused tokens (KV cache)
-    skip: int = 0  # skipped blocks (layer reuse)
+    entries: tuple[int, ...] = ()  # per cell, the block its rows enter at (layer reuse; see `stagger`)
     noop: bool = False
     deferred: bool = False  # backbone only; the head runs later for many steps at once
 
@@ -77,13 +77,14 @@ def steps(engine: Engine, cells: list[Cell]) -> list[Step]:
     # blocks) does not depend on which cells are left to do (a resumed run gives the same bits)
     whole = [cell for cell in work.plan.cells if cell.index in todo or not state.noop(cell)]
     defer = work.exp.output.logits != "all" and state.on("defer_head")
-    for planned, prefix, skip in _schedule(engine, whole):
-        chunk = [cell for cell in planned if cell.index in todo]
-        if not chunk:
+    for planned, prefix, planned_entries in _schedule(engine, whole):
+        keep = [i for i, cell in enumerate(planned) if cell.index in todo]
+        if not keep:
             continue
-        _count(state, work.length(chunk[0]), len(chunk), prefix, skip)
+        chunk, entries = [planned[i] for i in keep], tuple(planned_entries[i] for i in keep)
+        _count(state, work.length(chunk[0]), len(chunk), prefix, entries)
         collects = any(e.kind == "collect" for cell in chunk for e in cell.edits)
-        out.append(Step(chunk, prefix, skip, deferred=defer and chunk[0].index >= 0 and not collects))
+        out.append(Step(chunk, prefix, entries, deferred=defer and chunk[0].index >= 0 and not collects))
     return out
 
 
@@ -123,14 +124,15 @@ def execute(engine: Engine, batches: list[Step]) -> Iterator[list[CellOutput]]:
             logits = torch.cat([base.corrupt_logits[c.prompt] for c in step.cells])
             yield outputs(engine, step.cells, logits.to(work.lm.device))
             continue
-        chunk, prefix, skip = step.cells, step.prefix, step.skip
+        chunk, prefix = step.cells, step.prefix
+        entries = [e for e in step.entries for _ in range(work.samples)]
         ids = torch.tensor([base.run_ids(work, c.prompt) for c in chunk]).repeat_interleave(
             work.samples, dim=0
         )
         patched = engine.patches.build(chunk, offset=prefix)
-        past = engine.state.past(chunk, prefix) if prefix else None
-        states = engine.state.block_states(chunk, prefix, skip)
-        with hooks.patching(work.lm.model, patched.patches), engine.state.skipping(skip, states):
+        past = engine.state.past(chunk, prefix, entries) if prefix else None
+        entering = engine.state.entering(chunk, prefix, entries)
+        with hooks.patching(work.lm.model, patched.patches), entering:
             if step.deferred:
                 hidden = shortcuts.final_hidden(work.lm, ids[:, prefix:], past)
             else:
@@ -212,50 +214,32 @@ def outputs(
 
 
 # ---- scheduling ---------------------------------------------------------------------------------
-def _schedule(engine: Engine, cells: list[Cell]) -> list[tuple[list[Cell], int, int]]:
-    """Batches (cells, reused prefix, skipped blocks) of the cells that need a forward.
+def _schedule(engine: Engine, cells: list[Cell]) -> list[tuple[list[Cell], int, list[int]]]:
+    """Forwards (cells, reused prefix, entry block per cell) of the cells that need one.
 
-    Per prompt length, two packings are costed with the measured model cost — continuing
-    from the baseline's KV cache (cells grouped by their first edited position) or full
-    recomputation (any position together) — and the cheaper one runs. Within either, cells
-    sorted by their first edited layer are split where skipping blocks saves more than
-    a separate forward costs (`schedule.partition`).
+    Per prompt length, cells continue from the baseline's KV cache after their first edited
+    position and enter the block stack at their first edited layer (`stagger`); runs of
+    neighbouring prefixes share a forward where the cost model says a block's fixed cost
+    outweighs recomputing the positions between them (`schedule.stagger`).
     """
+    work, state = engine.work, engine.state
     by_len: dict[int, list[Cell]] = defaultdict(list)
     for cell in cells:
-        by_len[engine.work.length(cell)].append(cell)
-    out: list[tuple[list[Cell], int, int]] = []
+        by_len[work.length(cell)].append(cell)
+    reuse = state.on("prefix_reuse") or state.on("layer_reuse")
+    cost = state.cost() if reuse else schedule.Cost(1.0, 0.0)
+    out: list[tuple[list[Cell], int, list[int]]] = []
     for length, group in sorted(by_len.items()):
-        options: dict[str, tuple[float, list[tuple[list[Cell], int, int]]]] = {}
-        options["full"] = _pack(engine, group, length, 0)
-        by_prefix: dict[int, list[Cell]] = defaultdict(list)
-        for cell in group:
-            by_prefix[engine.state.prefix(cell)].append(cell)
-        if len(by_prefix) > 1 or 0 not in by_prefix:
-            packs = [_pack(engine, part, length, prefix) for prefix, part in sorted(by_prefix.items())]
-            options["prefix_reuse"] = (sum(p[0] for p in packs), [b for p in packs for b in p[1]])
-        choice = min(options, key=lambda k: options[k][0])
-        record = _group(engine.state, length)
-        record["packing"] = choice
-        record["estimated_seconds"] = {k: round(v[0], 4) for k, v in options.items()}
-        out.extend(options[choice][1])
+        keys = [(state.prefix(c), state.skip(c)) for c in group]
+        rows = work.batch_rows(length - min(p for p, _ in keys))
+        forwards, seconds = schedule.stagger(keys, work.lm.info.n_layers, work.samples, length, rows, cost)
+        record = _group(state, length)
+        record["packing"] = "prefix_reuse" if any(f.prefix for f in forwards) else "full"
+        record["staggered"] = any(keys[f.cells[0]][1] != keys[f.cells[-1]][1] for f in forwards)
+        record["estimated_seconds"] = round(seconds, 4)
+        for f in forwards:
+            out.append(([group[i] for i in f.cells], f.prefix, [keys[i][1] for i in f.cells]))
     return out
-
-
-def _pack(
-    engine: Engine, cells: list[Cell], length: int, prefix: int
-) -> tuple[float, list[tuple[list[Cell], int, int]]]:
-    """Estimated seconds and batches of cells continuing after `prefix` reused tokens."""
-    work, state = engine.work, engine.state
-    tokens = length - prefix
-    layer_reuse = state.on("layer_reuse")
-    ordered = sorted(cells, key=state.skip) if layer_reuse else list(cells)
-    skips = [state.skip(c) for c in ordered]
-    cost = state.cost() if (state.on("prefix_reuse") or layer_reuse) else schedule.Cost(1.0, 0.0)
-    batches, seconds = schedule.partition(
-        skips, work.lm.info.n_layers, work.samples, tokens, work.batch_rows(tokens), cost
-    )
-    return seconds, [(ordered[b.start : b.end], prefix, b.skip) for b in batches]
 
 
 def _group(state: ShortcutState, length: int) -> dict[str, Any]:
@@ -277,9 +261,9 @@ def _group(state: ShortcutState, length: int) -> dict[str, Any]:
     return group
 
 
-def _count(state: ShortcutState, length: int, cells: int, prefix: int, skip: int) -> None:
+def _count(state: ShortcutState, length: int, cells: int, prefix: int, entries: tuple[int, ...]) -> None:
     group = _group(state, length)
     group["cells"] += cells
     group["forwards"] += 1
     group["cells_after_prefix"] += cells if prefix else 0
-    group["cells_skipping_blocks"] += cells if skip else 0
+    group["cells_skipping_blocks"] += sum(1 for e in entries if e)

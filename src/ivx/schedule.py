@@ -1,16 +1,16 @@
-"""Pack cells into forward passes by a measured cost model (pure functions; no torch).
+"""Pack cells into forward passes by a cost model (pure functions; no torch).
 
-A forward of `rows` sequences of `tokens` new tokens through the blocks from `skip` upward
-costs about `call + (n_layers - skip) * (block + token * rows * tokens)` seconds: `block` is the
-fixed price of running one block once (reading its weights, launching kernels — it dominates
-small batches on a CPU), `token` the price of one token through one block. Cells that restore
-a late layer can skip the blocks below it (layer reuse), but packing cells of many layers into
-one forward pays `block` once for all of them; which wins depends on the model, the device and
-the prompt length, so ivx estimates `block` and `token` for the loaded model and device
-(`shortcuts.estimate`) and lets this module choose, per group of cells sharing a prompt length
-and a reusable prefix, the batches that minimise the estimated time. Every choice is exact: a
-row whose own first edited layer lies above its batch's skip recomputes blocks whose output
-equals the baseline's.
+A cell continues from the baseline's KV cache after its reusable prefix (its first edited
+position) and enters the block stack at its entry block (its first edited layer; see
+`ivx.stagger`). A forward over rows of `tokens` new tokens costs about `call` plus, for every
+block from its lowest entry up, `block + token * tokens * active` seconds, `active` being the
+rows that entered at or below that block: `block` is the fixed price of running a block once
+(reading its weights, launching kernels — it dominates small batches on a CPU), `token` the
+price of one token through one block. Cells of one prefix always share a forward (their rows
+only pay for their own blocks); cells of neighbouring prefixes share one when a block's fixed
+price outweighs recomputing the few positions between them. ivx estimates `block` and `token`
+for the loaded model and device (`shortcuts.estimate`). Every choice is exact: a recomputed
+position or block gives the baseline's states.
 """
 
 from __future__ import annotations
@@ -27,52 +27,77 @@ class Cost:
     token: float
     call: float = 0.0  # per forward: embedding, final norm, hooks, Python
 
-    def forward(self, n_blocks: int, rows: int, tokens: int) -> float:
-        """Estimated seconds of one forward through `n_blocks` blocks."""
-        return self.call + n_blocks * (self.block + self.token * rows * tokens)
-
     def to_dict(self) -> dict[str, float | int]:
         """For the manifest."""
         return {"block_s": self.block, "token_s": self.token, "call_s": self.call}
 
 
+# ---- staggered entry (rows join the block stack at their own layer; see `ivx.stagger`) -------
+REACH = 16  # most prefix groups one forward merges (merging pays only while a block's fixed cost dominates)
+
+
 @dataclass(frozen=True)
-class Batch:
-    """Cells [start, end) of a skip-sorted group, run together with the blocks below `skip` skipped."""
+class Staggered:
+    """One forward: `cells` (indices into the caller's list, by ascending entry) after `prefix` tokens."""
 
-    start: int
-    end: int
-    skip: int
-
-
-def _split(skips: list[int], start: int, end: int, per_batch: int) -> list[Batch]:
-    return [Batch(i, min(end, i + per_batch), skips[i]) for i in range(start, end, per_batch)]
+    prefix: int
+    cells: tuple[int, ...]
 
 
-def _estimate(batches: list[Batch], n_layers: int, rows_per_cell: int, tokens: int, cost: Cost) -> float:
-    return sum(cost.forward(n_layers - b.skip, (b.end - b.start) * rows_per_cell, tokens) for b in batches)
+def _chunk_cost(hist: list[int], per_batch: int, n_layers: int, cost: Cost) -> float:
+    """Fixed costs of the forwards over cells with entry histogram `hist`, split every `per_batch` cells."""
+    total, seen, level = 0.0, 0, 0
+    count = sum(hist)
+    for start in range(0, count, per_batch):
+        while seen + hist[level] <= start:  # entry of the start-th cell in ascending order
+            seen += hist[level]
+            level += 1
+        total += cost.call + (n_layers - level) * cost.block
+    return total
 
 
-def partition(
-    skips: list[int], n_layers: int, rows_per_cell: int, tokens: int, max_rows: int, cost: Cost
-) -> tuple[list[Batch], float]:
-    """Batches over cells sorted by `skips` (ascending) with the least estimated time, and that time.
+def stagger(
+    cells: list[tuple[int, int]], n_layers: int, rows_per_cell: int, length: int, max_rows: int, cost: Cost
+) -> tuple[list[Staggered], float]:
+    """Forwards over cells given as (reusable prefix, entry block), with the least estimated time.
 
-    Dynamic programming over the distinct skip levels: a batch set merges the cells of levels
-    i..j (their skip is level i's), split into forwards of at most `max_rows` rows.
+    A forward merges the cells of a run of consecutive prefixes and continues after the smallest
+    (its other rows recompute a few positions whose states equal the baseline's); each row costs
+    its own blocks, each forward `call` plus `block` per block above its lowest entry. Dynamic
+    programming over the sorted prefixes, merging at most `REACH` of them.
     """
-    if not skips:
+    if not cells:
         return [], 0.0
-    if any(a > b for a, b in zip(skips, skips[1:], strict=False)):
-        raise ValueError("skips must be sorted")
+    prefixes = sorted({p for p, _ in cells})
+    index = {p: i for i, p in enumerate(prefixes)}
+    hists = [[0] * (n_layers + 1) for _ in prefixes]
+    work = [0] * len(prefixes)  # sum over cells of blocks run
+    for p, e in cells:
+        hists[index[p]][e] += 1
+        work[index[p]] += n_layers - e
     per_batch = max(1, max_rows // rows_per_cell)
-    bounds = [0] + [i for i in range(1, len(skips)) if skips[i] != skips[i - 1]] + [len(skips)]
-    n = len(bounds) - 1
-    best: list[tuple[float, list[Batch]]] = [(0.0, [])] + [(math.inf, [])] * n
+    n = len(prefixes)
+    best: list[tuple[float, int]] = [(0.0, 0)] + [(math.inf, 0)] * n
     for j in range(1, n + 1):
-        for i in range(j):
-            batches = _split(skips, bounds[i], bounds[j], per_batch)
-            total = best[i][0] + _estimate(batches, n_layers, rows_per_cell, tokens, cost)
-            if total < best[j][0]:
-                best[j] = (total, best[i][1] + batches)
-    return best[n][1], best[n][0]
+        hist, blocks_run = [0] * (n_layers + 1), 0
+        for i in range(j - 1, max(-1, j - 1 - REACH), -1):
+            hist = [a + b for a, b in zip(hist, hists[i], strict=True)]
+            blocks_run += work[i]
+            tokens = length - prefixes[i]
+            seconds = _chunk_cost(hist, per_batch, n_layers, cost)
+            seconds += cost.token * tokens * rows_per_cell * blocks_run
+            if best[i][0] + seconds < best[j][0]:
+                best[j] = (best[i][0] + seconds, i)
+    bounds, j = [], n
+    while j:
+        bounds.append((best[j][1], j))
+        j = best[j][1]
+    by_prefix: list[list[int]] = [[] for _ in prefixes]
+    for c, (p, _) in enumerate(cells):
+        by_prefix[index[p]].append(c)
+    out = []
+    for i, j in reversed(bounds):
+        members = sorted((c for k in range(i, j) for c in by_prefix[k]), key=lambda c: cells[c][1])
+        for start in range(0, len(members), per_batch):
+            out.append(Staggered(prefixes[i], tuple(members[start : start + per_batch])))
+    return out, best[n][0]

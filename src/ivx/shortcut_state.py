@@ -3,14 +3,14 @@
 `shortcuts` holds the forwards; this module decides per run and per cell: the config's reasons to
 keep a shortcut off, the probe that recomputes the first prompt's corrupted baseline through the
 enabled shortcuts (`verify`), the baseline's KV caches and block outputs the cells continue from,
-and per cell the reusable prefix, the skippable blocks and whether it is a no-op.
+and per cell the reusable prefix, the block it enters at and whether it is a no-op.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ivx import hooks, kvcache, schedule, shortcuts
+from ivx import hooks, kvcache, schedule, shortcuts, stagger
 from ivx.baselines import Baselines
 from ivx.patches import PatchBuilder
 from ivx.plan import Cell
@@ -84,7 +84,7 @@ class ShortcutState:
         return min(min(e.positions) for e in cell.edits)
 
     def skip(self, cell: Cell) -> int:
-        """Blocks below the first edited layer: their outputs equal the baseline run's."""
+        """The cell's entry block: blocks below its first edited layer give the baseline's outputs."""
         if not self.on("layer_reuse") or cell.index < 0 or not cell.edits or cell.prompt not in self.states:
             return 0
         return min(
@@ -146,31 +146,39 @@ class ShortcutState:
             if stacked is not None:
                 self.states[cell.prompt] = stacked[:, rows].clone()  # [layers, rows, seq, d]
 
-    def past(self, cells: list[Cell], prefix: int) -> Any:
-        """The baseline KV cache of the first `prefix` tokens of each cell's prompt, as one batch."""
+    def past(self, cells: list[Cell], prefix: int, entries: list[int]) -> Any:
+        """The baseline KV cache of the first `prefix` tokens, as one batch; per layer only the rows
+        that run it (`entries`: each row's entry block, ascending; see `stagger`)."""
         import torch
 
-        caches = [self.caches[c.prompt] for c in cells]
-        pairs = [
-            (
-                torch.cat([cache[layer][0][:, :, :prefix] for cache in caches]),
-                torch.cat([cache[layer][1][:, :, :prefix] for cache in caches]),
+        S = self.work.samples
+        pairs = []
+        for layer in range(len(self.caches[cells[0].prompt])):
+            rows = stagger.active_rows(entries, layer) or len(entries)  # a skipped layer's cache is unused
+            caches = [self.caches[c.prompt][layer] for c in cells[: -(-rows // S)]]
+            pairs.append(
+                (
+                    torch.cat([keys[:, :, :prefix] for keys, _ in caches])[:rows],
+                    torch.cat([values[:, :, :prefix] for _, values in caches])[:rows],
+                )
             )
-            for layer in range(len(caches[0]))
-        ]
         return kvcache.build(self.work.lm.model.config, pairs)
 
-    def block_states(self, cells: list[Cell], prefix: int, skip: int) -> torch.Tensor | None:
-        """The baseline output of block `skip - 1` after `prefix` tokens, for each cell's rows."""
+    def entering(self, cells: list[Cell], prefix: int, entries: list[int]) -> Any:
+        """Context: each row enters the blocks at its entry block, the rest from the baseline's states."""
         import torch
 
-        if not skip:
-            return None
-        return torch.cat([self.states[c.prompt][skip - 1][:, prefix:] for c in cells])
+        S = self.work.samples
 
-    def skipping(self, count: int, states: torch.Tensor | None) -> Any:
-        """Context: blocks below `count` return `states` (see `shortcuts.skipping`)."""
-        return shortcuts.skipping(self.work.lm, count, states, self.tuple_blocks)
+        def states(block: int, start: int, out: torch.Tensor | None) -> torch.Tensor:
+            first = start // S  # rows of one cell share an entry, so `start` is a multiple of S
+            parts = [self.states[c.prompt][block][:, prefix:] for c in cells[first:]]
+            if out is None:
+                return torch.cat(parts)
+            torch.cat(parts, out=out)
+            return out
+
+        return stagger.staggered(self.work.lm, entries, states, self.tuple_blocks)
 
     # ---- the probe ------------------------------------------------------------------------------
     def verify(self, builder: PatchBuilder) -> None:
@@ -221,16 +229,19 @@ class ShortcutState:
 
         work = self.work
         prefix = work.prompts[prompt].length // 2 if "prefix_reuse" in use else 0
-        skip = 1 if "layer_reuse" in use else 0
-        cell = Cell(-1 - prompt, prompt, (), ())
-        ids = torch.tensor([self.base.run_ids(work, prompt)])
+        # layer reuse: two copies of the run entering at the last two blocks (staggered; cheap)
+        top = work.lm.info.n_layers
+        entries = [max(0, top - 2), top - 1] if "layer_reuse" in use else [0]
+        cells = [Cell(-1 - prompt, prompt, (), ())] * len(entries)
+        entries = [e for e in entries for _ in range(work.samples)]
+        ids = torch.tensor([self.base.run_ids(work, prompt)] * len(cells))
         ids = ids.repeat_interleave(work.samples, dim=0)[:, prefix:]
         self._replay_error: str | None = None
         try:
-            patches = builder.build([cell], offset=prefix).patches
-            past = self.past([cell], prefix) if prefix else None
-            states = self.states[prompt][skip - 1][:, prefix:] if skip else None
-            with torch.inference_mode(), hooks.patching(work.lm.model, patches), self.skipping(skip, states):
+            patches = builder.build(cells, offset=prefix).patches
+            past = self.past(cells, prefix, entries) if prefix else None
+            entering = self.entering(cells, prefix, entries)
+            with torch.inference_mode(), hooks.patching(work.lm.model, patches), entering:
                 if "defer_head" in use:
                     logits = shortcuts.unembed(work.lm, shortcuts.final_hidden(work.lm, ids, past))
                 else:
@@ -238,7 +249,7 @@ class ShortcutState:
         except Exception as exc:  # a changed API: the shortcut stays off
             self._replay_error = f"check failed with {type(exc).__name__}: {str(exc)[:100]}"
             return False
-        expected = self.base.corrupt_logits[prompt]
+        expected = self.base.corrupt_logits[prompt].repeat(len(cells), 1)
         return logits.shape == expected.shape and bool(
             torch.allclose(logits.cpu(), expected, rtol=1e-4, atol=1e-4)
         )

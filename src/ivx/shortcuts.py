@@ -16,8 +16,6 @@ recorded (manifest `shortcuts`) and printed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ivx import kvcache, schedule
@@ -60,36 +58,6 @@ def final_hidden(lm: LoadedModel, ids: torch.Tensor, past: Any = None) -> torch.
 def unembed(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of backbone outputs: [b, vocab]."""
     return lm.model.get_output_embeddings()(hidden).float()
-
-
-@contextmanager
-def skipping(
-    lm: LoadedModel, count: int, states: torch.Tensor | None, as_tuple: bool = False
-) -> Iterator[None]:
-    """Make blocks 0..count-1 return `states` (the baseline's output of block count-1).
-
-    `as_tuple`: return `(states,)`, for releases whose blocks return tuples (transformers 4.x).
-    """
-    from ivx import components
-
-    if not count:
-        yield
-        return
-    skipped = components.blocks(lm.model)[:count]
-    # a block may already carry an instance-level forward (accelerate's device hooks wrap it
-    # that way): keep it and put it back, never delete what ivx did not set
-    saved = [(block, block.__dict__.get("forward")) for block in skipped]
-    try:
-        value = (states,) if as_tuple else states
-        for block in skipped:
-            block.forward = lambda *args, **kwargs: value  # noqa: ARG005
-        yield
-    finally:
-        for block, previous in saved:
-            if previous is None:
-                block.__dict__.pop("forward", None)
-            else:
-                block.forward = previous
 
 
 def _accepts(fn: Any, name: str) -> bool:

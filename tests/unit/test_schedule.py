@@ -1,54 +1,74 @@
-"""The packing of cells into forwards minimises the cost model's estimate (pure, no torch)."""
+"""The packing of cells into staggered forwards minimises the cost model's estimate (pure, no torch)."""
 
 from __future__ import annotations
 
 import itertools
+import random
 
 import pytest
 
-from ivx.schedule import Batch, Cost, partition
+from ivx.schedule import REACH, Cost, stagger
 
 
-def _brute_force(skips: list[int], n_layers: int, tokens: int, per_batch: int, cost: Cost) -> float:
-    """Cheapest split of the sorted cells into contiguous batches, by enumerating every cut set."""
+def _forward_cost(entries: list[int], n_layers: int, rows_per_cell: int, tokens: int, cost: Cost) -> float:
+    """One forward, simulated block by block: each block runs the rows that entered at or below it."""
+    total = cost.call
+    for block in range(min(entries), n_layers):
+        active = sum(1 for e in entries if e <= block) * rows_per_cell
+        total += cost.block + cost.token * tokens * active
+    return total
+
+
+def _brute_force(
+    cells: list[tuple[int, int]], n_layers: int, per_batch: int, length: int, cost: Cost
+) -> float:
+    """Cheapest cut of the sorted prefixes into runs (each run: entry-sorted chunks of `per_batch`)."""
+    prefixes = sorted({p for p, _ in cells})
     best = float("inf")
-    n = len(skips)
-    for cuts in itertools.product([False, True], repeat=n - 1):
-        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
-        if any(b - a > per_batch for a, b in itertools.pairwise(bounds)):
-            continue
-        total = sum(cost.forward(n_layers - skips[a], b - a, tokens) for a, b in itertools.pairwise(bounds))
+    for cuts in itertools.product([False, True], repeat=len(prefixes) - 1):
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [len(prefixes)]
+        total = 0.0
+        for a, b in itertools.pairwise(bounds):
+            run = sorted(e for p, e in cells if p in prefixes[a:b])
+            for start in range(0, len(run), per_batch):
+                total += _forward_cost(
+                    run[start : start + per_batch], n_layers, 1, length - prefixes[a], cost
+                )
         best = min(best, total)
     return best
 
 
-def test_weight_bound_forwards_merge_every_layer() -> None:
-    # a block costs as much as 1000 tokens: one forward for all twelve layers' cells
-    batches, seconds = partition(list(range(1, 13)), 12, 1, 4, 512, Cost(block=1.0, token=1e-3, call=0.5))
-    assert batches == [Batch(0, 12, 1)]
-    assert seconds == pytest.approx(0.5 + 11 * (1.0 + 1e-3 * 12 * 4))
+@pytest.mark.parametrize("block", [1e-4, 0.05, 0.5, 4.0])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stagger_matches_brute_force(block: float, seed: int) -> None:
+    rng = random.Random(seed)
+    cells = [(rng.randrange(0, 8), rng.randrange(0, 7)) for _ in range(rng.randrange(5, 30))]
+    cost = Cost(block=block, token=0.01, call=0.1)
+    forwards, seconds = stagger(cells, 6, 1, 10, 7, cost)
+    assert seconds == pytest.approx(_brute_force(cells, 6, 7, 10, cost))
+    # the forwards' own simulated cost is the estimate; every cell runs once, entry-sorted
+    simulated = sum(
+        _forward_cost([cells[c][1] for c in f.cells], 6, 1, 10 - f.prefix, cost) for f in forwards
+    )
+    assert simulated == pytest.approx(seconds)
+    assert sorted(c for f in forwards for c in f.cells) == list(range(len(cells)))
+    for f in forwards:
+        entries = [cells[c][1] for c in f.cells]
+        assert entries == sorted(entries) and len(f.cells) <= 7
+        assert f.prefix <= min(cells[c][0] for c in f.cells)  # the run's smallest prefix
 
 
-def test_compute_bound_forwards_skip_blocks_per_layer() -> None:
-    # tokens dominate: every layer level gets its own forward and skips the blocks below it
-    batches, seconds = partition([1, 1, 2, 3], 4, 2, 8, 512, Cost(block=1e-6, token=1.0))
-    assert [(b.start, b.end, b.skip) for b in batches] == [(0, 2, 1), (2, 3, 2), (3, 4, 3)]
-    assert seconds == pytest.approx(3 * (1e-6 + 2 * 2 * 8) + 2 * (1e-6 + 2 * 8) + (1e-6 + 2 * 8))
+def test_weight_bound_merges_every_prefix_and_compute_bound_keeps_them_apart() -> None:
+    cells = [(p, layer + 1) for p in range(10) for layer in range(12)]  # a layer x position trace
+    merged, _ = stagger(cells, 12, 1, 10, 512, Cost(block=1.0, token=1e-6, call=1.0))
+    assert [(f.prefix, len(f.cells)) for f in merged] == [(0, 120)]
+    apart, _ = stagger(cells, 12, 2, 10, 512, Cost(block=1e-6, token=1.0))
+    assert [(f.prefix, len(f.cells)) for f in apart] == [(p, 12) for p in range(10)]
 
 
-@pytest.mark.parametrize("block", [0.05, 0.5, 2.0, 8.0])
-def test_partition_matches_brute_force(block: float) -> None:
-    skips = [0, 1, 1, 2, 4, 5, 5, 6, 7]
-    cost = Cost(block=block, token=0.1)
-    batches, seconds = partition(skips, 8, 1, 6, 4, cost)
-    assert seconds == pytest.approx(_brute_force(skips, 8, 6, 4, cost), rel=0.25)
-    covered = [i for b in batches for i in range(b.start, b.end)]
-    assert covered == list(range(len(skips)))
-    assert all(b.skip == skips[b.start] and b.end - b.start <= 4 for b in batches)
-
-
-def test_rows_cap_and_unsorted_input() -> None:
-    batches, _ = partition([0] * 10, 2, 3, 5, 9, Cost(1.0, 0.0))
-    assert [(b.start, b.end) for b in batches] == [(0, 3), (3, 6), (6, 9), (9, 10)]
-    with pytest.raises(ValueError):
-        partition([2, 1], 2, 1, 1, 8, Cost(1.0, 1.0))
+def test_rows_cap_and_reach() -> None:
+    forwards, _ = stagger([(0, 0)] * 10, 2, 3, 5, 9, Cost(1.0, 0.0))
+    assert [len(f.cells) for f in forwards] == [3, 3, 3, 1]
+    many = [(p, 1) for p in range(3 * REACH)]
+    forwards, _ = stagger(many, 4, 1, 3 * REACH, 10**6, Cost(block=1.0, token=0.0))
+    assert len(forwards) == 3  # a forward merges at most REACH prefixes

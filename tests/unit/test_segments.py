@@ -16,7 +16,11 @@ def _indices(parts: list[list[Cell]]) -> list[list[int]]:
 
 
 def test_noop_steps_come_first_and_forwards_stay_together_without_deferred_rows() -> None:
-    steps = [Step(_cells(0, 2), noop=True), Step(_cells(2, 3)), Step(_cells(5, 4), prefix=3, skip=1)]
+    steps = [
+        Step(_cells(0, 2), noop=True),
+        Step(_cells(2, 3)),
+        Step(_cells(5, 4), prefix=3, entries=(1, 1, 1, 1)),
+    ]
     assert _indices(segments(steps, samples=10)) == [[0, 1], [2, 3, 4, 5, 6, 7, 8]]
 
 
