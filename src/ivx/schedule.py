@@ -68,7 +68,8 @@ def partition(
     per_batch = max(1, max_rows // rows_per_cell)
     bounds = [0] + [i for i in range(1, len(skips)) if skips[i] != skips[i - 1]] + [len(skips)]
     n = len(bounds) - 1
-    best: list[tuple[float, list[Batch]]] = [(0.0, [])] + [(math.inf, [])] * n
+    start: tuple[float, list[Batch]] = (0.0, [])
+    best = [start] + [(math.inf, start[1]) for _ in range(n)]
     for j in range(1, n + 1):
         for i in range(j):
             batches = _split(skips, bounds[i], bounds[j], per_batch)
