@@ -85,12 +85,11 @@ def verify(executor: Executor, rows: list[dict[str, Any]]) -> dict[str, Any] | N
     }
     per_metric = {}
     for name in exp.metrics:
-        pairs = [
-            (_value(estimates[i], name), _value(exact[i], name))
-            for i in chosen
-            if i in exact and i in estimates
-        ]
-        pairs = [(e, x) for e, x in pairs if e is not None and x is not None]
+        pairs: list[tuple[float, float]] = []
+        for i in chosen:
+            e, x = _value(estimates.get(i, {}), name), _value(exact.get(i, {}), name)
+            if e is not None and x is not None:
+                pairs.append((e, x))
         est, ex = [p[0] for p in pairs], [p[1] for p in pairs]
         k = min(spec.top_k, len(pairs))
         top_est = set(sorted(range(len(pairs)), key=lambda i: -abs(est[i]))[:k])
