@@ -75,7 +75,7 @@ def prepare_all(
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
-    load = (spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
+    load = (spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, spec.device_map)
     if lm is None:
         # the structure first (meta device): a bad layer or position is reported before minutes
         # of loading a large model's weights

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ivx import hooks, interventions, kvcache, metrics, schedule, shortcuts
+from ivx import hooks, interventions, kvcache, memory, metrics, schedule, shortcuts
 from ivx.config import ConfigError, LoadedConfig
+from ivx.memory import MAX_ROWS
 from ivx.plan import Cell, Plan
 from ivx.positions import TokenizedPrompt
 from ivx.schema import TRAINABLE_KINDS
@@ -26,9 +27,6 @@ if TYPE_CHECKING:
 
     from ivx.components import Site
     from ivx.models import LoadedModel
-
-MAX_ROWS = 512
-CPU_TOKENS = 2048  # tokens per forward on a CPU (measured: 64 rows of 32 beat 512 rows)
 
 
 @dataclass
@@ -94,7 +92,7 @@ class Executor:
         state_bytes = sum(
             4 * info.n_layers * self.samples * p.length * info.d_model for p in self.prompts.values()
         )
-        budget = batch.memory_gb * 2**29
+        budget = memory.budget_bytes(batch.memory_gb, self.lm) / 2
         return {
             "prefix_reuse": "off in config (batch.prefix_reuse)" if not batch.prefix_reuse else all_logits,
             "layer_reuse": (
@@ -315,18 +313,7 @@ class Executor:
 
     def batch_rows(self, length: int) -> int:
         """Rows per forward pass from the memory budget (or the configured size)."""
-        size = self.exp.batch.size
-        if size != "auto":
-            return int(size)
-        info = self.lm.info
-        d_mlp = info.d_mlp or 4 * info.d_model
-        per_row = 4 * length * (8 * info.d_model + 2 * d_mlp + info.n_heads * length)
-        per_row += 4 * info.vocab_size * (length if self.exp.output.logits == "all" else 1)
-        budget = self.exp.batch.memory_gb * 2**30
-        rows = min(MAX_ROWS, int(budget // per_row))
-        if self.lm.device.type == "cpu":  # larger batches fall out of the CPU caches and run slower
-            rows = min(rows, CPU_TOKENS // max(1, length))
-        return max(1, rows)
+        return memory.batch_rows(self.exp.batch, self.exp.output.logits, self.lm, length)
 
     def _vector(self, ref: str, name: str) -> torch.Tensor:
         if ref not in self.vectors:
