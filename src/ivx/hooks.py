@@ -58,28 +58,27 @@ def apply(
     region = _split(site, out)  # [b, s, groups, w] view into `out`
     seq = raw.shape[1]
     for patch in patches:
-        rows, positions, source = placed(patch, raw.device)
-        positions = positions - patch.offset
+        positions = patch.positions - patch.offset
         keep = (positions >= 0) & (positions < seq)
         if not bool(keep.all()):
             if not bool(keep.any()):
                 continue
             positions = positions[keep]
-            rows = rows[keep]
-            source = source[keep] if source is not None else None
+            rows = patch.rows[keep]
+            source = patch.source[keep] if patch.source is not None else None
+        else:
+            rows, source = patch.rows, patch.source
+        rows, positions, source = placed(raw.device, rows, positions, source)
         current = region[rows, positions].reshape(len(rows), site.dim)  # [m, dim]
         new = _edit(site, patch, current, source)
         region[rows, positions] = new.reshape(len(rows), site.groups, site.hi - site.lo).to(out.dtype)
     return out
 
 
-def placed(
-    patch: Patch, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """The patch's rows, positions and source on `device`, where the hooked module runs: with a
+def placed(device: torch.device, *tensors: torch.Tensor | None) -> tuple[Any, ...]:
+    """The tensors on `device`, where the hooked module runs (no copy if already there): with a
     model sharded over devices (`model.device_map`), a block's activations live on its own device."""
-    source = patch.source.to(device) if patch.source is not None else None
-    return patch.rows.to(device), patch.positions.to(device), source
+    return tuple(t.to(device) if t is not None else None for t in tensors)
 
 
 def _edit(site: Site, patch: Patch, current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:

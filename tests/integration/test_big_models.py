@@ -52,7 +52,11 @@ PATCH_SWEEP = {
 }
 TRACE = {
     "prompts": [
-        {"base": "In the old records , Space Needle is located in the city of", "subject": "Space Needle", "target": " Seattle"}
+        {
+            "base": "In the old records , Space Needle is located in the city of",
+            "subject": "Space Needle",
+            "target": " Seattle",
+        }
     ],
     "metrics": ["target_prob", "indirect_effect"],
     "corrupt": {"kind": "noise", "positions": "subject", "samples": 2},
@@ -114,25 +118,111 @@ def test_offloaded_block_runs_through_accelerate_hooks(tiny_model_dir) -> None:
     assert {p.device.type for p in auto.model.parameters()} == {"cpu"} and auto.device == torch.device("cpu")
 
 
-def test_bfloat16_close_to_float32_and_metrics_in_float32(tmp_path: Path) -> None:
-    """ivx-toy in bfloat16 vs float32, ROME-style trace: bfloat16 keeps 8 significant bits (relative
-    rounding 2^-9 per operation), which after 4 blocks and the unembedding moves logits by a few
-    hundredths; probabilities move by at most p·Δlogit, so 0.03 absolute bounds target_prob."""
+FACTS = Path(__file__).resolve().parents[2] / "configs" / "data" / "facts.jsonl"
+
+
+def test_half_precision_close_to_float32_and_metrics_in_float32(tmp_path: Path) -> None:
+    """ivx-toy's causal trace in bfloat16 and float16 against float32.
+
+    Tolerances from the formats: a half-precision model keeps unit roundoff u (bfloat16 2^-8,
+    float16 2^-11) per operation, so logits of magnitude ≤ 20 (ivx-toy's reach 17) move by about
+    2u·20 at most: 0.16 (bfloat16), 0.02 (float16). A softmax probability moves by at most half the
+    largest logit change (∂p/∂z is bounded by p(1-p) ≤ 1/4 per logit, for the target's and the
+    normaliser's): 0.08 and 0.01. Measured here: 0.041 / 0.0074 (bfloat16), 0.0058 / 0.0009 (float16).
+    """
     body = {
-        "prompts": [{"base": "The Zorvan Tower is located in the city of", "subject": "The Zorvan Tower", "target": " Trelin"}],
+        "prompts": {"file": str(FACTS), "limit": 3},
         "corrupt": {"kind": "noise", "positions": "subject", "samples": 2},
         "sweep": {"layer": "all", "position": "all"},
-        "interventions": [{"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}],
-        "metrics": ["target_prob", "indirect_effect"],
+        "interventions": [
+            {"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}
+        ],
+        "metrics": ["target_prob", "target_logit", "indirect_effect"],
     }
-    full = rows(run(tmp_path, {"name": "ivx-toy", "dtype": "float32"}, body, "fp32"))
-    half_dir = run(tmp_path, {"name": "ivx-toy", "dtype": "bfloat16"}, body, "bf16")
-    half = rows(half_dir)
-    assert json.loads((half_dir / "manifest.json").read_text())["dtype"] == "bfloat16"
-    assert len(full) == len(half) > 0
-    diffs = [abs(f["target_prob"] - h["target_prob"]) for f, h in zip(full, half, strict=True)]
-    assert all(math.isfinite(h["target_prob"]) and math.isfinite(h["indirect_effect"]) for h in half)
-    assert max(diffs) < 0.03, max(diffs)
-    assert max(diffs) > 0  # the bfloat16 model really ran in bfloat16
-    tensors = load_file(str(half_dir / "tensors.safetensors"))
-    assert {t.dtype for t in tensors.values()} == {torch.float32}
+    full = rows(run(tmp_path, {"name": "ivx-toy", "dtype": "float32"}, body, "float32"))
+    tokenizer = models.load("ivx-toy", weights=False).tokenizer
+    facts = [json.loads(line) for line in FACTS.read_text().splitlines()[:3]]
+    target_ids = [tokenizer(f["target"], add_special_tokens=False)["input_ids"][0] for f in facts]
+    assert max(r["target_prob"] for r in full) > 0.5  # the facts are known: probabilities span [0, 1]
+    for dtype, u in (("bfloat16", 2**-8), ("float16", 2**-11)):
+        half_dir = run(tmp_path, {"name": "ivx-toy", "dtype": dtype}, body, dtype)
+        half = rows(half_dir)
+        assert json.loads((half_dir / "manifest.json").read_text())["dtype"] == dtype
+        assert len(half) == len(full) > 0
+        logit = max(abs(f["target_logit"] - h["target_logit"]) for f, h in zip(full, half, strict=True))
+        prob = max(abs(f["target_prob"] - h["target_prob"]) for f, h in zip(full, half, strict=True))
+        effect = max(
+            abs(f["indirect_effect"] - h["indirect_effect"]) for f, h in zip(full, half, strict=True)
+        )
+        assert all(
+            math.isfinite(h[k]) for h in half for k in ("target_prob", "target_logit", "indirect_effect")
+        )
+        assert 0 < logit <= 2 * u * 20, (dtype, logit)  # > 0: the model really ran in half precision
+        assert prob <= u * 20 and effect <= 2 * u * 20, (dtype, prob, effect)
+        tensors = load_file(str(half_dir / "tensors.safetensors"))
+        assert {t.dtype for t in tensors.values()} == {torch.float32}  # logits leave the model as fp32
+        # the rows' metrics are functions of those float32 logits: target_logit (linear, so the
+        # mean over noise samples commutes) recomputed in float64 from the stored cell logits
+        for cell in half[-5:]:
+            logits = tensors[f"cell{cell['cell']}"].double()  # [vocab], mean over samples
+            assert cell["target_logit"] == pytest.approx(
+                float(logits[target_ids[cell["prompt_index"]]]), abs=1e-5
+            )
+
+
+BAD = """name: bad
+model: {name: ivx-toy, device_map: {lm_head: gpu}}
+prompts:
+  - {base: "In the old records , the Zorvan Tower is located in the city of", target: " Trelin"}
+interventions:
+  - {kind: vanilla, component: block_output, layer: 1, position: last, source: base}
+batch: {memory_gb: 0}
+"""
+
+
+def test_bad_big_model_settings_exit_2_with_file_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ivx.cli import app
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert (
+        f"{path}:2  model.device_map  device_map['lm_head'] = 'gpu' must be cpu, disk, cuda:N"
+        in result.output
+    )
+    assert (
+        f"{path}:7  batch.memory_gb  batch.memory_gb 0 must be 'auto' or a number of GiB > 0" in result.output
+    )
+    path.write_text(
+        BAD.replace("device_map: {lm_head: gpu}", "device: cpu, device_map: auto").replace("0}", "1.5}")
+    )
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    assert f"{path}:2  model  device 'cpu' and device_map are both set" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_device_map_without_accelerate_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from ivx.cli import app
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a)
+    )
+    path = tmp_path / "exp.yaml"
+    path.write_text(BAD.replace("{lm_head: gpu}", "auto").replace("0}", "1.5}"))
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert (
+        "model.device_map needs accelerate, which is not installed: pip install 'ivx-interventions[gpu]'"
+        in result.output
+    )
