@@ -54,11 +54,12 @@ def peak_bytes(preps: list[Any], tensor_bytes: int) -> int:
     batch.memory_gb) + merged logits (held twice while merging)."""
     exp = preps[0].cfg.experiment
     lm = preps[0].lm
-    weights = parameters(lm) * 4
+    element = memory.DTYPE_BYTES.get(exp.model.dtype, 4)  # auto: float32 on a CPU, an upper bound elsewhere
+    weights = parameters(lm) * element
     cells = sum(len(p.plan.cells) for p in preps)
     info = lm.info
     length = max((p.length for p in preps[0].prompts), default=1)
-    per_row = memory.row_bytes(info, length, 4)
+    per_row = memory.row_bytes(info, length, element)
     batch = min(memory.nominal_bytes(exp.batch.memory_gb), per_row * forward_rows(preps))  # runner's budget
     return weights + cells * CELL_BYTES + batch + 2 * tensor_bytes
 

@@ -27,6 +27,7 @@ CPU_TOKENS = 2048  # tokens per forward on a CPU (measured: 64 rows of 32 beat 5
 CPU_DEFAULT_BYTES = 2 * 2**30
 GPU_FRACTION = 0.6  # of the memory left after the weights: headroom for the allocator and kernels
 GRANULE = 256 * 2**20
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # model.dtype → bytes per element
 # one auto budget per loaded model and setting: free memory is read once, so every batch of a
 # run is sized alike
 _BUDGETS: weakref.WeakKeyDictionary[Any, dict[float | str, int]] = weakref.WeakKeyDictionary()

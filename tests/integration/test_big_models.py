@@ -44,7 +44,7 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 PATCH_SWEEP = {
-    "sweep": {"layer": "all", "position": "all"},
+    "sweep": {"layer": "all", "position": [1, 4, 9, -1]},
     "interventions": [
         {"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"},
         {"kind": "addition", "component": "mlp_output", "layer": 0, "position": "last", "coefficient": 0.5},
