@@ -383,7 +383,7 @@ def _open_run_dir(
     stack: contextlib.ExitStack,
 ) -> tuple[Path, rundir.Manifest]:
     """Check a resumed run's inputs and reopen it, or create a new run directory and manifest."""
-    from ivx import fingerprint
+    from ivx import fingerprint, models
 
     exp = prep.cfg.experiment
     labelled = prep.label is not None
@@ -425,7 +425,7 @@ def _open_run_dir(
                 "d_model": prep.lm.info.d_model,
                 "n_layers": prep.lm.info.n_layers,
             },
-            device=str(prep.lm.device),
+            device=models.placement(prep.lm),
             dtype=str(prep.lm.dtype).removeprefix("torch."),
             seed=exp.seed,
             cells=sum(len(p.plan.cells) for p in preps),

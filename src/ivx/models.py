@@ -273,3 +273,13 @@ def load_spec(spec: Any, weights: bool = True) -> LoadedModel:
     return load(
         spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, spec.device_map, weights
     )
+
+
+def placement(lm: LoadedModel) -> str:
+    """The device for the manifest: `cuda:0`, or for a sharded model its devices in map order
+    (`cuda:0,cuda:1,disk`)."""
+    placed = getattr(lm.model, "hf_device_map", None)
+    if not placed:
+        return str(lm.device)
+    names = [f"cuda:{where}" if isinstance(where, int) else str(where) for where in placed.values()]
+    return ",".join(dict.fromkeys(names))

@@ -100,7 +100,12 @@ def test_sharded_model_equals_single_device(
     assert rows(plain) == rows(sharded)
     a, b = load_file(str(plain / "tensors.safetensors")), load_file(str(sharded / "tensors.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    report = json.loads((sharded / "manifest.json").read_text())["shortcuts"]
+    manifest = json.loads((sharded / "manifest.json").read_text())
+    assert (
+        manifest["device"] == "cpu,disk"
+        and json.loads((plain / "manifest.json").read_text())["device"] == "cpu"
+    )
+    report = manifest["shortcuts"]
     assert all(value["on"] for value in report["shortcuts"].values()), report["shortcuts"]
     assert sum(g["cells_after_prefix"] for g in report["groups"]) > 0
     if body is TRACE:  # blocks are skipped where the corrupted run's block outputs are kept
