@@ -231,3 +231,20 @@ def test_device_map_without_accelerate_names_the_extra(
         "model.device_map needs accelerate, which is not installed: pip install 'ivx-interventions[gpu]'"
         in result.output
     )
+
+
+@pytest.mark.gpu
+def test_model_split_over_two_gpus_equals_one_gpu(tiny_model_dir, tmp_path: Path) -> None:
+    """On a machine with 2+ GPUs (never run where ivx was written: no GPU there): the last block on
+    cuda:1, the rest on cuda:0, against the whole model on cuda:0, float32, same kernels."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    model_dir = tiny_model_dir("llama")
+    split = {k: ("cuda:1" if v == "disk" else "cuda:0") for k, v in split_map(model_dir).items()}
+    one = run(tmp_path, {"name": str(model_dir), "device": "cuda:0", "dtype": "float32"}, TRACE, "one")
+    two = run(tmp_path, {"name": str(model_dir), "device_map": split, "dtype": "float32"}, TRACE, "two")
+    assert json.loads((two / "manifest.json").read_text())["device"] == "cuda:0,cuda:1"
+    a, b = load_file(str(one / "tensors.safetensors")), load_file(str(two / "tensors.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
