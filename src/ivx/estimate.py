@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ivx import memory
+
 CELL_BYTES = 1200  # measured: a 1.35M-cell plan held ~1.6 GB before any cell ran
 _FLOPS: list[float] = []
 
@@ -52,13 +54,13 @@ def peak_bytes(preps: list[Any], tensor_bytes: int) -> int:
     batch.memory_gb) + merged logits (held twice while merging)."""
     exp = preps[0].cfg.experiment
     lm = preps[0].lm
-    weights = parameters(lm) * 4
+    element = memory.DTYPE_BYTES.get(exp.model.dtype, 4)  # auto: float32 on a CPU, an upper bound elsewhere
+    weights = parameters(lm) * element
     cells = sum(len(p.plan.cells) for p in preps)
     info = lm.info
     length = max((p.length for p in preps[0].prompts), default=1)
-    d_mlp = info.d_mlp or 4 * info.d_model
-    per_row = 4 * length * (8 * info.d_model + 2 * d_mlp + info.n_heads * length) + 4 * info.vocab_size
-    batch = min(int(exp.batch.memory_gb * 2**30), per_row * forward_rows(preps))  # runner's budget
+    per_row = memory.row_bytes(info, length, element)
+    batch = min(memory.nominal_bytes(exp.batch.memory_gb), per_row * forward_rows(preps))  # runner's budget
     return weights + cells * CELL_BYTES + batch + 2 * tensor_bytes
 
 

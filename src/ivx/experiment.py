@@ -79,7 +79,7 @@ def prepare_all(
 
     cfg = config_mod.load(path, overrides)
     spec = cfg.experiment.model
-    load = (spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
+    load = (spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, spec.device_map)
     if lm is None:
         # the structure first (meta device): a bad layer or position is reported before minutes
         # of loading a large model's weights
@@ -429,7 +429,7 @@ def _open_run_dir(
     stack: contextlib.ExitStack,
 ) -> tuple[Path, rundir.Manifest]:
     """Check a resumed run's inputs and reopen it, or create a new run directory and manifest."""
-    from ivx import fingerprint
+    from ivx import fingerprint, models
 
     exp = prep.cfg.experiment
     labelled = prep.label is not None
@@ -471,7 +471,7 @@ def _open_run_dir(
                 "d_model": prep.lm.info.d_model,
                 "n_layers": prep.lm.info.n_layers,
             },
-            device=str(prep.lm.device),
+            device=models.placement(prep.lm),
             dtype=str(prep.lm.dtype).removeprefix("torch."),
             seed=exp.seed,
             cells=sum(len(p.plan.cells) for p in preps),

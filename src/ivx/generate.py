@@ -295,7 +295,7 @@ def generate_run(
     settings = exp.generate or Generate()
     seed = settings.seed if settings.seed is not None else exp.seed
     spec = exp.model
-    lm = models.load(spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
+    lm = models.load_spec(spec)
     torch.manual_seed(seed)
     items, vectors = resolve(lm, exp, cfg.records, cfg.path.parent)
     run_dir = rundir.create(out_root or exp.output.root, exp.name)

@@ -68,10 +68,17 @@ def apply(
             source = patch.source[keep] if patch.source is not None else None
         else:
             rows, source = patch.rows, patch.source
+        rows, positions, source = placed(raw.device, rows, positions, source)
         current = region[rows, positions].reshape(len(rows), site.dim)  # [m, dim]
         new = _edit(site, patch, current, source)
         region[rows, positions] = new.reshape(len(rows), site.groups, site.hi - site.lo).to(out.dtype)
     return out
+
+
+def placed(device: torch.device, *tensors: torch.Tensor | None) -> tuple[Any, ...]:
+    """The tensors on `device`, where the hooked module runs (no copy if already there): with a
+    model sharded over devices (`model.device_map`), a block's activations live on its own device."""
+    return tuple(t.to(device) if t is not None else None for t in tensors)
 
 
 def _edit(site: Site, patch: Patch, current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:

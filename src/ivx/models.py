@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ivx.components import ModelInfo, describe
 
@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 ASSETS = Path(__file__).parent / "assets"
 BUNDLED: dict[str, Path] = {"ivx-toy": ASSETS / "ivx-toy"}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+GPU_EXTRA = "pip install 'ivx-interventions[gpu]'  (or, in a checkout: pip install -e \".[gpu]\")"
+DeviceMap = Literal["auto"] | dict[str, str | int]
 
 
 class ModelLoadError(Exception):
@@ -157,42 +159,87 @@ def _device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def _placement(device_map: DeviceMap | None) -> dict[str, Any]:
+    """from_pretrained arguments that shard the model with accelerate (none without a device_map)."""
+    if device_map is None:
+        return {}
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError(f"model.device_map needs accelerate, which is not installed: {GPU_EXTRA}")
+    placed: dict[str, Any] = {"device_map": device_map}
+    if device_map == "auto" or "disk" in device_map.values():
+        import atexit
+        import shutil
+        import tempfile
+
+        # weights that fit on no device are offloaded here and read back layer by layer
+        folder = tempfile.mkdtemp(prefix="ivx-offload-")
+        atexit.register(shutil.rmtree, folder, True)
+        placed["offload_folder"] = folder
+    return placed
+
+
+def input_device(model: Any) -> torch.device:
+    """Where input ids go: the input embedding's execution device (accelerate's, when offloaded)."""
+    import torch
+
+    embedding = model.get_input_embeddings()
+    hook = getattr(embedding, "_hf_hook", None)
+    execution = getattr(hook, "execution_device", None)
+    if execution is not None:
+        return torch.device(execution if not isinstance(execution, int) else f"cuda:{execution}")
+    return torch.device(embedding.weight.device)
+
+
+def _weights_dtype(dtype: str, dev: torch.device) -> Any:
+    """The torch dtype to load weights in: auto is float32 on a CPU, the checkpoint's elsewhere."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        return torch.float32 if dev.type == "cpu" else "auto"
+    return getattr(torch, dtype)
+
+
 def load(
     name: str,
     revision: str | None = None,
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
+    device_map: DeviceMap | None = None,
     weights: bool = True,
 ) -> LoadedModel:
     """Load model + tokenizer in eval mode; the pad token defaults to eos.
 
     `weights=False` builds the model's modules on the meta device from its config alone (no
     weight file is read or downloaded): enough for every structural check `ivx validate` makes.
+    `device_map` shards the model over devices with accelerate and replaces `device`.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # ivx reports problems itself; keep stderr for progress
     hf_logging.disable_progress_bar()
-    if dtype not in DTYPES:
-        raise ModelLoadError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
     path = resolve_path(name)
     dev = _device(device)
-    torch_dtype = (
-        torch.float32
-        if dtype == "auto" and dev.type == "cpu"
-        else ("auto" if dtype == "auto" else getattr(torch, dtype))
-    )
+    torch_dtype = _weights_dtype(dtype, dev)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     tokenizer = _from_pretrained(_tokenizer_class(path, AutoTokenizer), path, **kwargs)
     if weights:
-        model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **kwargs)
+        placed = _placement(device_map)
+        model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **placed, **kwargs)
         # eval mode; parameters keep requires_grad: ivx runs under inference_mode, and on CPU (torch
         # 2.13) a forward with frozen parameters measured ~35% slower. `ivx train` freezes them itself.
-        model.to(dev).eval()
+        if placed:
+            dev = input_device(model)
+        else:
+            model.to(dev)
+        model.eval()
     else:
+        import torch
         from transformers import AutoConfig
 
         config = _from_pretrained(AutoConfig, path, **kwargs)
@@ -219,3 +266,20 @@ def load(
         device=dev,
         dtype=next(model.parameters()).dtype,
     )
+
+
+def load_spec(spec: Any, weights: bool = True) -> LoadedModel:
+    """`load` with every setting of a config's `model:` section (schema.ModelSpec)."""
+    return load(
+        spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, spec.device_map, weights
+    )
+
+
+def placement(lm: LoadedModel) -> str:
+    """The device for the manifest: `cuda:0`, or for a sharded model its devices in map order
+    (`cuda:0,cuda:1,disk`)."""
+    placed = getattr(lm.model, "hf_device_map", None)
+    if not placed:
+        return str(lm.device)
+    names = [f"cuda:{where}" if isinstance(where, int) else str(where) for where in placed.values()]
+    return ",".join(dict.fromkeys(names))

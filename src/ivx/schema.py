@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     StrictBool,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -241,6 +242,12 @@ class ModelSpec(Strict):
         "auto", description="Weights dtype; auto = float32 on CPU."
     )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N or mps.")
+    device_map: Literal["auto"] | dict[str, str | int] | None = Field(
+        None,
+        description="Shard the model over several devices with accelerate (pip install "
+        "'ivx-interventions[gpu]'): auto (fill the GPUs in order, then CPU, then disk), or a map "
+        "from module name to cpu, cuda:N, N or disk. Replaces `device`.",
+    )
     trust_remote_code: StrictBool = Field(
         False,
         description="Allow the model's own code from the Hub. Only the YAML booleans true/false are "
@@ -268,6 +275,25 @@ class ModelSpec(Strict):
         if not re.match(r"^(auto|cpu|mps|cuda(:\d+)?)$", value):
             raise ValueError(f"device {value!r} must be auto, cpu, mps, cuda or cuda:N")
         return value
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map(cls, value: Any) -> Any:
+        for module, where in value.items() if isinstance(value, dict) else ():
+            if isinstance(where, bool) or not re.match(r"^(cpu|disk|cuda(:\d+)?|\d+)$", str(where)):
+                raise ValueError(
+                    f"device_map[{module!r}] = {where!r} must be cpu, disk, cuda:N or a GPU index N"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _one_placement(self) -> ModelSpec:
+        if self.device_map is not None and self.device != "auto":
+            raise ValueError(
+                f"device {self.device!r} and device_map are both set; keep one "
+                "(device_map places every module)"
+            )
+        return self
 
 
 class PromptRecord(Strict):
@@ -486,17 +512,26 @@ class Batch(Strict):
     """`batch:` how many sequences go through the model at once."""
 
     size: int | Literal["auto"] = Field("auto", description="Rows per forward pass (≥ 1), or auto.")
+    memory_gb: float | Literal["auto"] = Field(
+        "auto",
+        description="Activation-memory budget (GiB per device) for size auto; auto: on a GPU, 60% of "
+        "its memory left by the weights, on a CPU 2 GiB (at most a quarter of the RAM).",
+    )
 
-    @field_validator("size", mode="before")
+    @field_validator("size", "memory_gb", mode="before")
     @classmethod
-    def _size(cls, value: Any) -> Any:
+    def _auto_or_number(cls, value: Any, info: ValidationInfo) -> Any:
         if value == "auto":
             return value
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_BATCH:
-            raise ValueError(f"batch.size {value!r} must be 'auto' or an integer 1..{MAX_ROWS_PER_BATCH:,}")
+        if info.field_name == "size":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_BATCH:
+                raise ValueError(
+                    f"batch.size {value!r} must be 'auto' or an integer 1..{MAX_ROWS_PER_BATCH:,}"
+                )
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"batch.memory_gb {value!r} must be 'auto' or a number of GiB > 0")
         return value
 
-    memory_gb: float = Field(2.0, gt=0, description="Activation-memory budget for auto.")
     prefix_reuse: bool = Field(
         True,
         description="Continue cells from the KV cache of the unpatched prefix (a patch at position "

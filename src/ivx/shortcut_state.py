@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ivx import hooks, kvcache, schedule, shortcuts, stagger
+from ivx import hooks, kvcache, memory, schedule, shortcuts, stagger
 from ivx.baselines import Baselines
 from ivx.patches import PatchBuilder
 from ivx.plan import Cell
@@ -35,7 +35,7 @@ def config_reasons(work: Workload) -> dict[str, str | None]:
     state_bytes = sum(
         4 * info.n_layers * work.samples * p.length * info.d_model for p in work.prompts.values()
     )
-    budget = batch.memory_gb * 2**29
+    budget = memory.budget_bytes(batch.memory_gb, work.lm) / 2
     return {
         "prefix_reuse": "off in config (batch.prefix_reuse)" if not batch.prefix_reuse else all_logits,
         "layer_reuse": (

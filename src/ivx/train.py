@@ -228,7 +228,7 @@ def train_run(
             ]
         )
     spec = exp.model
-    lm = models.load(spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
+    lm = models.load_spec(spec)
     for param in lm.model.parameters():  # the model is frozen: only the intervention trains
         param.requires_grad_(False)
     records = cfg.records[: settings.max_records] if settings.max_records else cfg.records

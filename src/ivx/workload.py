@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ivx import shortcuts
+from ivx import memory, shortcuts
 from ivx.config import LoadedConfig
 from ivx.plan import Cell, Plan
 from ivx.positions import TokenizedPrompt
@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 
     from ivx.components import Site
     from ivx.models import LoadedModel
-
-MAX_ROWS = 512
-CPU_TOKENS = 2048  # tokens per forward on a CPU (measured: 64 rows of 32 beat 512 rows)
 
 
 def single_corruption(exp: Experiment) -> Corrupt | None:
@@ -113,19 +110,9 @@ class Workload:
         return shortcuts.forward(self.lm, ids, all_logits or self.scoring.all_logits, past, keep_cache)
 
     def batch_rows(self, length: int) -> int:
-        """Rows per forward pass from the memory budget (or the configured size)."""
-        size = self.exp.batch.size
-        if size != "auto":
-            return self.scoring.rows(int(size), length)
-        info = self.lm.info
-        d_mlp = info.d_mlp or 4 * info.d_model
-        per_row = 4 * length * (8 * info.d_model + 2 * d_mlp + info.n_heads * length)
-        per_row += 4 * info.vocab_size * (length if self.exp.output.logits == "all" else 1)
-        budget = self.exp.batch.memory_gb * 2**30
-        rows = min(MAX_ROWS, int(budget // per_row))
-        if self.lm.device.type == "cpu":  # larger batches fall out of the CPU caches and run slower
-            rows = min(rows, CPU_TOKENS // max(1, length))
-        return self.scoring.rows(max(1, rows), length)
+        """Rows per forward pass from the device's memory budget (or the configured size)."""
+        rows = memory.batch_rows(self.exp.batch, self.exp.output.logits, self.lm, length)
+        return self.scoring.rows(rows, length)
 
     def vector(self, ref: str, name: str) -> torch.Tensor:
         """A steering vector by reference, loaded once."""

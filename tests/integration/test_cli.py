@@ -40,7 +40,12 @@ OFFLINE_RUNS = {
     "das_eval.yaml": ["prompts.limit=10"],
     "activation_patching_heads.yaml": ["prompts.limit=2"],
     "causal_trace_severed.yaml": ["prompts.limit=3", "corrupt.samples=2", "sweep.layer=[0,2]"],
-    "causal_trace_corruptions.yaml": ["prompts.limit=30", "corrupt.0.samples=2", "sweep.layer=[1]", "sweep.component=[block_output]"],
+    "causal_trace_corruptions.yaml": [
+        "prompts.limit=30",
+        "corrupt.0.samples=2",
+        "sweep.layer=[1]",
+        "sweep.component=[block_output]",
+    ],
 }
 
 
@@ -101,7 +106,8 @@ def test_train_config_runs_through_cli(tmp_path: Path) -> None:
 
 def test_das_eval_prints_its_metrics(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["run", str(ROOT / "configs" / "das_eval.yaml"), "--out", str(tmp_path), "--set", "prompts.limit=10"]
+        app,
+        ["run", str(ROOT / "configs" / "das_eval.yaml"), "--out", str(tmp_path), "--set", "prompts.limit=10"],
     )
     assert result.exit_code == 0, result.output
     run_dir = Path(result.output.strip().splitlines()[-1])
@@ -130,7 +136,11 @@ def test_severed_trace_aggregates_conditions_apart(tmp_path: Path) -> None:
     # beyond what that state carries, so each condition's mean is its own rows' mean
     for cond in ("none", "mlp_output", "attention_output"):
         mine = [r for r in rows if r["sever"] == cond]
-        last = [r["indirect_effect"] for r in mine if r["position"] == max(x["position"] for x in mine if x["prompt_index"] == r["prompt_index"])]
+        last = [
+            r["indirect_effect"]
+            for r in mine
+            if r["position"] == max(x["position"] for x in mine if x["prompt_index"] == r["prompt_index"])
+        ]
         got = trace["components"][f"block_output | sever={cond}"]["by_category"]["last"]["mean"][0]
         assert got == pytest.approx(sum(last) / len(last))
     from ivx import plots
