@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ivx.errors import guard, user_errors
+
 app = typer.Typer(
     name="ivx",
     help="Causal interventions on Hugging Face causal language models, from one YAML file.",
@@ -69,57 +71,9 @@ def console() -> object:
     return Console(width=None if sys.stdout.isatty() else 250)
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean the input is wrong (exit 2, one line), not that ivx failed."""
-    import pickle
-
-    from ivx.bundle import BundleError
-    from ivx.config import ConfigError
-    from ivx.hub import HubError
-    from ivx.models import ModelLoadError
-    from ivx.positions import PositionError
-    from ivx.rundir import RunDirError
-    from ivx.vectors import VectorError
-
-    return (
-        ConfigError,
-        ModelLoadError,
-        PositionError,
-        VectorError,
-        BundleError,
-        HubError,
-        RunDirError,
-        pickle.UnpicklingError,
-    )
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _user_errors(fn):  # type: ignore[no-untyped-def]
-    """Turn user errors (bad config, unknown model, bad bundle) into clean messages and exit code 2."""
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        from ivx.config import ConfigError
-
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                _err(problem.format())
-            _err(f"{len(exc.problems)} problem(s) found; nothing was run.")
-            raise typer.Exit(2) from None
-        except Exception as exc:
-            if isinstance(exc, user_errors()):
-                _err(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
-                raise typer.Exit(2) from None
-            raise
-
-    return wrapper
 
 
 DEFAULT_MAX_CELLS = 2_000_000
@@ -144,7 +98,7 @@ SetOpt = Annotated[
 
 
 @app.command()
-@_user_errors
+@guard
 def validate(
     config: ConfigArg,
     set_: SetOpt = None,
@@ -200,7 +154,7 @@ def validate(
 
 
 @app.command()
-@_user_errors
+@guard
 def run(
     config: Annotated[Path | None, typer.Argument(help="Experiment YAML file.", show_default=False)] = None,
     set_: SetOpt = None,
@@ -309,7 +263,7 @@ def _run_failed(exc: BaseException, started: list[Path]) -> None:
 
 
 @app.command()
-@_user_errors
+@guard
 def components(
     model: Annotated[str, typer.Argument(help="Model: hub id, local directory or ivx-toy.")],
     revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
