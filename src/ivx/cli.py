@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Annotated, Any
+from enum import Enum
+from typing import Annotated, Any, cast
 
 import typer
 
@@ -76,6 +77,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+class Command(str, Enum):
+    """The command `ivx validate --for` checks a config for."""
+
+    run = "run"
+    generate = "generate"
+    train = "train"
+
+
 DEFAULT_MAX_CELLS = 2_000_000
 MaxCellsOpt = Annotated[
     int,
@@ -112,12 +121,22 @@ def validate(
     ] = False,
     max_cells: MaxCellsOpt = DEFAULT_MAX_CELLS,
     force: ForceOpt = False,
+    command: Annotated[
+        Command,
+        typer.Option(
+            "--for",
+            help="The command the config is checked for: what `ivx run`, `ivx generate` or `ivx train` "
+            "would reject (a trainable kind needs `bundle` to run, `on:` applies to generate, ...).",
+        ),
+    ] = Command.run,
 ) -> None:
     """Check a config (schema, files, model-aware checks) and print the plan size and estimates."""
     from ivx import answers, experiment
+    from ivx.plan import Mode
 
+    mode = cast(Mode, command.value)
     preps = experiment.prepare_all(
-        config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force)
+        config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force), mode=mode
     )
     prep = preps[0]
     exp = prep.cfg.experiment
@@ -125,10 +144,10 @@ def validate(
     cells = sum(len(p.plan.cells) for p in preps)
     rows = 0
     for p in preps:
-        corrupt = p.cfg.experiment.corrupt
-        rows += len(p.plan.cells) * (
-            corrupt.samples if corrupt is not None and corrupt.kind == "noise" else 1
-        )
+        corrupt = p.cfg.experiment.corrupt  # one variant per Prepared: never a list here
+        noisy = corrupt is not None and not isinstance(corrupt, list) and corrupt.kind == "noise"
+        samples = corrupt.samples if noisy and corrupt is not None and not isinstance(corrupt, list) else 1
+        rows += len(p.plan.cells) * samples
     typer.echo(f"{config}: ok")
     typer.echo(
         f"  model      {exp.model.name} ({info.model_type}, {info.n_layers} layers, d_model {info.d_model})"

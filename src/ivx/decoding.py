@@ -44,7 +44,9 @@ class Bound:
         from ivx import interventions
 
         if self.noise_std is not None:
-            return interventions.noise(self.noise_seed, self.record, column, 1, self.site.dim, self.noise_std)[0]
+            return interventions.noise(
+                self.noise_seed, self.record, column, 1, self.site.dim, self.noise_std
+            )[0]
         if k is not None and self.source is not None:
             return self.source[k]
         return self.vector if k is None else None
@@ -181,7 +183,7 @@ def run_generation(
             start = total - 1 if (settings.use_cache and past is not None) else 0
             position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:]
             patches = step_patches(items, rows, pad, width, start, total, lm.device)
-            cached = {kvcache.argument(lm.model.forward): past} if past is not None else {}
+            cached: dict[str, Any] = {kvcache.argument(lm.model.forward): past} if past is not None else {}
             with hooks.patching(lm.model, patches):
                 out = lm.model(
                     input_ids=ids[:, start:],
@@ -203,7 +205,9 @@ def run_generation(
     return [_result(tok, prompt, state.chosen[r], state.probs[r], settings) for r, prompt in enumerate(rows)]
 
 
-def _result(tok: Any, prompt: int, chosen: list[int], probs: list[float], settings: Generate) -> dict[str, Any]:
+def _result(
+    tok: Any, prompt: int, chosen: list[int], probs: list[float], settings: Generate
+) -> dict[str, Any]:
     text = tok.decode(chosen, skip_special_tokens=True)
     for s in settings.stop:
         if s in text:

@@ -236,7 +236,7 @@ def _generations(
     """Both continuations of every prompt at every grid point."""
     from ivx.schema import Generate
 
-    settings = prep.cfg.experiment.generate or Generate()
+    settings = prep.cfg.experiment.generate or Generate.model_validate({})
     texts = [r.base for r in prep.cfg.records]
     plain_of: dict[int, list[dict[str, Any]]] = {}
     for row in run_generation(prep.lm, texts, [], settings, seed, bos=prep.bos):
@@ -263,7 +263,7 @@ def _line(prep: _Prepared, pair: dict[str, Any], seed: int) -> str:
         "prompt_index": pair["prompt"],
         **({"point": pair["point"]} if pair["point"] else {}),
         "prompt": prep.cfg.records[pair["prompt"]].base,
-        "settings": (prep.cfg.experiment.generate or Generate()).model_dump(),
+        "settings": (prep.cfg.experiment.generate or Generate.model_validate({})).model_dump(),
         "seed": seed,
         "unintervened": {k: pair["plain"][k] for k in keys},
         "intervened": {k: pair["steered"][k] for k in keys},
@@ -305,14 +305,19 @@ def generate_run(
         raise ValueError("give CONFIG, or --model and --prompt (and --intervention)")
     prep = prepare(config, overrides)
     exp, spec, lm = prep.cfg.experiment, prep.cfg.experiment.model, prep.lm
-    settings = exp.generate or Generate()
+    settings = exp.generate or Generate.model_validate({})
     seed = settings.seed if settings.seed is not None else exp.seed
     torch.manual_seed(seed)
     groups, vectors = _bind_all(prep)  # user errors (vectors, bundles) before the run directory
     run_dir = rundir.create(out_root or exp.output.root, exp.name)
     rundir.write_text(run_dir / "config.yaml", prep.cfg.text)
     rundir.write_text(run_dir / "resolved.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
-    model = {"name": spec.name, "revision": spec.revision, "d_model": lm.info.d_model, "n_layers": lm.info.n_layers}
+    model = {
+        "name": spec.name,
+        "revision": spec.revision,
+        "d_model": lm.info.d_model,
+        "n_layers": lm.info.n_layers,
+    }
     manifest = rundir.Manifest.start(
         run_dir, name=exp.name, kind="generate", model=model, seed=seed, device=str(lm.device)
     )

@@ -89,7 +89,9 @@ def trained_loader(lm: LoadedModel, base_dir: Path) -> Callable[[Edit], EditFn]:
 
     def load(edit: Edit) -> EditFn:
         if edit.bundle is None:
-            raise ValueError(f"intervention {edit.name!r} ({edit.kind}) needs `bundle` with its trained parameters")
+            raise ValueError(
+                f"intervention {edit.name!r} ({edit.kind}) needs `bundle` with its trained parameters"
+            )
         key = f"{edit.kind}:{edit.name}:{edit.bundle}"
         if key not in cache:
             expect = {"d_model": lm.info.d_model, "n_layers": lm.info.n_layers}

@@ -21,7 +21,7 @@ from ivx.schema import Intervention, is_ref
 if TYPE_CHECKING:
     from ivx.components import ModelInfo
 
-__all__ = ["HEAD_COUNT_OF", "SOURCE_KINDS", "Cell", "Edit", "Mode", "Plan", "count", "expand"]
+__all__ = ["HEAD_COUNT_OF", "SOURCE_KINDS", "Cell", "Edit", "Mode", "Plan", "count", "expand", "substitute"]
 BINDABLE: tuple[str, ...] = ("component", "layer", "position", "head", "source_position", "kind")
 
 
@@ -70,8 +70,6 @@ class Plan:
             }
             for c in self.cells
         ]
-
-
 
 
 def _axis_fields(cfg: LoadedConfig) -> dict[str, set[str]]:
@@ -149,7 +147,8 @@ def _points(
             yield point
 
 
-def _substitute(iv: Intervention, point: dict[str, Any]) -> Intervention:
+def substitute(iv: Intervention, point: dict[str, Any]) -> Intervention:
+    """The intervention with every `$axis` field replaced by the point's value."""
     data = iv.model_dump()
     for key, value in data.items():
         if is_ref(value):
@@ -194,13 +193,17 @@ def _prompt_problems(cfg: LoadedConfig, prompt: TokenizedPrompt, mode: Mode) -> 
     problems = []
     if exp.trace is not None or "indirect_effect" in exp.metrics or "target_prob" in exp.metrics:
         if prompt.target_id is None:
-            problems.append(cfg.problem(("prompts",), f"prompt {prompt.index} needs a `target` for the metrics"))
+            problems.append(
+                cfg.problem(("prompts",), f"prompt {prompt.index} needs a `target` for the metrics")
+            )
     if any(m in exp.metrics for m in ("logit_diff", "logit_diff_norm")) and prompt.foil_id is None:
         problems.append(cfg.problem(("metrics",), f"logit_diff needs a `foil` in prompt {prompt.index}"))
     return problems
 
 
-def _corrupt_positions(cfg: LoadedConfig, prompt: TokenizedPrompt, problems: list[Problem]) -> tuple[int, ...]:
+def _corrupt_positions(
+    cfg: LoadedConfig, prompt: TokenizedPrompt, problems: list[Problem]
+) -> tuple[int, ...]:
     corrupt = cfg.experiment.corrupt
     if corrupt is None or isinstance(corrupt, list):
         return ()
@@ -222,7 +225,7 @@ def _cell_edits(
     edits: list[Edit] = []
     for i, iv in enumerate(cfg.experiment.interventions):
         try:
-            concrete = _substitute(iv, point)
+            concrete = substitute(iv, point)
         except ValueError as exc:
             problems.append(cfg.problem(("sweep",), f"sweep values give an invalid intervention: {exc}"))
             continue
@@ -237,16 +240,17 @@ def _cell_edits(
     return edits
 
 
-def expand(
-    cfg: LoadedConfig, info: ModelInfo, prompts: list[TokenizedPrompt], mode: Mode = "run"
-) -> Plan:
+def expand(cfg: LoadedConfig, info: ModelInfo, prompts: list[TokenizedPrompt], mode: Mode = "run") -> Plan:
     """Cells for every prompt × grid point; raise ConfigError with every model-aware problem."""
     problems = _mode_problems(cfg, mode)
     cells: list[Cell] = []
     corrupt: list[tuple[int, ...]] = []
     for prompt in prompts:
         corrupt.append(_corrupt_positions(cfg, prompt, problems) if mode == "run" else ())
-        problems += _prompt_problems(cfg, prompt, mode)
+        missing = _prompt_problems(cfg, prompt, mode)
+        problems += missing
+        if missing and mode == "train":
+            continue  # without a counterfactual there is nothing to resolve
         for point in _points(cfg, info, prompt, problems):
             edits = _cell_edits(cfg, info, prompt, point, mode, problems)
             cells.append(Cell(len(cells), prompt.index, tuple(point.items()), tuple(edits)))
