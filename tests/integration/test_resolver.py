@@ -217,3 +217,14 @@ def test_train_errors_keep_file_line(tmp_path: Path) -> None:
         f"error: {tmp_path / 'nope'} is not an ivx run directory (no manifest.json)"
     ]
     assert not list(tmp_path.iterdir())
+
+
+def test_push_and_save_of_a_wrong_path_are_user_errors(tmp_path: Path) -> None:
+    for args in (
+        ["push", str(tmp_path), "--repo", "user/name", "--dry-run"],
+        ["save", str(tmp_path), "--out", str(tmp_path / "b")],
+        ["generate"],  # neither CONFIG nor quick mode
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, (args, result.output)
+        assert result.output.startswith("error: ") and "Traceback" not in result.output
