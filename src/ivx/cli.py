@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer

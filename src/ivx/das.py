@@ -35,7 +35,6 @@ def _orthogonal(d_in: int, d_out: int) -> Any:
 
 
 def _low_rank() -> type:
-    import torch
     from torch import nn
 
     class LowRank(nn.Module):

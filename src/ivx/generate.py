@@ -38,6 +38,8 @@ def resolve(
     from ivx import plan, tokenization
     from ivx.config import LoadedConfig
 
+    if exp.sweep:
+        raise ValueError("generate.resolve binds one grid point; a sweep goes through generate_run")
     cfg = LoadedConfig(exp, base_dir / "<experiment>", {}, "", records=list(records))
     bos = tokenization.use_bos(lm.tokenizer, exp.model.bos)
     prompts = tokenization.tokenize(lm.tokenizer, list(records), bos)
@@ -48,7 +50,7 @@ def resolve(
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     """A generate experiment ready to decode: config, model, prompts and planned cells."""
 
     cfg: LoadedConfig
@@ -58,7 +60,7 @@ class _Prepared:
     bos: bool
 
 
-def prepare(config: Path, overrides: tuple[str, ...]) -> _Prepared:
+def prepare(config: Path, overrides: tuple[str, ...]) -> Prepared:
     """Load and plan a generate config; ConfigError (file:line) with every problem found."""
     from ivx import config as config_mod
     from ivx import models, plan, tokenization
@@ -68,7 +70,7 @@ def prepare(config: Path, overrides: tuple[str, ...]) -> _Prepared:
     lm = models.load(spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code)
     prompts = tokenization.for_config(cfg, lm.tokenizer)
     cells = plan.expand(cfg, lm.info, prompts, mode="generate").cells
-    return _Prepared(cfg, lm, prompts, cells, tokenization.use_bos(lm.tokenizer, spec.bos))
+    return Prepared(cfg, lm, prompts, cells, tokenization.use_bos(lm.tokenizer, spec.bos))
 
 
 def _by_point(cells: Sequence[Cell]) -> list[list[Cell]]:
@@ -79,7 +81,7 @@ def _by_point(cells: Sequence[Cell]) -> list[list[Cell]]:
     return list(groups.values())
 
 
-def _bind_all(prep: _Prepared) -> tuple[list[tuple[list[Cell], list[Bound]]], dict[str, Any]]:
+def _bind_all(prep: Prepared) -> tuple[list[tuple[list[Cell], list[Bound]]], dict[str, Any]]:
     """Every grid point's cells with their bound items (vectors, sources), and the computed vectors."""
     binder = Binder(prep.lm, prep.cfg, prep.bos, multi_site(prep.cells))
     groups = []
@@ -90,7 +92,7 @@ def _bind_all(prep: _Prepared) -> tuple[list[tuple[list[Cell], list[Bound]]], di
 
 
 def _generations(
-    prep: _Prepared,
+    prep: Prepared,
     groups: list[tuple[list[Cell], list[Bound]]],
     seed: int,
     stream: Callable[[str], object] | None,
@@ -117,7 +119,7 @@ def _generations(
     return pairs
 
 
-def _line(prep: _Prepared, pair: dict[str, Any], seed: int) -> str:
+def _line(prep: Prepared, pair: dict[str, Any], seed: int) -> str:
     from ivx.schema import Generate
 
     keys = ("text", "token_ids", "probs")

@@ -26,7 +26,6 @@ from ivx.iit import Example, examples_of, iia, train_point
 __all__ = ["Example", "examples_of", "iia", "plan_training", "register", "split", "train_point", "train_run"]
 
 if TYPE_CHECKING:
-
     from ivx.components import Site
     from ivx.config import LoadedConfig, Problem
     from ivx.edits import Edit
@@ -63,7 +62,7 @@ def split(n: int, eval_split: float, seed: int) -> tuple[set[int], list[int]]:
 
 
 @dataclass
-class _Session:
+class Session:
     """A planned training run: config, frozen model, prompts, cells per grid point, run directory."""
 
     cfg: LoadedConfig
@@ -91,7 +90,7 @@ class _Session:
         }
 
 
-def plan_training(config: Path, overrides: tuple[str, ...]) -> _Session:
+def plan_training(config: Path, overrides: tuple[str, ...]) -> Session:
     """Load, plan (train mode: every record, every point) and freeze the model; ConfigError otherwise."""
     from ivx import config as config_mod
     from ivx import models, plan, tokenization
@@ -112,7 +111,7 @@ def plan_training(config: Path, overrides: tuple[str, ...]) -> _Session:
         points.setdefault(cell.point, []).append(cell)
     _check_widths(cfg, lm, [group[0] for group in points.values()])
     held, train = split(len(prompts), settings.eval_split, exp.seed)
-    return _Session(cfg, config, overrides, lm, prompts, list(points.values()), held, train)
+    return Session(cfg, config, overrides, lm, prompts, list(points.values()), held, train)
 
 
 def _check_widths(cfg: LoadedConfig, lm: LoadedModel, cells: list[Cell]) -> None:
@@ -135,7 +134,7 @@ def _check_widths(cfg: LoadedConfig, lm: LoadedModel, cells: list[Cell]) -> None
         raise ConfigError(list(dict.fromkeys(problems)))
 
 
-def _open(session: _Session, out_root: str | None, resume: Path | None) -> tuple[Path, Manifest]:
+def _open(session: Session, out_root: str | None, resume: Path | None) -> tuple[Path, Manifest]:
     from ivx import rundir
 
     exp = session.cfg.experiment
@@ -159,7 +158,7 @@ def _open(session: _Session, out_root: str | None, resume: Path | None) -> tuple
 
 
 def _train_one(
-    session: _Session, index: int, cells: list[Cell], run_dir: Path, log: Callable[[str], object]
+    session: Session, index: int, cells: list[Cell], run_dir: Path, log: Callable[[str], object]
 ) -> tuple[dict[str, Any], dict[str, Any], Intervention, Edit]:
     """Train grid point `index`: its result row, trained module output, concrete intervention, site edit."""
     from ivx import components, plan
@@ -210,7 +209,7 @@ def _done_points(run_dir: Path) -> set[str]:
     return {str(json.loads(line)["point"]) for line in results.read_text().splitlines()}
 
 
-def _train_grid(session: _Session, run_dir: Path, log: Callable[[str], object]) -> dict[str, Any]:
+def _train_grid(session: Session, run_dir: Path, log: Callable[[str], object]) -> dict[str, Any]:
     """Train every grid point; write interventions.safetensors; the best point for the bundle."""
     from safetensors.torch import save_file
 
@@ -236,7 +235,7 @@ def _train_grid(session: _Session, run_dir: Path, log: Callable[[str], object]) 
     return {"results": results, **best}
 
 
-def _write_bundle(session: _Session, run_dir: Path, trained: dict[str, Any]) -> None:
+def _write_bundle(session: Session, run_dir: Path, trained: dict[str, Any]) -> None:
     """The best point as a bundle, interventions.yaml, summary.json and the training report."""
     import yaml
 
