@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
+from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
+
+from ivx.errors import guard, user_errors
 
 app = typer.Typer(
     name="ivx",
@@ -69,57 +72,17 @@ def console() -> object:
     return Console(width=None if sys.stdout.isatty() else 250)
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Exceptions that mean the input is wrong (exit 2, one line), not that ivx failed."""
-    import pickle
-
-    from ivx.bundle import BundleError
-    from ivx.config import ConfigError
-    from ivx.hub import HubError
-    from ivx.models import ModelLoadError
-    from ivx.positions import PositionError
-    from ivx.rundir import RunDirError
-    from ivx.vectors import VectorError
-
-    return (
-        ConfigError,
-        ModelLoadError,
-        PositionError,
-        VectorError,
-        BundleError,
-        HubError,
-        RunDirError,
-        pickle.UnpicklingError,
-    )
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _user_errors(fn):  # type: ignore[no-untyped-def]
-    """Turn user errors (bad config, unknown model, bad bundle) into clean messages and exit code 2."""
-    import functools
+class Command(str, Enum):
+    """The command `ivx validate --for` checks a config for."""
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        from ivx.config import ConfigError
-
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            for problem in exc.problems:
-                _err(problem.format())
-            _err(f"{len(exc.problems)} problem(s) found; nothing was run.")
-            raise typer.Exit(2) from None
-        except Exception as exc:
-            if isinstance(exc, user_errors()):
-                _err(f"error: {' '.join(str(exc).split()) or type(exc).__name__}")
-                raise typer.Exit(2) from None
-            raise
-
-    return wrapper
+    run = "run"
+    generate = "generate"
+    train = "train"
 
 
 DEFAULT_MAX_CELLS = 2_000_000
@@ -144,7 +107,7 @@ SetOpt = Annotated[
 
 
 @app.command()
-@_user_errors
+@guard
 def validate(
     config: ConfigArg,
     set_: SetOpt = None,
@@ -158,12 +121,22 @@ def validate(
     ] = False,
     max_cells: MaxCellsOpt = DEFAULT_MAX_CELLS,
     force: ForceOpt = False,
+    command: Annotated[
+        Command,
+        typer.Option(
+            "--for",
+            help="The command the config is checked for: what `ivx run`, `ivx generate` or `ivx train` "
+            "would reject (a trainable kind needs `bundle` to run, `on:` applies to generate, ...).",
+        ),
+    ] = Command.run,
 ) -> None:
     """Check a config (schema, files, model-aware checks) and print the plan size and estimates."""
     from ivx import answers, experiment
+    from ivx.plan import Mode
 
+    mode = cast(Mode, command.value)
     preps = experiment.prepare_all(
-        config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force)
+        config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force), mode=mode
     )
     prep = preps[0]
     exp = prep.cfg.experiment
@@ -171,10 +144,10 @@ def validate(
     cells = sum(len(p.plan.cells) for p in preps)
     rows = 0
     for p in preps:
-        corrupt = p.cfg.experiment.corrupt
-        rows += len(p.plan.cells) * (
-            corrupt.samples if corrupt is not None and corrupt.kind == "noise" else 1
-        )
+        corrupt = p.cfg.experiment.corrupt  # one variant per Prepared: never a list here
+        noisy = corrupt is not None and not isinstance(corrupt, list) and corrupt.kind == "noise"
+        samples = corrupt.samples if noisy and corrupt is not None and not isinstance(corrupt, list) else 1
+        rows += len(p.plan.cells) * samples
     typer.echo(f"{config}: ok")
     typer.echo(
         f"  model      {exp.model.name} ({info.model_type}, {info.n_layers} layers, d_model {info.d_model})"
@@ -200,7 +173,7 @@ def validate(
 
 
 @app.command()
-@_user_errors
+@guard
 def run(
     config: Annotated[Path | None, typer.Argument(help="Experiment YAML file.", show_default=False)] = None,
     set_: SetOpt = None,
@@ -309,7 +282,7 @@ def _run_failed(exc: BaseException, started: list[Path]) -> None:
 
 
 @app.command()
-@_user_errors
+@guard
 def components(
     model: Annotated[str, typer.Argument(help="Model: hub id, local directory or ivx-toy.")],
     revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,

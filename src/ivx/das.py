@@ -15,6 +15,7 @@ default Householder map collapsed to a zero matrix under AdamW weight decay in o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,20 +26,27 @@ if TYPE_CHECKING:
     from ivx.schema import Intervention
 
 
-def _modules() -> dict[str, Any]:
-    import torch
+def _orthogonal(d_in: int, d_out: int) -> Any:
+    """A bias-free linear map whose weight stays orthonormal (matrix-exponential parametrisation)."""
     from torch import nn
     from torch.nn.utils.parametrizations import orthogonal
+
+    return orthogonal(nn.Linear(d_in, d_out, bias=False), orthogonal_map="matrix_exp")
+
+
+def _low_rank() -> type:
+    from torch import nn
 
     class LowRank(nn.Module):
         """new = base + ((source − base) W) Wᵀ with W orthonormal (d × k)."""
 
         def __init__(self, d: int, k: int) -> None:
             super().__init__()
-            self.rotate = orthogonal(nn.Linear(d, k, bias=False), orthogonal_map="matrix_exp")
+            self.rotate = _orthogonal(d, k)
 
         def basis(self) -> torch.Tensor:
-            return self.rotate.weight.T  # [d, k]
+            weight: torch.Tensor = self.rotate.weight
+            return weight.T  # [d, k]
 
         def forward(self, base: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
             w = self.basis()
@@ -47,16 +55,23 @@ def _modules() -> dict[str, Any]:
         def params(self) -> dict[str, torch.Tensor]:
             return {"basis": self.basis().detach()}
 
+    return LowRank
+
+
+def _rotated() -> type:
+    import torch
+    from torch import nn
+
     class Rotated(nn.Module):
         """Swap the first k coordinates after a full learned rotation R (d × d)."""
 
         def __init__(self, d: int, k: int) -> None:
             super().__init__()
-            self.rotate = orthogonal(nn.Linear(d, d, bias=False), orthogonal_map="matrix_exp")
+            self.rotate = _orthogonal(d, d)
             self.k = k
 
         def forward(self, base: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-            r = self.rotate.weight.T  # [d, d], orthogonal
+            r: torch.Tensor = self.rotate.weight.T  # [d, d], orthogonal
             rb, rs = base @ r, source @ r
             mixed = torch.cat([rs[..., : self.k], rb[..., self.k :]], dim=-1)
             return mixed @ r.T
@@ -64,12 +79,22 @@ def _modules() -> dict[str, Any]:
         def params(self) -> dict[str, torch.Tensor]:
             return {"rotation": self.rotate.weight.T.detach(), "interchange_dim": torch.tensor(self.k)}
 
+    return Rotated
+
+
+def _boundless() -> type:
+    import torch
+    from torch import nn
+
     class Boundless(nn.Module):
         """Full rotation + a learned soft boundary: dims below the boundary come from the source."""
 
+        temperature: torch.Tensor
+        index: torch.Tensor
+
         def __init__(self, d: int, k: int) -> None:
             super().__init__()
-            self.rotate = orthogonal(nn.Linear(d, d, bias=False), orthogonal_map="matrix_exp")
+            self.rotate = _orthogonal(d, d)
             self.boundary = nn.Parameter(torch.tensor(float(k)))
             self.register_buffer("temperature", torch.tensor(1.0))
             self.register_buffer("index", torch.arange(d).float())
@@ -78,15 +103,24 @@ def _modules() -> dict[str, Any]:
             return torch.sigmoid((self.boundary - self.index) / self.temperature)
 
         def forward(self, base: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-            r = self.rotate.weight.T
+            r: torch.Tensor = self.rotate.weight.T
             m = self.mask()
             return ((1 - m) * (base @ r) + m * (source @ r)) @ r.T
 
         def params(self) -> dict[str, torch.Tensor]:
             return {"rotation": self.rotate.weight.T.detach(), "mask": self.mask().detach()}
 
+    return Boundless
+
+
+def _sigmoid_mask() -> type:
+    import torch
+    from torch import nn
+
     class SigmoidMask(nn.Module):
         """Per-dimension learned mask between base and source, no rotation."""
+
+        temperature: torch.Tensor
 
         def __init__(self, d: int, k: int) -> None:
             super().__init__()
@@ -103,22 +137,25 @@ def _modules() -> dict[str, Any]:
         def params(self) -> dict[str, torch.Tensor]:
             return {"mask": self.mask().detach()}
 
-    return {
-        "low_rank_rotated_space": LowRank,
-        "rotated_space": Rotated,
-        "boundless_das": Boundless,
-        "sigmoid_mask": SigmoidMask,
-    }
+    return SigmoidMask
+
+
+_FACTORIES: dict[str, Callable[[], type]] = {
+    "low_rank_rotated_space": _low_rank,
+    "rotated_space": _rotated,
+    "boundless_das": _boundless,
+    "sigmoid_mask": _sigmoid_mask,
+}
 
 
 def module(kind: str, d: int, iv: Intervention) -> Any:
     """A fresh trainable intervention module of this kind for width d."""
     k = iv.low_rank_dimension or iv.interchange_dim or 1
-    if kind not in _modules():
+    if kind not in _FACTORIES:
         raise ValueError(f"{kind!r} is not a trainable intervention kind")
     if k > d:
         raise ValueError(f"low_rank_dimension/interchange_dim {k} exceeds the component width {d}")
-    return _modules()[kind](d, k)
+    return _FACTORIES[kind]()(d, k)
 
 
 def edit_fn(kind: str, params: dict[str, torch.Tensor]) -> EditFn:

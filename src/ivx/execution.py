@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from ivx import hooks, schedule, shortcuts
 from ivx.baselines import Acts, Baselines, SiteKey
-from ivx.patches import PatchBuilder, PatchSet
+from ivx.cellpatches import PatchBuilder, PatchSet
+from ivx.memory import MAX_ROWS
 from ivx.plan import Cell
 from ivx.rows import Rows
 from ivx.shortcut_state import ShortcutState
-from ivx.workload import MAX_ROWS, Workload
+from ivx.workload import Workload
 
 if TYPE_CHECKING:
     import torch

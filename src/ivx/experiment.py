@@ -20,7 +20,7 @@ import yaml
 from ivx import config as config_mod
 from ivx import rundir
 from ivx.config import ConfigError, LoadedConfig
-from ivx.plan import Plan
+from ivx.plan import Mode, Plan
 
 if TYPE_CHECKING:
     from ivx import backends
@@ -68,6 +68,7 @@ def prepare_all(
     lm: Any = None,
     weights: bool = True,
     max_cells: int | None = None,
+    mode: Mode = "run",
 ) -> list[Prepared]:
     """`prepare` for every corruption variant (one item unless `corrupt` is a list).
 
@@ -96,7 +97,7 @@ def prepare_all(
         from ivx import attribution
 
         attribution.check_model(cfg, lm)
-    out = _expand(cfg, lm, prompts, None)  # raises ConfigError with every model-aware problem
+    out = _expand(cfg, lm, prompts, None, mode)  # raises ConfigError with every model-aware problem
     if weights and lm.device.type == "meta":
         lm = models.load(*load)
         out = [dataclasses.replace(prep, lm=lm) for prep in out]
@@ -111,14 +112,16 @@ def prepare_all(
     return out
 
 
-def _expand(cfg: LoadedConfig, lm: Any, prompts: list, dropped: list | None) -> list[Prepared]:
+def _expand(
+    cfg: LoadedConfig, lm: Any, prompts: list, dropped: list | None, mode: Mode = "run"
+) -> list[Prepared]:
     """One Prepared per corruption variant, cell indices unique across variants."""
     from ivx import plan
 
     out = []
     offset = 0
     for label, variant in variants(cfg):
-        expanded = plan.expand(variant, lm.info, prompts)
+        expanded = plan.expand(variant, lm.info, prompts, mode)
         cells = tuple(dataclasses.replace(c, index=c.index + offset) for c in expanded.cells)
         offset += len(cells)
         out.append(Prepared(variant, lm, prompts, dataclasses.replace(expanded, cells=cells), dropped, label))

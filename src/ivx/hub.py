@@ -25,6 +25,10 @@ class HubError(Exception):
     """One clear, user-facing problem talking to the Hub."""
 
 
+class HubPathError(HubError):
+    """The path to push is neither a bundle nor a run directory: a user error (exit 2)."""
+
+
 class HubClient(Protocol):
     """The part of `huggingface_hub.HfApi` ivx uses (a seam for tests and mirrors)."""
 
@@ -96,7 +100,7 @@ def files_of(path: Path) -> list[tuple[str, int]]:
         if status != "complete":
             raise HubError(f"run {path} has status {status!r}; only complete runs can be pushed")
     else:
-        raise HubError(
+        raise HubPathError(
             f"{path} is neither an ivx bundle (ivx_bundle.json) nor a run directory (manifest.json)"
         )
     out = []
@@ -214,8 +218,11 @@ def register(app: typer.Typer) -> None:
     """Add `save`, `push` and `pull`."""
 
     def fail(exc: Exception) -> None:
+        """Exit 2 for a wrong input (not a bundle or run), 1 when the Hub or the network failed."""
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        from ivx.bundle import BundleError
+
+        raise typer.Exit(2 if isinstance(exc, HubPathError | BundleError) else 1) from None
 
     def check(ref: str) -> None:
         """A malformed repository id is a user error (exit 2), for push and pull alike."""

@@ -1,191 +1,114 @@
-"""The hook patches of a batch of cells: every edit, and the noise corruption, as vectorised `Patch`es.
+"""Hook `Patch`es from planned `Edit`s: one vectorised patch per (site, edit function).
 
-Each cell owns `samples` consecutive batch rows. All edits of one (site, intervention) across the
-batch become one `hooks.Patch` with index tensors, so a forward with hundreds of cells runs one
-hook per touched module and no Python loop per row. Source values come from the baselines
-(clean, source or corrupted activations), a steering vector, a seeded noise draw or a trained
-bundle's parameters (loaded once).
+Every command places its edits in a batch differently (`ivx run`: one cell per row group,
+`ivx generate`: left-padded prompts and new tokens, `ivx train`: one record per row), but all of
+them end here: placed edits are grouped by what they do and where, and each group becomes one
+`hooks.Patch` with its rows, columns and per-pair source values.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-from ivx import hooks, interventions
-from ivx.baselines import Baselines
-from ivx.plan import Cell, Edit
-from ivx.schema import TRAINABLE_KINDS
-from ivx.workload import Workload
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
     from ivx.components import Site
-
-# (site, kind, value, coefficient, heads, subspace, intervention name): one Patch per key
-GroupKey = tuple[Any, str, "float | None", float, "tuple[int, ...] | None", "tuple[int, ...] | None", str]
-CORRUPTION = "__corrupt__"
-
-
-@dataclass(frozen=True)
-class Collect:
-    """A `collect` edit of one cell: which recorder holds its `positions` rows."""
-
-    key: GroupKey
-    cell: int
-    name: str
-    layer: int
-    positions: int
+    from ivx.edits import Edit
+    from ivx.hooks import Patch
+    from ivx.interventions import EditFn
+    from ivx.models import LoadedModel
 
 
-@dataclass
-class PatchSet:
-    """The patches of one batch, and what its `collect` edits record while it runs."""
+@dataclass(frozen=True, eq=False)
+class Placed:
+    """One edit placed in a batch: rows[i], column positions[i] get source[i] (or no source)."""
 
-    patches: list[hooks.Patch]
-    collects: list[Collect]
-    recorders: dict[GroupKey, list[torch.Tensor]] = field(default_factory=dict)
-
-    def collected(self, samples: int) -> dict[int, dict[str, torch.Tensor]]:
-        """Per cell index: its recorded activations, averaged over samples ([positions, dim])."""
-        import torch
-
-        out: dict[int, dict[str, torch.Tensor]] = defaultdict(dict)
-        offsets: dict[GroupKey, int] = defaultdict(int)
-        for c in self.collects:
-            stacked = torch.cat(self.recorders[c.key])
-            at = offsets[c.key]
-            part = stacked[at : at + c.positions * samples].view(samples, c.positions, -1).mean(0)
-            offsets[c.key] = at + c.positions * samples
-            out[c.cell][f"{c.name}.cell{c.cell}.layer{c.layer}"] = part.cpu()
-        return out
+    edit: Edit
+    rows: torch.Tensor  # [m] long
+    positions: torch.Tensor  # [m] long, absolute columns of the batch
+    source: torch.Tensor | None  # [m, dim] or None
 
 
-class PatchBuilder:
-    """Builds the patches of batches of cells from one workload's baselines."""
+def group_key(edit: Edit) -> tuple[object, ...]:
+    """Edits with equal keys share one patch: same site, function, heads and subspace."""
+    return (
+        edit.component,
+        edit.layer,
+        edit.kind,
+        edit.value,
+        edit.coefficient,
+        edit.heads,
+        edit.subspace,
+        edit.name,
+    )
 
-    def __init__(self, work: Workload, base: Baselines) -> None:
-        self.work = work
-        self.base = base
-        self.trained: dict[str, Callable] = {}
 
-    def build(self, cells: list[Cell], offset: int = 0) -> PatchSet:
-        """All patches of a batch of cells (each with `samples` rows), grouped per site + function."""
-        import torch
+def build(
+    placed: Iterable[Placed],
+    site_of: Callable[[str, int], Site],
+    fn_of: Callable[[Edit], EditFn],
+    offset: int = 0,
+    device: torch.device | str | None = None,
+) -> list[Patch]:
+    """One `Patch` per group of placed edits, rows/columns/sources concatenated in order."""
+    import torch
 
-        S = self.work.samples
-        groups: dict[GroupKey, dict[str, list]] = defaultdict(lambda: {"rows": [], "pos": [], "src": []})
-        collects: list[Collect] = []
-        bundles: dict[GroupKey, str | None] = {}
-        embed = self.work.site("embedding", 0) if self.base.noise else None
-        for i, cell in enumerate(cells):
-            rows = torch.arange(i * S, (i + 1) * S)
-            if embed is not None:
-                positions = self.work.plan.corrupt_positions[cell.prompt]
-                if positions:
-                    g = groups[(embed, "noise", None, 1.0, None, None, CORRUPTION)]
-                    g["rows"].append(rows.repeat_interleave(len(positions)))
-                    g["pos"].append(torch.tensor(positions).repeat(S))
-                    g["src"].append(self.base.noise[cell.prompt].reshape(-1, embed.dim))
-            for edit in cell.edits:
-                site = self.work.site(edit.component, edit.layer)
-                n = len(edit.positions)
-                src = self.source_values(cell, edit, site)
-                key = (site, edit.kind, edit.value, edit.coefficient, edit.heads, edit.subspace, edit.name)
-                bundles[key] = edit.bundle
-                g = groups[key]
-                g["rows"].append(rows.repeat_interleave(n))
-                g["pos"].append(torch.tensor(edit.positions).repeat(S))
-                if edit.source == "corrupted":
-                    g["src"].append(src)  # already one block per sample
-                elif src is not None and src.numel():
-                    g["src"].append(src.repeat(S, 1))
-                if edit.kind == "collect":
-                    collects.append(Collect(key, cell.index, edit.name, edit.layer, n))
-        out = PatchSet([], collects)
-        for key, g in groups.items():
-            out.patches.append(self._patch(key, g, bundles.get(key), out, offset))
-        return out
+    from ivx.hooks import Patch
 
-    def _patch(
-        self, key: GroupKey, g: dict[str, list], bundle: str | None, out: PatchSet, offset: int
-    ) -> hooks.Patch:
-        import torch
-
-        site, kind, value, coefficient, heads, subspace, name = key
-        fn: Callable
-        if kind in TRAINABLE_KINDS:
-            fn = self._trained(kind, name, bundle)
-        else:
-            fn = interventions.for_kind(kind, value=value, coefficient=coefficient)
-        if kind == "collect":
-            fn = _recorder(out.recorders.setdefault(key, []))
-        device = self.work.lm.device
-        return hooks.Patch(
-            site=site,
-            rows=torch.cat(g["rows"]).to(device),
-            positions=torch.cat(g["pos"]).to(device),
-            fn=fn,
-            source=torch.cat(g["src"]).to(device) if g["src"] else None,
-            heads=heads,
-            subspace=subspace,
-            offset=offset,
-        )
-
-    def source_values(self, cell: Cell, edit: Edit, site: Site) -> torch.Tensor | None:
-        """The values an edit writes from: [n, dim] (or [samples * n, dim] from the corrupted run)."""
-        import torch
-
-        work, key = self.work, (edit.component, edit.layer)
-        if edit.source == "base":
-            return self.base.clean_acts[key][cell.prompt][list(edit.source_positions)]
-        if edit.source == "source":
-            return self.base.source_acts[key][cell.prompt][list(edit.source_positions)]
-        if edit.source == "corrupted":  # [samples, n, dim] → rows in sample-major order
-            acts = self.base.corrupt_acts[key][cell.prompt][:, list(edit.source_positions)]
-            return acts.reshape(-1, acts.shape[-1])
-        n = len(edit.positions)
-        if edit.vector is not None:
-            vec = work.vector(edit.vector, edit.name).to(work.lm.device)
-            if vec.dim() == 1:
-                if vec.shape[0] != site.dim:
-                    raise ValueError(
-                        f"vector {edit.vector!r} has {vec.shape[0]} dims but {edit.component} has {site.dim}"
-                    )
-                return vec.expand(n, site.dim)
-            return vec[:n]
-        if edit.kind == "noise":
-            weight = work.lm.model.get_input_embeddings().weight
-            std = (edit.value if edit.value is not None else 3.0) * float(weight.float().std())
-            return interventions.noise(
-                work.exp.seed + 1 + edit.index, cell.prompt, cell.index, n, site.dim, std
+    groups: dict[tuple[object, ...], list[Placed]] = {}
+    for item in placed:
+        groups.setdefault(group_key(item.edit), []).append(item)
+    patches = []
+    for items in groups.values():
+        edit = items[0].edit
+        sources = [p.source for p in items if p.source is not None]
+        patches.append(
+            Patch(
+                site=site_of(edit.component, edit.layer),
+                rows=torch.cat([p.rows for p in items]).to(device),
+                positions=torch.cat([p.positions for p in items]).to(device),
+                fn=fn_of(edit),
+                source=torch.cat(sources).to(device) if sources else None,
+                heads=edit.heads,
+                subspace=edit.subspace,
+                offset=offset,
             )
-        return torch.zeros(0)
-
-    def _trained(self, kind: str, name: str, ref: str | None) -> Callable:
-        """Edit function of a trained intervention, parameters loaded once from its bundle."""
-        from ivx import das
-
-        if ref is None:
-            raise ValueError(f"intervention {name!r} ({kind}) needs `bundle` with its trained parameters")
-        key = f"{kind}:{name}:{ref}"
-        if key not in self.trained:
-            info = self.work.lm.info
-            expect = {"d_model": info.d_model, "n_layers": info.n_layers}
-            params = das.load_params(name, ref, self.work.cfg.path.parent, expect)
-            device = self.work.lm.device
-            self.trained[key] = das.edit_fn(kind, {k: v.to(device) for k, v in params.items()})
-        return self.trained[key]
+        )
+    return patches
 
 
-def _recorder(store: list[torch.Tensor]) -> Callable:
-    """A `collect` edit: record the current value, write it back unchanged."""
+def trained_loader(lm: LoadedModel, base_dir: Path) -> Callable[[Edit], EditFn]:
+    """Edit functions of trained edits, each bundle's parameters loaded once."""
+    from ivx import das
 
-    def fn(current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
-        store.append(current.detach().clone())
-        return current
+    cache: dict[str, EditFn] = {}
 
-    return fn
+    def load(edit: Edit) -> EditFn:
+        if edit.bundle is None:
+            raise ValueError(
+                f"intervention {edit.name!r} ({edit.kind}) needs `bundle` with its trained parameters"
+            )
+        key = f"{edit.kind}:{edit.name}:{edit.bundle}"
+        if key not in cache:
+            expect = {"d_model": lm.info.d_model, "n_layers": lm.info.n_layers}
+            params = das.load_params(edit.name, edit.bundle, base_dir, expect)
+            cache[key] = das.edit_fn(edit.kind, {k: v.to(lm.device) for k, v in params.items()})
+        return cache[key]
+
+    return load
+
+
+def fixed_or_trained(trained: Callable[[Edit], EditFn]) -> Callable[[Edit], EditFn]:
+    """`fn_of` for `build`: the kind's fixed function, or the trained one for DAS kinds."""
+    from ivx import interventions
+
+    def fn_of(edit: Edit) -> EditFn:
+        if edit.trainable:
+            return trained(edit)
+        return interventions.for_kind(edit.kind, value=edit.value, coefficient=edit.coefficient)
+
+    return fn_of

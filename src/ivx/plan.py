@@ -8,50 +8,21 @@ reported in the same `file:line  dotted.path  message` form as schema errors.
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ivx.config import ConfigError, LoadedConfig, Problem
+from ivx.edits import HEAD_COUNT_OF, SOURCE_KINDS, Edit, Mode, head_count, resolve_edits
 from ivx.positions import PositionError, TokenizedPrompt, resolve
 from ivx.schema import Intervention, is_ref
 
-HEAD_COUNT_OF: dict[str, str] = {
-    "head_attention_value_output": "n_heads",
-    "head_query_output": "n_heads",
-    "head_key_output": "n_kv_heads",
-    "head_value_output": "n_kv_heads",
-}
-SOURCE_KINDS = frozenset(
-    {
-        "vanilla",
-        "addition",
-        "subtraction",
-        "rotated_space",
-        "low_rank_rotated_space",
-        "boundless_das",
-        "sigmoid_mask",
-    }
-)
+if TYPE_CHECKING:
+    from ivx.components import ModelInfo
 
-
-@dataclass(frozen=True)
-class Edit:
-    """One concrete intervention at one (component, layer) for one cell."""
-
-    index: int  # position of the intervention in the config's list
-    name: str
-    kind: str
-    component: str
-    layer: int
-    positions: tuple[int, ...]
-    source: Literal["base", "source", "corrupted", "none"]
-    source_positions: tuple[int, ...]
-    heads: tuple[int, ...] | None
-    subspace: tuple[int, ...] | None
-    value: float | None
-    coefficient: float
-    vector: str | None
-    bundle: str | None = None
+__all__ = ["HEAD_COUNT_OF", "SOURCE_KINDS", "Cell", "Edit", "Mode", "Plan", "count", "expand", "substitute"]
+BINDABLE: tuple[str, ...] = ("component", "layer", "position", "head", "source_position", "kind")
 
 
 @dataclass(frozen=True)
@@ -105,16 +76,22 @@ def _axis_fields(cfg: LoadedConfig) -> dict[str, set[str]]:
     """Which intervention fields each sweep axis is bound to."""
     out: dict[str, set[str]] = {axis: set() for axis in cfg.experiment.sweep}
     for iv in cfg.experiment.interventions:
-        for field_name in ("component", "layer", "position", "head", "source_position", "kind"):
+        for field_name in BINDABLE:
             value = getattr(iv, field_name)
             if is_ref(value) and value[1:] in out:
                 out[value[1:]].add(field_name)
     return out
 
 
+def _bound(iv: Intervention) -> dict[str, str]:
+    """field -> sweep axis for every `$axis` field of one intervention."""
+    return {name: value[1:] for name, value in iv.model_dump().items() if is_ref(value)}
+
+
 def _axis_values(
-    cfg: LoadedConfig, info: Any, prompt: TokenizedPrompt, problems: list[Problem]
+    cfg: LoadedConfig, info: ModelInfo, prompt: TokenizedPrompt, problems: list[Problem]
 ) -> dict[str, list[Any]]:
+    """Each axis's values for one prompt (`all` expanded from the model and the prompt's length)."""
     bound = _axis_fields(cfg)
     values: dict[str, list[Any]] = {}
     for axis, spec in cfg.experiment.sweep.items():
@@ -127,7 +104,7 @@ def _axis_values(
         elif fields <= {"position", "source_position"} and fields:
             values[axis] = list(range(prompt.length))
         elif fields == {"head"}:
-            values[axis] = list(range(info.n_heads))
+            values[axis] = list(range(info.n_heads))  # the most any component has; see _heads_fit
         else:
             problems.append(
                 cfg.problem(
@@ -140,7 +117,38 @@ def _axis_values(
     return values
 
 
-def _substitute(iv: Intervention, point: dict[str, Any]) -> Intervention:
+def _all_head_axes(cfg: LoadedConfig) -> list[str]:
+    bound = _axis_fields(cfg)
+    return [a for a, spec in cfg.experiment.sweep.items() if spec == "all" and bound.get(a) == {"head"}]
+
+
+def _heads_fit(cfg: LoadedConfig, info: ModelInfo, point: dict[str, Any], axes: list[str]) -> bool:
+    """`sweep: head: all` is per component: GQA key/value components have fewer heads."""
+    for iv in cfg.experiment.interventions:
+        if not (is_ref(iv.head) and iv.head[1:] in axes):
+            continue
+        component = point.get(iv.component[1:]) if is_ref(iv.component) else iv.component
+        n_heads = head_count(info, str(component))
+        if n_heads is not None and point[iv.head[1:]] >= n_heads:
+            return False
+    return True
+
+
+def _points(
+    cfg: LoadedConfig, info: ModelInfo, prompt: TokenizedPrompt, problems: list[Problem]
+) -> Iterator[dict[str, Any]]:
+    """Every grid point of one prompt, in the sweep's axis order."""
+    values = _axis_values(cfg, info, prompt, problems)
+    names = list(values)
+    per_component = _all_head_axes(cfg)
+    for combo in itertools.product(*(values[n] for n in names)):
+        point = dict(zip(names, combo, strict=True))
+        if not per_component or _heads_fit(cfg, info, point, per_component):
+            yield point
+
+
+def substitute(iv: Intervention, point: dict[str, Any]) -> Intervention:
+    """The intervention with every `$axis` field replaced by the point's value."""
     data = iv.model_dump()
     for key, value in data.items():
         if is_ref(value):
@@ -148,204 +156,105 @@ def _substitute(iv: Intervention, point: dict[str, Any]) -> Intervention:
     return Intervention.model_validate(data)
 
 
-def _window(layer: int, window: int | None, n_layers: int) -> list[int]:
-    if not window:
-        return [layer]
-    # ROME's convention: layers [l - w//2, l + ceil(w/2)) clipped to the model.
-    return list(range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2))))
+def count(cfg: LoadedConfig, info: ModelInfo, prompts: list[TokenizedPrompt]) -> int:
+    """Cells `expand` would make (per corruption variant), without building any of them."""
+    if _all_head_axes(cfg):
+        return sum(sum(1 for _ in _points(cfg, info, p, [])) for p in prompts)
+    return sum(math.prod(len(v) for v in _axis_values(cfg, info, p, []).values()) for p in prompts)
 
 
-def _edits(
+def _mode_problems(cfg: LoadedConfig, mode: Mode) -> list[Problem]:
+    """Sections a command cannot honour: reported, never silently ignored."""
+    exp = cfg.experiment
+    problems = []
+    if mode != "run" and exp.corrupt is not None:
+        problems.append(cfg.problem(("corrupt",), f"ivx {mode} does not corrupt prompts; remove `corrupt`"))
+    if mode == "train" and len(exp.interventions) != 1:
+        problems.append(
+            cfg.problem(("interventions",), "ivx train needs exactly one (trainable) intervention")
+        )
+    return problems
+
+
+def _prompt_problems(cfg: LoadedConfig, prompt: TokenizedPrompt, mode: Mode) -> list[Problem]:
+    """What the command needs from each prompt record (answers to score, a counterfactual)."""
+    exp = cfg.experiment
+    if mode == "generate":
+        return []
+    if mode == "train":
+        if prompt.source_ids is None or prompt.target_id is None:
+            return [
+                cfg.problem(
+                    ("prompts",),
+                    f"record {prompt.index} needs `source` and `target` (the counterfactual answer)",
+                )
+            ]
+        return []
+    problems = []
+    if exp.trace is not None or "indirect_effect" in exp.metrics or "target_prob" in exp.metrics:
+        if prompt.target_id is None:
+            problems.append(
+                cfg.problem(("prompts",), f"prompt {prompt.index} needs a `target` for the metrics")
+            )
+    if any(m in exp.metrics for m in ("logit_diff", "logit_diff_norm")) and prompt.foil_id is None:
+        problems.append(cfg.problem(("metrics",), f"logit_diff needs a `foil` in prompt {prompt.index}"))
+    return problems
+
+
+def _corrupt_positions(
+    cfg: LoadedConfig, prompt: TokenizedPrompt, problems: list[Problem]
+) -> tuple[int, ...]:
+    corrupt = cfg.experiment.corrupt
+    if corrupt is None or isinstance(corrupt, list):
+        return ()
+    try:
+        return resolve(corrupt.positions, prompt.length, prompt.subject_span)
+    except PositionError as exc:
+        problems.append(cfg.problem(("corrupt", "positions"), f"prompt {prompt.index}: {exc}"))
+        return ()
+
+
+def _cell_edits(
     cfg: LoadedConfig,
-    info: Any,
+    info: ModelInfo,
     prompt: TokenizedPrompt,
-    index: int,
-    iv: Intervention,
+    point: dict[str, Any],
+    mode: Mode,
     problems: list[Problem],
 ) -> list[Edit]:
-    path = ("interventions", index)
-    name = iv.name or f"iv{index}"
-    component = iv.component
-    if component not in info.components:
+    edits: list[Edit] = []
+    for i, iv in enumerate(cfg.experiment.interventions):
+        try:
+            concrete = substitute(iv, point)
+        except ValueError as exc:
+            problems.append(cfg.problem(("sweep",), f"sweep values give an invalid intervention: {exc}"))
+            continue
+        edits.extend(resolve_edits(cfg, info, prompt, i, concrete, problems, mode, _bound(iv)))
+    if mode == "train" and len(edits) > 1:
         problems.append(
             cfg.problem(
-                path + ("component",),
-                f"component {component!r} does not exist in this model ({info.model_type}, layout "
-                f"{info.layout}); available: {', '.join(info.components)}",
+                ("interventions", 0, "layer"),
+                f"ivx train trains one site, but this point has {len(edits)} (a layer list or window)",
             )
         )
-        return []
-    layers_spec = iv.layer if isinstance(iv.layer, list) else [iv.layer]
-    layers: list[int] = []
-    for layer in layers_spec:
-        concrete = layer + info.n_layers if layer < 0 else layer
-        if component == "embedding":
-            concrete = 0
-        elif not 0 <= concrete < info.n_layers:
-            problems.append(
-                cfg.problem(
-                    path + ("layer",),
-                    f"layer {layer} is out of range: the model has {info.n_layers} layers "
-                    f"(0..{info.n_layers - 1})",
-                )
-            )
-            continue
-        size = iv.window.get(component) if isinstance(iv.window, dict) else iv.window
-        trace = cfg.experiment.trace
-        if iv.window is None and trace is not None and iv.kind == "vanilla":
-            size = trace.window.get(component)  # the ROME protocol's default window
-        for lay in _window(concrete, size, info.n_layers):
-            if lay not in layers:
-                layers.append(lay)
-    try:
-        positions = resolve(iv.position, prompt.length, prompt.subject_span)
-    except PositionError as exc:
-        problems.append(cfg.problem(path + ("position",), f"prompt {prompt.index}: {exc}"))
-        return []
-    source: Literal["base", "source", "none"] = "none"
-    source_positions: tuple[int, ...] = ()
-    if iv.kind in SOURCE_KINDS and iv.vector is None:
-        source = iv.source if iv.source != "auto" else ("source" if prompt.source_ids else "base")
-        if source == "source" and prompt.source_ids is None:
-            problems.append(cfg.problem(path + ("source",), f"prompt {prompt.index} has no `source` prompt"))
-            return []
-        src_len = len(prompt.source_ids) if source == "source" else prompt.length
-        src_subject = prompt.source_subject_span if source == "source" else prompt.subject_span
-        if iv.source_position is not None:
-            try:
-                source_positions = resolve(iv.source_position, src_len, src_subject)
-            except PositionError as exc:
-                problems.append(
-                    cfg.problem(path + ("source_position",), f"prompt {prompt.index} source: {exc}")
-                )
-                return []
-        elif src_len != prompt.length:
-            problems.append(
-                cfg.problem(
-                    path + ("source_position",),
-                    f"prompt {prompt.index}: base has {prompt.length} tokens but the source has "
-                    f"{src_len}; set `source_position` to map positions explicitly",
-                )
-            )
-            return []
-        else:
-            source_positions = positions
-        if len(source_positions) not in (1, len(positions)):
-            problems.append(
-                cfg.problem(
-                    path + ("source_position",),
-                    f"{len(source_positions)} source positions for {len(positions)} base positions "
-                    "(give one, or as many as `position`)",
-                )
-            )
-            return []
-        if len(source_positions) == 1 and len(positions) > 1:
-            source_positions = source_positions * len(positions)
-    heads: tuple[int, ...] | None = None
-    if component in HEAD_COUNT_OF:
-        n_heads = getattr(info, HEAD_COUNT_OF[component])
-        head_spec = iv.head if iv.head is not None else list(range(n_heads))
-        heads = tuple(head_spec if isinstance(head_spec, list) else [head_spec])
-        bad = [h for h in heads if h >= n_heads]
-        if bad:
-            problems.append(
-                cfg.problem(
-                    path + ("head",),
-                    f"head {bad[0]} is out of range: {component} has {n_heads} heads (0..{n_heads - 1})",
-                )
-            )
-            return []
-    severed: list[Edit] = []
-    if iv.sever is not None and layers:
-        every = tuple(range(prompt.length))
-        for later in range(max(layers) + 1, info.n_layers):
-            severed.append(
-                Edit(
-                    index,
-                    f"{name}.sever",
-                    "vanilla",
-                    iv.sever,
-                    later,
-                    every,
-                    "corrupted",
-                    every,
-                    None,
-                    None,
-                    None,
-                    1.0,
-                    None,
-                )
-            )
-    return severed + [
-        Edit(
-            index=index,
-            name=name,
-            kind=iv.kind,
-            component=component,
-            layer=layer,
-            positions=positions,
-            source=source,
-            source_positions=source_positions,
-            heads=heads,
-            subspace=tuple(iv.subspace) if iv.subspace else None,
-            value=iv.value,
-            coefficient=iv.coefficient,
-            vector=iv.vector,
-            bundle=iv.bundle,
-        )
-        for layer in layers
-    ]
+    return edits
 
 
-def count(cfg: LoadedConfig, info: Any, prompts: list[TokenizedPrompt]) -> int:
-    """Cells `expand` would make (per corruption variant), without building any of them."""
-    total = 0
-    for prompt in prompts:
-        n = 1
-        for values in _axis_values(cfg, info, prompt, []).values():
-            n *= len(values)
-        total += n
-    return total
-
-
-def expand(cfg: LoadedConfig, info: Any, prompts: list[TokenizedPrompt]) -> Plan:
+def expand(cfg: LoadedConfig, info: ModelInfo, prompts: list[TokenizedPrompt], mode: Mode = "run") -> Plan:
     """Cells for every prompt × grid point; raise ConfigError with every model-aware problem."""
-    exp = cfg.experiment
-    problems: list[Problem] = []
+    problems = _mode_problems(cfg, mode)
     cells: list[Cell] = []
     corrupt: list[tuple[int, ...]] = []
     for prompt in prompts:
-        if exp.corrupt is not None:
-            try:
-                corrupt.append(resolve(exp.corrupt.positions, prompt.length, prompt.subject_span))
-            except PositionError as exc:
-                problems.append(cfg.problem(("corrupt", "positions"), f"prompt {prompt.index}: {exc}"))
-                corrupt.append(())
-        else:
-            corrupt.append(())
-        if exp.trace is not None or "indirect_effect" in exp.metrics or "target_prob" in exp.metrics:
-            if prompt.target_id is None:
-                problems.append(
-                    cfg.problem(("prompts",), f"prompt {prompt.index} needs a `target` for the metrics")
-                )
-        if any(m in exp.metrics for m in ("logit_diff", "logit_diff_norm")) and prompt.foil_id is None:
-            problems.append(cfg.problem(("metrics",), f"logit_diff needs a `foil` in prompt {prompt.index}"))
-        values = _axis_values(cfg, info, prompt, problems)
-        names = list(values)
-        for combo in itertools.product(*(values[n] for n in names)):
-            point = dict(zip(names, combo, strict=True))
-            edits: list[Edit] = []
-            for i, iv in enumerate(exp.interventions):
-                try:
-                    concrete = _substitute(iv, point)
-                except ValueError as exc:
-                    problems.append(
-                        cfg.problem(("sweep",), f"sweep values give an invalid intervention: {exc}")
-                    )
-                    continue
-                edits.extend(_edits(cfg, info, prompt, i, concrete, problems))
+        corrupt.append(_corrupt_positions(cfg, prompt, problems) if mode == "run" else ())
+        missing = _prompt_problems(cfg, prompt, mode)
+        problems += missing
+        if missing and mode == "train":
+            continue  # without a counterfactual there is nothing to resolve
+        for point in _points(cfg, info, prompt, problems):
+            edits = _cell_edits(cfg, info, prompt, point, mode, problems)
             cells.append(Cell(len(cells), prompt.index, tuple(point.items()), tuple(edits)))
     if problems:
         unique = list(dict.fromkeys(problems))
-        raise ConfigError(unique[:50] if len(unique) > 50 else unique)
-    return Plan(tuple(cells), tuple(exp.sweep), tuple(corrupt))
+        raise ConfigError(unique[:50])
+    return Plan(tuple(cells), tuple(cfg.experiment.sweep), tuple(corrupt))

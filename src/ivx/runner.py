@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from ivx import baselines, execution
 from ivx.baselines import Baselines
+from ivx.cellpatches import PatchBuilder
 from ivx.config import LoadedConfig
 from ivx.execution import CellOutput, Engine, Step
-from ivx.patches import PatchBuilder
+from ivx.memory import CPU_TOKENS, MAX_ROWS
 from ivx.plan import Cell, Plan
 from ivx.positions import TokenizedPrompt
 from ivx.rows import Rows, Values
 from ivx.shortcut_state import ShortcutState
-from ivx.workload import CPU_TOKENS, MAX_ROWS, Scoring, Workload
+from ivx.workload import Scoring, Workload
 
 if TYPE_CHECKING:
     from ivx.components import Site

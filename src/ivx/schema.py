@@ -132,7 +132,7 @@ def check_position(value: Any) -> Any:
 
 
 def _check_layer(value: Any) -> Any:
-    if is_ref(value):
+    if is_ref(value) or value == "all":
         return value
     items = value if isinstance(value, list) else [value]
     if isinstance(value, list) and not value:
@@ -147,7 +147,7 @@ def _check_layer(value: Any) -> Any:
 
 
 def _check_head(value: Any) -> Any:
-    if value is None or is_ref(value):
+    if value is None or is_ref(value) or value == "all":
         return value
     items = value if isinstance(value, list) else [value]
     for item in items:
@@ -173,6 +173,8 @@ def _check_component(value: Any) -> Any:
 def _check_kind(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError(f"kind must be a string, got {value!r}")
+    if is_ref(value):
+        return value
     if value in KIND_ALIASES:
         return KIND_ALIASES[value]
     if value in KINDS:

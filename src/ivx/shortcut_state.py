@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivx import hooks, kvcache, memory, schedule, shortcuts, stagger
 from ivx.baselines import Baselines
-from ivx.patches import PatchBuilder
+from ivx.cellpatches import PatchBuilder
 from ivx.plan import Cell
 from ivx.workload import Workload
 

@@ -13,95 +13,44 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ivx.errors import guard
+from ivx.iit import Example, examples_of, iia, train_point
+
+__all__ = ["Example", "examples_of", "iia", "plan_training", "register", "split", "train_point", "train_run"]
+
 if TYPE_CHECKING:
-    import torch
+    from ivx.components import Site
+    from ivx.config import LoadedConfig, Problem
+    from ivx.edits import Edit
+    from ivx.models import LoadedModel
+    from ivx.plan import Cell
+    from ivx.rundir import Manifest
+    from ivx.schema import Intervention, Train
+    from ivx.tokenization import TokenizedPrompt
 
 
-@dataclass
-class Example:
-    """One training record, tokenized, with its source activation at the site."""
+def _examples(
+    lm: LoadedModel, cfg: LoadedConfig, iv: Intervention, site: Site, prompts: Sequence[TokenizedPrompt]
+) -> list[Example]:
+    """Examples of one concrete trainable intervention, planned like `ivx train` plans it."""
+    from ivx.config import ConfigError
+    from ivx.edits import resolve_edits
 
-    ids: list[int]
-    positions: tuple[int, ...]
-    source: Any  # [n_pos, dim]
-    target: int
-
-
-def _examples(lm: Any, cfg: Any, iv: Any, site: Any, prompts: list) -> list[Example]:
-    import torch
-
-    from ivx import hooks, positions
-
-    out = []
+    problems: list[Problem] = []
+    planned = []
     for p in prompts:
-        if p.source_ids is None or p.target_id is None:
-            raise ValueError(f"record {p.index} needs `source` and `target` (the counterfactual answer)")
-        pos = positions.resolve(iv.position, p.length, p.subject_span)
-        src_len = len(p.source_ids)
-        if iv.source_position is not None:
-            spos = positions.resolve(iv.source_position, src_len, p.source_subject_span)
-        elif src_len == p.length:
-            spos = pos  # same template, same length: the same positions
-        else:
-            raise ValueError(f"record {p.index}: base and source lengths differ; set `source_position`")
-        if len(spos) != len(pos):
-            raise ValueError(f"record {p.index}: {len(spos)} source positions for {len(pos)} base positions")
-        with torch.inference_mode(), hooks.capturing(lm.model, [site]) as store:
-            lm.model(input_ids=torch.tensor([p.source_ids], device=lm.device))
-        out.append(Example(list(p.base_ids), pos, store[site][0, list(spos)].clone(), p.target_id))
-    return out
-
-
-def _batches(examples: list[Example], size: int, rng: random.Random | None) -> list[list[Example]]:
-    """Batches of equal-length prompts (no padding needed)."""
-    by_len: dict[int, list[Example]] = {}
-    for ex in examples:
-        by_len.setdefault(len(ex.ids), []).append(ex)
-    batches = []
-    for group in by_len.values():
-        if rng is not None:
-            rng.shuffle(group)
-        batches += [group[i : i + size] for i in range(0, len(group), size)]
-    if rng is not None:
-        rng.shuffle(batches)
-    return batches
-
-
-def _forward(lm: Any, site: Any, batch: list[Example], fn: Any) -> torch.Tensor:
-    """Last-position logits of the base prompts with `fn` interchanging at the site."""
-    import torch
-
-    from ivx import hooks
-
-    n = len(batch[0].positions)
-    ids = torch.tensor([ex.ids for ex in batch], device=lm.device)
-    patch = hooks.Patch(
-        site=site,
-        rows=torch.arange(len(batch), device=lm.device).repeat_interleave(n),
-        positions=torch.tensor([p for ex in batch for p in ex.positions], device=lm.device),
-        fn=fn,
-        source=torch.cat([ex.source for ex in batch]).to(lm.device),
-    )
-    with hooks.patching(lm.model, [patch]):
-        return lm.model(input_ids=ids, logits_to_keep=1).logits[:, -1].float()
-
-
-def iia(lm: Any, site: Any, examples: list[Example], fn: Any, batch_size: int = 128) -> float:
-    """Interchange intervention accuracy: argmax under the intervention == counterfactual target."""
-    import torch
-
-    correct = 0
-    with torch.no_grad():
-        for batch in _batches(examples, batch_size, None):
-            logits = _forward(lm, site, batch, fn)
-            correct += int((logits.argmax(-1).cpu() == torch.tensor([ex.target for ex in batch])).sum())
-    return correct / max(1, len(examples))
+        edits = resolve_edits(cfg, lm.info, p, 0, iv, problems, mode="train")
+        planned += [(p, e) for e in edits]
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+    return examples_of(lm, site, planned)
 
 
 def split(n: int, eval_split: float, seed: int) -> tuple[set[int], list[int]]:
@@ -112,232 +61,224 @@ def split(n: int, eval_split: float, seed: int) -> tuple[set[int], list[int]]:
     return set(order[:n_held]), order[n_held:]
 
 
-def train_point(
-    lm: Any,
-    site: Any,
-    iv: Any,
-    settings: Any,
-    train: list[Example],
-    held: list[Example],
-    seed: int,
-    log: Any,
-    checkpoint: Path | None = None,
-) -> dict[str, Any]:
-    """Train one intervention; return its module, history and held-out IIA."""
-    import torch
+@dataclass
+class Session:
+    """A planned training run: config, frozen model, prompts, cells per grid point, run directory."""
 
-    from ivx import das
+    cfg: LoadedConfig
+    config: Path
+    overrides: tuple[str, ...]
+    lm: LoadedModel
+    prompts: list[TokenizedPrompt]
+    points: list[list[Cell]]  # the cells (one per record) of each grid point, in grid order
+    held: set[int]
+    train: list[int]
 
-    torch.manual_seed(seed)
-    mod = das.module(iv.kind, site.dim, iv).to(lm.device)
-    control = iia(lm, site, held, das.module(iv.kind, site.dim, iv).to(lm.device))  # untrained: random basis
-    optim = torch.optim.AdamW(mod.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    history: list[dict[str, Any]] = []
-    start_epoch, best, best_state, stale = 0, -1.0, None, 0
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        mod.load_state_dict(state["module"])
-        optim.load_state_dict(state["optim"])
-        start_epoch, best, stale = state["epoch"] + 1, state["best"], state["stale"]
-        best_state = state["best_state"]
-        history = json.loads(state["history"])
-        log(f"resumed from {checkpoint} at epoch {start_epoch}")
-    rng = random.Random(seed)
-    temps = iv.temperature or [1.0, 0.05]
-    step = 0
-    for epoch in range(start_epoch, settings.epochs):
-        if hasattr(mod, "temperature"):  # boundless/sigmoid: anneal the boundary temperature
-            frac = epoch / max(1, settings.epochs - 1)
-            mod.temperature.fill_(temps[0] * (temps[1] / temps[0]) ** frac)
-        losses = []
-        for batch in _batches(train, settings.batch_size, rng):
-            logits = _forward(lm, site, batch, mod)
-            target = torch.tensor([ex.target for ex in batch], device=lm.device)
-            loss = torch.nn.functional.cross_entropy(logits, target)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-            losses.append(float(loss.detach()))
-            step += 1
-        score = iia(lm, site, held, mod)
-        entry = {"epoch": epoch, "steps": step, "loss": sum(losses) / max(1, len(losses)), "iia": score}
-        history.append(entry)
-        log(f"  epoch {epoch}: loss {entry['loss']:.4f}  held-out IIA {score:.3f}")
-        if score > best + 1e-9:
-            best, stale = score, 0
-            best_state = {k: v.detach().clone() for k, v in mod.state_dict().items()}
-        else:
-            stale += 1
-        if checkpoint is not None:
-            torch.save(
-                {
-                    "module": mod.state_dict(),
-                    "optim": optim.state_dict(),
-                    "epoch": epoch,
-                    "best": best,
-                    "stale": stale,
-                    "best_state": best_state,
-                    "history": json.dumps(history),
-                },
-                checkpoint,
-            )
-        if settings.patience is not None and stale >= settings.patience:
-            log(f"  early stop: no IIA gain for {stale} epochs")
-            break
-    if best_state is not None:
-        mod.load_state_dict(best_state)
-    return {
-        "module": mod,
-        "history": history,
-        "iia": iia(lm, site, held, mod),
-        "control_iia": control,
-        "train_iia": iia(lm, site, train, mod),
-    }
+    @property
+    def settings(self) -> Train:
+        from ivx.schema import Train
+
+        return self.cfg.experiment.train or Train.model_validate({})
+
+    def model_info(self) -> dict[str, Any]:
+        spec, info = self.cfg.experiment.model, self.lm.info
+        return {
+            "name": spec.name,
+            "revision": spec.revision,
+            "d_model": info.d_model,
+            "n_layers": info.n_layers,
+        }
 
 
-def train_run(
-    config: Path, overrides: tuple[str, ...], out_root: str | None, resume: Path | None, log: Any
-) -> Path:
-    """The `ivx train` recipe: every grid point trained, evaluated and bundled."""
-    import itertools
-
-    import yaml
-    from safetensors.torch import save_file
-
-    from ivx import bundle, components, models, plan, rundir, tokenization, train_report
+def plan_training(config: Path, overrides: tuple[str, ...]) -> Session:
+    """Load, plan (train mode: every record, every point) and freeze the model; ConfigError otherwise."""
     from ivx import config as config_mod
-    from ivx.config import ConfigError
-    from ivx.schema import TRAINABLE_KINDS, Train, is_ref
+    from ivx import models, plan, tokenization
+    from ivx.schema import Train
 
-    if resume is not None:
-        previous = json.loads((resume / "manifest.json").read_text())
-        original = Path(previous.get("config") or "")
-        config = original if original.is_file() else resume / "config.yaml"
-        overrides = tuple(previous.get("overrides", []))
     cfg = config_mod.load(config, overrides)
     exp = cfg.experiment
-    settings = exp.train or Train()
-    if len(exp.interventions) != 1 or exp.interventions[0].kind not in TRAINABLE_KINDS:
-        raise ConfigError(
-            [
-                cfg.problem(
-                    ("interventions",),
-                    "ivx train needs exactly one trainable intervention "
-                    f"({', '.join(sorted(TRAINABLE_KINDS))})",
-                )
-            ]
-        )
+    settings = exp.train or Train.model_validate({})
     spec = exp.model
     lm = models.load_spec(spec)
     for param in lm.model.parameters():  # the model is frozen: only the intervention trains
         param.requires_grad_(False)
     records = cfg.records[: settings.max_records] if settings.max_records else cfg.records
     prompts = tokenization.for_config(cfg, lm.tokenizer, records)
-    plan.expand(cfg, lm.info, prompts[:1])  # model-aware checks (layers, positions) before training
-    held_idx, train_idx = split(len(prompts), settings.eval_split, exp.seed)
+    cells = plan.expand(cfg, lm.info, prompts, mode="train").cells
+    points: dict[tuple[tuple[str, Any], ...], list[Cell]] = {}
+    for cell in cells:
+        points.setdefault(cell.point, []).append(cell)
+    _check_widths(cfg, lm, [group[0] for group in points.values()])
+    held, train = split(len(prompts), settings.eval_split, exp.seed)
+    return Session(cfg, config, overrides, lm, prompts, list(points.values()), held, train)
+
+
+def _check_widths(cfg: LoadedConfig, lm: LoadedModel, cells: list[Cell]) -> None:
+    """The learned subspace must fit the site: k ≤ the component's width, at every point."""
+    from ivx import components, plan
+    from ivx.config import ConfigError
+
+    problems = []
+    for cell in cells:
+        edit = cell.edits[0]
+        iv = plan.substitute(cfg.experiment.interventions[0], dict(cell.point))
+        k = iv.low_rank_dimension or iv.interchange_dim or 1
+        width = components.resolve(lm.model, lm.info, edit.component, edit.layer).dim
+        if k > width:
+            field = "low_rank_dimension" if iv.low_rank_dimension else "interchange_dim"
+            raw = getattr(cfg.experiment.interventions[0], field)
+            path = ("sweep", raw[1:]) if isinstance(raw, str) else ("interventions", 0, field)
+            problems.append(cfg.problem(path, f"{field} {k} exceeds the width of {edit.component} ({width})"))
+    if problems:
+        raise ConfigError(list(dict.fromkeys(problems)))
+
+
+def _open(session: Session, out_root: str | None, resume: Path | None) -> tuple[Path, Manifest]:
+    from ivx import rundir
+
+    exp = session.cfg.experiment
     if resume is not None:
-        run_dir = resume
-        manifest = rundir.Manifest.read(run_dir)
+        manifest = rundir.Manifest.read(resume)
         manifest.update(status="running")
-    else:
-        run_dir = rundir.create(out_root or exp.output.root, exp.name)
-        rundir.write_text(run_dir / "config.yaml", cfg.text)
-        manifest = rundir.Manifest.start(
-            run_dir,
-            name=exp.name,
-            kind="train",
-            config=str(Path(config).resolve()),
-            overrides=list(overrides),
-            seed=exp.seed,
-            device=str(lm.device),
-            model={
-                "name": spec.name,
-                "revision": spec.revision,
-                "d_model": lm.info.d_model,
-                "n_layers": lm.info.n_layers,
-            },
-        )
+        return resume, manifest
+    run_dir = rundir.create(out_root or exp.output.root, exp.name)
+    rundir.write_text(run_dir / "config.yaml", session.cfg.text)
+    manifest = rundir.Manifest.start(
+        run_dir,
+        name=exp.name,
+        kind="train",
+        config=str(Path(session.config).resolve()),
+        overrides=list(session.overrides),
+        seed=exp.seed,
+        device=str(session.lm.device),
+        model=session.model_info(),
+    )
+    return run_dir, manifest
+
+
+def _train_one(
+    session: Session, index: int, cells: list[Cell], run_dir: Path, log: Callable[[str], object]
+) -> tuple[dict[str, Any], dict[str, Any], Intervention, Edit]:
+    """Train grid point `index`: its result row, trained module output, concrete intervention, site edit."""
+    from ivx import components, plan
+
+    point = dict(cells[0].point)
+    edit = cells[0].edits[0]
+    iv = plan.substitute(session.cfg.experiment.interventions[0], point)
+    site = components.resolve(session.lm.model, session.lm.info, edit.component, edit.layer)
+    by_prompt = {c.prompt: (session.prompts[c.prompt], c.edits[0]) for c in cells}
+    train = examples_of(session.lm, site, [by_prompt[i] for i in session.train if i in by_prompt])
+    held = examples_of(session.lm, site, [by_prompt[i] for i in sorted(session.held) if i in by_prompt])
+    log(
+        f"[{index + 1}/{len(session.points)}] {point or 'single site'}: {iv.kind} at "
+        f"{iv.component}[{edit.layer}] position {iv.position}, "
+        f"{len(train)} train / {len(held)} held-out records"
+    )
+    seed = session.cfg.experiment.seed + index
+    checkpoint = run_dir / "checkpoints" / f"point{index}.pt"
+    out = train_point(session.lm, site, iv, session.settings, train, held, seed, log, checkpoint)
+    row = {
+        "point": index,
+        **point,
+        "iia": out["iia"],
+        "train_iia": out["train_iia"],
+        "control_iia": out["control_iia"],
+        "epochs": len(out["history"]),
+    }
+    return row, out, iv, edit
+
+
+def _append(
+    run_dir: Path, index: int, row: dict[str, Any], history: list[dict[str, Any]], done: set[str]
+) -> None:
+    """Record a trained point: its result row (once, also across resumes) and its training curve."""
+    point = {k: v for k, v in row.items() if k not in ("point", "iia", "train_iia", "control_iia", "epochs")}
+    if str(index) not in done:
+        with (run_dir / "results.jsonl").open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    with (run_dir / "metrics.jsonl").open("a") as fh:
+        for entry in history:
+            fh.write(json.dumps({"point": index, **point, **entry}) + "\n")
+
+
+def _done_points(run_dir: Path) -> set[str]:
+    results = run_dir / "results.jsonl"
+    if not results.exists():
+        return set()
+    return {str(json.loads(line)["point"]) for line in results.read_text().splitlines()}
+
+
+def _train_grid(session: Session, run_dir: Path, log: Callable[[str], object]) -> dict[str, Any]:
+    """Train every grid point; write interventions.safetensors; the best point for the bundle."""
+    from safetensors.torch import save_file
+
     (run_dir / "checkpoints").mkdir(exist_ok=True)
-    axes = list(exp.sweep)
-    grid = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*(exp.sweep[a] for a in axes))]
-    iv0 = exp.interventions[0]
-    results, tensors, best = [], {}, None
+    done = _done_points(run_dir)
+    results, tensors = [], {}
+    best: dict[str, Any] | None = None
+    for index, cells in enumerate(session.points):
+        row, out, iv, edit = _train_one(session, index, cells, run_dir, log)
+        results.append(row)
+        _append(run_dir, index, row, out["history"], done)
+        params = out["module"].params()
+        name = iv.name or "das"
+        for key, value in params.items():
+            tensors[f"{name}.point{index}.{key}"] = value.cpu().contiguous()
+        if best is None or out["iia"] > best["iia"]:
+            concrete = iv.model_dump(mode="json", exclude_none=True)
+            concrete.update({"layer": edit.layer, "name": name, "bundle": "."})
+            params_cpu = {f"{name}.{k}": v.cpu() for k, v in params.items()}
+            best = {"iia": out["iia"], "intervention": concrete, "params": params_cpu, "point": index}
+    save_file(tensors, str(run_dir / "interventions.safetensors"))
+    assert best is not None  # a plan has at least one point
+    return {"results": results, **best}
+
+
+def _write_bundle(session: Session, run_dir: Path, trained: dict[str, Any]) -> None:
+    """The best point as a bundle, interventions.yaml, summary.json and the training report."""
+    import yaml
+
+    from ivx import bundle, rundir, train_report
+
+    bundle.save(run_dir / "bundle", [trained["intervention"]], trained["params"], session.model_info())
+    rundir.write_text(
+        run_dir / "interventions.yaml", yaml.safe_dump({"interventions": [trained["intervention"]]})
+    )
+    axes = list(session.cfg.experiment.sweep)
+    summary = {
+        "points": trained["results"],
+        "best_point": trained["point"],
+        "best_iia": trained["iia"],
+        "axes": axes,
+    }
+    rundir.write_json(run_dir / "summary.json", summary)
+    train_report.write(run_dir, summary)
+    with (run_dir / "bundle" / "README.md").open("a") as fh:
+        fh.write(train_report.bundle_note(summary, run_dir))
+
+
+def train_run(
+    config: Path,
+    overrides: tuple[str, ...],
+    out_root: str | None,
+    resume: Path | None,
+    log: Callable[[str], object],
+) -> Path:
+    """The `ivx train` recipe: plan, then every grid point trained, evaluated and bundled."""
+    if resume is not None:
+        from ivx import rundir
+
+        previous = rundir.Manifest.read(resume).data
+        original = Path(previous.get("config") or "")
+        config = original if original.is_file() else resume / "config.yaml"
+        overrides = tuple(previous.get("overrides", []))
+    session = plan_training(config, overrides)
+    run_dir, manifest = _open(session, out_root, resume)
     started = time.perf_counter()
     try:
-        done = {}
-        results_file = run_dir / "results.jsonl"
-        if results_file.exists():
-            for line in results_file.read_text().splitlines():
-                row = json.loads(line)
-                done[row["point"]] = row
-        for index, point in enumerate(grid):
-            data = iv0.model_dump()
-            for key, value in data.items():
-                if is_ref(value):
-                    data[key] = point[value[1:]]
-            iv = type(iv0).model_validate(data)
-            layer = iv.layer + lm.info.n_layers if iv.layer < 0 else iv.layer
-            site = components.resolve(lm.model, lm.info, iv.component, layer)
-            examples = _examples(lm, cfg, iv, site, prompts)
-            train = [examples[i] for i in train_idx]
-            held = [examples[i] for i in sorted(held_idx)]
-            name = iv.name or "das"
-            log(
-                f"[{index + 1}/{len(grid)}] {point or 'single site'}: {iv.kind} at {iv.component}[{layer}] "
-                f"position {iv.position}, {len(train)} train / {len(held)} held-out records"
-            )
-            out = train_point(
-                lm,
-                site,
-                iv,
-                settings,
-                train,
-                held,
-                exp.seed + index,
-                log,
-                run_dir / "checkpoints" / f"point{index}.pt",
-            )
-            params = out["module"].params()
-            row = {
-                "point": index,
-                **point,
-                "iia": out["iia"],
-                "train_iia": out["train_iia"],
-                "control_iia": out["control_iia"],
-                "epochs": len(out["history"]),
-            }
-            results.append(row)
-            if str(index) not in {str(k) for k in done}:
-                with results_file.open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-            with (run_dir / "metrics.jsonl").open("a") as fh:
-                for entry in out["history"]:
-                    fh.write(json.dumps({"point": index, **point, **entry}) + "\n")
-            for key, value in params.items():
-                tensors[f"{name}.point{index}.{key}"] = value.cpu().contiguous()
-            if best is None or out["iia"] > best[0]:
-                concrete = iv.model_dump(mode="json", exclude_none=True)
-                concrete.update({"layer": layer, "name": name, "bundle": "."})
-                best = (out["iia"], concrete, {f"{name}.{k}": v.cpu() for k, v in params.items()}, index)
-        save_file(tensors, str(run_dir / "interventions.safetensors"))
-        assert best is not None
-        bundle.save(
-            run_dir / "bundle",
-            [best[1]],
-            best[2],
-            {
-                "name": spec.name,
-                "revision": spec.revision,
-                "d_model": lm.info.d_model,
-                "n_layers": lm.info.n_layers,
-            },
-        )
-        rundir.write_text(run_dir / "interventions.yaml", yaml.safe_dump({"interventions": [best[1]]}))
-        summary = {"points": results, "best_point": best[3], "best_iia": best[0], "axes": axes}
-        rundir.write_json(run_dir / "summary.json", summary)
-        train_report.write(run_dir, summary)
-        with (run_dir / "bundle" / "README.md").open("a") as fh:
-            fh.write(train_report.bundle_note(summary, run_dir))
+        trained = _train_grid(session, run_dir, log)
+        _write_bundle(session, run_dir, trained)
     except BaseException as exc:
         manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
@@ -349,6 +290,7 @@ def register(app: typer.Typer) -> None:
     """Add the `train` command."""
 
     @app.command("train")
+    @guard
     def train_command(
         config: Annotated[
             Path | None, typer.Argument(help="Experiment YAML with one trainable intervention.")
@@ -360,27 +302,14 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Train a DAS intervention (IIT); writes metrics, plots and an intervention bundle."""
-        from ivx.config import ConfigError
-        from ivx.models import ModelLoadError
-
         if config is None and resume is None:
             typer.echo("error: give CONFIG or --resume RUN_DIR", err=True)
             raise typer.Exit(2)
-        try:
-            run_dir = train_run(
-                config or Path(),
-                tuple(set_ or ()),
-                str(out) if out else None,
-                resume,
-                lambda m: typer.echo(m, err=True),
-            )
-        except ConfigError as exc:
-            for problem in exc.problems:
-                typer.echo(problem.format(), err=True)
-            raise typer.Exit(2) from None
-        except (ModelLoadError, ValueError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+
+        def log(message: str) -> None:
+            typer.echo(message, err=True)
+
+        run_dir = train_run(config or Path(), tuple(set_ or ()), str(out) if out else None, resume, log)
         from ivx import train_report
 
         summary = json.loads((run_dir / "summary.json").read_text())

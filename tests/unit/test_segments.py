@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ivx.execution import Step, segments
+from ivx.memory import MAX_ROWS
 from ivx.plan import Cell
-from ivx.workload import MAX_ROWS
 
 
 def _cells(start: int, n: int) -> list[Cell]:
