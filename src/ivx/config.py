@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ivx.schema import Experiment, PromptFile, PromptRecord, is_ref
+from ivx import fields
+from ivx.schema import Experiment, Intervention, PromptFile, PromptRecord, is_ref
 
 
 class _Loader(yaml.SafeLoader):
@@ -31,7 +33,7 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
-    __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
 )
 
@@ -56,10 +58,37 @@ class Problem:
         return f"{where}  {self.path or '<root>'}  {self.message}"
 
 
+_PROMPT = re.compile(r"\bprompt (\d+)")
+_TOKENS = re.compile(r"\((\d+) tokens\)")
+
+
+def collapse(problems: list[Problem]) -> list[Problem]:
+    """One problem per distinct (place, message) where messages differ only in the prompt:
+    `position 9 is outside the prompt (7 tokens)` in 50 prompts is one line with the count."""
+    groups: dict[tuple[str, int | None, str, str], list[Problem]] = {}
+    for p in problems:
+        shape = _TOKENS.sub("(# tokens)", _PROMPT.sub("prompt #", p.message))
+        groups.setdefault((p.file, p.line, p.path, shape), []).append(p)
+    out: list[Problem] = []
+    for (file, line, path, shape), members in groups.items():
+        ids = list(dict.fromkeys(m.group(1) for p in members for m in [_PROMPT.search(p.message)] if m))
+        if len(members) == 1 or len(ids) < 2:
+            out.append(members[0])
+            continue
+        lengths = sorted({int(m) for p in members for m in _TOKENS.findall(p.message)})
+        span = f"{lengths[0]}–{lengths[-1]}" if len(lengths) > 1 else str(lengths[0]) if lengths else "#"
+        listed = ", ".join(ids[:5]) + (", …" if len(ids) > 5 else "")
+        message = shape.replace("prompt #", f"{len(ids)} prompts ({listed})", 1).replace("prompt #", "each")
+        out.append(Problem(file, line, path, message.replace("(# tokens)", f"({span} tokens)")))
+    return out
+
+
 class ConfigError(Exception):
-    """Raised with every problem found in a config (never just the first)."""
+    """Raised with every problem found in a config (never just the first); problems that differ
+    only in the prompt they occur in are collapsed into one with a count."""
 
     def __init__(self, problems: list[Problem]) -> None:
+        problems = collapse(list(dict.fromkeys(problems)))
         super().__init__("\n".join(p.format() for p in problems))
         self.problems = problems
 
@@ -299,6 +328,15 @@ def _check_refs(cfg: LoadedConfig) -> list[Problem]:
     return problems
 
 
+def _raw_checks(cfg: LoadedConfig) -> list[Problem]:
+    """Checks that read the raw YAML (so they run even when the schema failed): `$axis`
+    references, sweep values against the field they bind to, fields the kind ignores."""
+    known = frozenset(Intervention.model_fields)
+    found = fields.sweep_value_problems(cfg.raw) + fields.kind_field_problems(cfg.raw, known)
+    found += fields.bundle_problems(cfg.raw)
+    return _check_refs(cfg) + [cfg.problem(path, message) for path, message in found]
+
+
 def _load_records(cfg: LoadedConfig) -> list[Problem]:
     from ivx import prompts as sources
 
@@ -408,9 +446,9 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loade
         cfg.experiment = Experiment.model_validate(raw)
     except ValidationError as exc:
         problems.extend(_messages(exc, raw, cfg))
-        problems.extend(_check_refs(cfg))
+        problems.extend(_raw_checks(cfg))
         raise ConfigError(problems) from None
-    problems.extend(_check_refs(cfg))
+    problems.extend(_raw_checks(cfg))
     if cfg.experiment.method == "attribution":
         from ivx import attribution
 

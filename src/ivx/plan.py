@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ivx import interventions
 from ivx.config import ConfigError, LoadedConfig, Problem
 from ivx.positions import PositionError, TokenizedPrompt, resolve
 from ivx.schema import Intervention, is_ref
@@ -21,17 +22,7 @@ HEAD_COUNT_OF: dict[str, str] = {
     "head_key_output": "n_kv_heads",
     "head_value_output": "n_kv_heads",
 }
-SOURCE_KINDS = frozenset(
-    {
-        "vanilla",
-        "addition",
-        "subtraction",
-        "rotated_space",
-        "low_rank_rotated_space",
-        "boundless_das",
-        "sigmoid_mask",
-    }
-)
+SOURCE_KINDS = frozenset(kind for kind, spec in interventions.KINDS.items() if spec.needs_source)
 
 
 @dataclass(frozen=True)
@@ -175,7 +166,8 @@ def _edits(
             )
         )
         return []
-    layers_spec = iv.layer if isinstance(iv.layer, list) else [iv.layer]
+    layers_spec = list(range(info.n_layers)) if iv.layer == "all" else iv.layer
+    layers_spec = layers_spec if isinstance(layers_spec, list) else [layers_spec]
     layers: list[int] = []
     for layer in layers_spec:
         concrete = layer + info.n_layers if layer < 0 else layer
@@ -201,7 +193,7 @@ def _edits(
         positions = resolve(iv.position, prompt.length, prompt.subject_span)
     except PositionError as exc:
         problems.append(cfg.problem(path + ("position",), f"prompt {prompt.index}: {exc}"))
-        return []
+        positions = ()  # keep checking (source, heads) so every problem is reported at once
     source: Literal["base", "source", "none"] = "none"
     source_positions: tuple[int, ...] = ()
     if iv.kind in SOURCE_KINDS and iv.vector is None:
@@ -244,7 +236,7 @@ def _edits(
     heads: tuple[int, ...] | None = None
     if component in HEAD_COUNT_OF:
         n_heads = getattr(info, HEAD_COUNT_OF[component])
-        head_spec = iv.head if iv.head is not None else list(range(n_heads))
+        head_spec = iv.head if iv.head not in (None, "all") else list(range(n_heads))
         heads = tuple(head_spec if isinstance(head_spec, list) else [head_spec])
         bad = [h for h in heads if h >= n_heads]
         if bad:
@@ -347,5 +339,5 @@ def expand(cfg: LoadedConfig, info: Any, prompts: list[TokenizedPrompt]) -> Plan
             cells.append(Cell(len(cells), prompt.index, tuple(point.items()), tuple(edits)))
     if problems:
         unique = list(dict.fromkeys(problems))
-        raise ConfigError(unique[:50] if len(unique) > 50 else unique)
+        raise ConfigError(unique)  # collapsed per distinct problem, with a count of prompts
     return Plan(tuple(cells), tuple(exp.sweep), tuple(corrupt))

@@ -10,7 +10,6 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -21,209 +20,30 @@ from pydantic import (
     model_validator,
 )
 
-COMPONENT_NAMES: tuple[str, ...] = (
-    "embedding",
-    "block_input",
-    "block_output",
-    "attention_input",
-    "attention_output",
-    "attention_value_output",
-    "head_attention_value_output",
-    "query_output",
-    "key_output",
-    "value_output",
-    "head_query_output",
-    "head_key_output",
-    "head_value_output",
-    "mlp_input",
-    "mlp_activation",
-    "mlp_output",
-    "residual_mid",
-)
-
-KINDS: tuple[str, ...] = (
-    "vanilla",
-    "addition",
-    "subtraction",
-    "zero",
-    "noise",
-    "scale",
-    "collect",
-    "set",
-    "rotated_space",
-    "low_rank_rotated_space",
-    "boundless_das",
-    "sigmoid_mask",
-)
-TRAINABLE_KINDS: frozenset[str] = frozenset(
-    {"rotated_space", "low_rank_rotated_space", "boundless_das", "sigmoid_mask"}
-)
-
-# pyvene's class names are accepted as aliases of ivx's kinds.
-KIND_ALIASES: dict[str, str] = {
-    "VanillaIntervention": "vanilla",
-    "AdditionIntervention": "addition",
-    "SubtractionIntervention": "subtraction",
-    "ZeroIntervention": "zero",
-    "NoiseIntervention": "noise",
-    "CollectIntervention": "collect",
-    "RotatedSpaceIntervention": "rotated_space",
-    "LowRankRotatedSpaceIntervention": "low_rank_rotated_space",
-    "BoundlessRotatedSpaceIntervention": "boundless_das",
-    "SigmoidMaskRotatedSpaceIntervention": "sigmoid_mask",
-}
-
-POSITION_KEYWORDS: tuple[str, ...] = ("last", "all", "subject", "subject_first", "subject_last")
-
-METRICS: tuple[str, ...] = (
-    "target_prob",
-    "target_logit",
-    "target_rank",
-    "logit_diff",
-    "logit_diff_norm",
-    "kl",
-    "indirect_effect",
-    "indirect_effect_norm",
-    "top_k",
+from ivx import interventions
+from ivx.fields import (  # noqa: F401 - re-exported: the schema's vocabulary
+    COMPONENT_NAMES,
+    KIND_ALIASES,
+    KINDS,
+    METRICS,
+    POSITION_KEYWORDS,
+    SEVERABLE,
+    TRAINABLE_KINDS,
+    Component,
+    Head,
+    Kind,
+    Layer,
+    Position,
+    PositiveOrRef,
+    Sever,
+    check_position,
+    check_window,
+    is_ref,
 )
 
 # per-(seed, prompt, sample) noise seeds are seed × ~10^10 + ...: they must stay below 2^64
 MAX_SEED = 2**30 - 1
 MAX_ROWS_PER_BATCH = 1_000_000
-
-REF = re.compile(r"^\$[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def is_ref(value: Any) -> bool:
-    """True when `value` is a `$axis` reference string."""
-    return isinstance(value, str) and bool(REF.match(value))
-
-
-def _check_position_atom(value: Any) -> None:
-    if isinstance(value, bool):
-        raise ValueError(f"position {value!r} must be an integer or one of {list(POSITION_KEYWORDS)}")
-    if isinstance(value, int) or is_ref(value):
-        return
-    if isinstance(value, str):
-        if value in POSITION_KEYWORDS:
-            return
-        import difflib
-
-        near = difflib.get_close_matches(value, POSITION_KEYWORDS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ValueError(
-            f"unknown position {value!r}{hint}; expected an integer (negative counts from the end), "
-            f"{', '.join(POSITION_KEYWORDS)}, a list of these, or a $axis reference"
-        )
-    raise ValueError(f"position {value!r} must be an integer, a keyword or a list")
-
-
-def check_position(value: Any) -> Any:
-    """Validate a position spec: int, keyword, `$axis`, or a non-empty list of ints/keywords."""
-    if isinstance(value, list):
-        if not value:
-            raise ValueError("position list is empty")
-        for atom in value:
-            _check_position_atom(atom)
-        return value
-    _check_position_atom(value)
-    return value
-
-
-def _check_layer(value: Any) -> Any:
-    if is_ref(value):
-        return value
-    items = value if isinstance(value, list) else [value]
-    if isinstance(value, list) and not value:
-        raise ValueError("layer list is empty")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(
-                f"layer {item!r} must be an integer (negative counts from the last layer), "
-                "a list of integers, or a $axis reference"
-            )
-    return value
-
-
-def _check_head(value: Any) -> Any:
-    if value is None or is_ref(value):
-        return value
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-            raise ValueError(f"head {item!r} must be a non-negative integer, a list, or a $axis reference")
-    return value
-
-
-def _check_component(value: Any) -> Any:
-    if is_ref(value):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"component must be a string, got {value!r}")
-    if value not in COMPONENT_NAMES:
-        import difflib
-
-        near = difflib.get_close_matches(value, COMPONENT_NAMES, n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        raise ValueError(f"unknown component {value!r}; {hint}valid: {', '.join(COMPONENT_NAMES)}")
-    return value
-
-
-def _check_kind(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise ValueError(f"kind must be a string, got {value!r}")
-    if value in KIND_ALIASES:
-        return KIND_ALIASES[value]
-    if value in KINDS:
-        return value
-    import difflib
-
-    near = difflib.get_close_matches(value, list(KINDS) + list(KIND_ALIASES), n=1)
-    hint = f"did you mean {near[0]!r}? " if near else ""
-    raise ValueError(f"unknown intervention kind {value!r}; {hint}valid: {', '.join(KINDS)}")
-
-
-def _check_positive(value: Any) -> Any:
-    if value is None or is_ref(value):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{value!r} must be a positive integer or a $axis reference")
-    return value
-
-
-SEVERABLE: tuple[str, ...] = ("mlp_output", "attention_output")
-
-
-def _check_sever(value: Any) -> Any:
-    if value is None or value == "none":
-        return None
-    if is_ref(value) or value in SEVERABLE:
-        return value
-    raise ValueError(f"sever {value!r} must be one of {', '.join(SEVERABLE)}, none, or a $axis reference")
-
-
-Sever = Annotated[Any, AfterValidator(_check_sever)]
-PositiveOrRef = Annotated[Any, AfterValidator(_check_positive)]
-Position = Annotated[Any, AfterValidator(check_position)]
-Layer = Annotated[Any, AfterValidator(_check_layer)]
-Head = Annotated[Any, AfterValidator(_check_head)]
-Component = Annotated[Any, AfterValidator(_check_component)]
-Kind = Annotated[Any, AfterValidator(_check_kind)]
-
-
-def check_window(value: Any) -> Any:
-    """A layer window: a size ≥ 1, or {component: size} with real component names."""
-    import difflib
-
-    items = value.items() if isinstance(value, dict) else [("window", value)]
-    for key, size in items:
-        if size is not None and size < 1:
-            raise ValueError(f"window must be ≥ 1 (got {size} for {key})")
-        if isinstance(value, dict) and key not in COMPONENT_NAMES:
-            near = difflib.get_close_matches(key, COMPONENT_NAMES, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ValueError(f"window key {key!r} is not a component name{hint}")
-    return value
 
 
 class Strict(BaseModel):
@@ -392,7 +212,7 @@ class Contrast(Strict):
 class Intervention(Strict):
     """One entry of `interventions:`: what to do at which site."""
 
-    kind: Kind = Field(description="vanilla, addition, subtraction, zero, noise, scale, collect, set, ...")
+    kind: Kind = Field(description="What the intervention does (see the kind table), or a $axis.")
     name: str | None = Field(None, description="Name used for saved tensors; default iv<index>.")
     component: Component = Field("block_output", description="Component name (pyvene vocabulary).")
     layer: Layer = Field(0, description="Layer index, list of layers, or $axis.")
@@ -453,12 +273,12 @@ class Intervention(Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Intervention:
-        if self.kind == "set" and self.vector is None and self.contrast is None:
-            raise ValueError("kind 'set' needs `vector` (a .safetensors/.pt file or a bundle) or `contrast`")
+        required = () if is_ref(self.kind) else interventions.KINDS[self.kind].requires
+        if required and all(getattr(self, name) is None for name in required):
+            wanted = " or ".join(f"`{name}`" for name in required)
+            raise ValueError(f"kind {self.kind!r} needs {wanted}")
         if self.vector is not None and self.contrast is not None:
             raise ValueError("give `vector` or `contrast`, not both")
-        if self.kind == "scale" and self.value is None:
-            raise ValueError("kind 'scale' needs `value` (the factor)")
         if (
             self.head is not None
             and not is_ref(self.component)

@@ -50,7 +50,7 @@ CASES: dict[str, tuple[str, str]] = {
         valid(
             prompts='prompts:\n  - {base: "'
             + " ".join([FACT] * 8)
-            + '", subject: Zormoxis, target: " Quajunar"}\n'
+            + '", subject: Zormoxis, subject_occurrence: 1, target: " Quajunar"}\n'
         ),
     ),
     "batch_size_zero": ("batch.size", valid(extra="batch: {size: 0}\n")),
@@ -72,7 +72,7 @@ CASES: dict[str, tuple[str, str]] = {
     "scale_infinite": ("corrupt.scale", valid(corrupt="{kind: noise, samples: 2, scale: .inf}")),
     "coefficient_nan": (
         "coefficient",
-        valid(sweep="{}", iv="{kind: zero, component: block_output, layer: 0, coefficient: .nan}"),
+        valid(sweep="{}", iv="{kind: addition, component: block_output, layer: 0, coefficient: .nan}"),
     ),
     "not_a_mapping": ("YAML mapping", "- just\n- a list\n"),
     "empty_file": ("YAML mapping", ""),
@@ -152,6 +152,44 @@ CASES: dict[str, tuple[str, str]] = {
             sweep="{}",
             iv="{kind: rotated_space, component: block_output, layer: 0, interchange_dim: 2, bundle: files}",
         ),
+    ),
+    "zero_with_coefficient": (
+        "`coefficient` is not used by kind 'zero'",
+        valid(sweep="{}", iv="{kind: zero, component: block_output, layer: 0, coefficient: 2.0}"),
+    ),
+    "noise_with_interchange_dim": (
+        "`interchange_dim` is not used by kind 'noise'",
+        valid(iv="{kind: noise, component: block_output, layer: $layer, interchange_dim: 4}"),
+    ),
+    "scale_without_value": (
+        "kind 'scale' needs `value`",
+        valid(sweep="{}", iv="{kind: scale, component: block_output, layer: 0}"),
+    ),
+    "sweep_position_typo": (
+        "sweep.position[1]",
+        valid(
+            sweep="{layer: all, position: [1, lats]}",
+            iv="{kind: vanilla, component: block_output, layer: $layer, position: $position}",
+        ),
+    ),
+    "sweep_kind_typo": (
+        "sweep.kind[1]",
+        valid(
+            sweep="{layer: all, kind: [vanilla, zreo]}",
+            iv="{kind: $kind, component: block_output, layer: $layer, position: last}",
+        ),
+    ),
+    "position_out_of_range_in_5_prompts": (
+        "5 prompts (0, 1, 2, 3, 4)",
+        valid(
+            prompts="prompts:\n" + PROMPT * 5,
+            sweep="{}",
+            iv="{kind: vanilla, component: block_output, layer: 0, position: 500}",
+        ),
+    ),
+    "trainable_without_bundle": (
+        "needs a trained `bundle`",
+        valid(sweep="{}", iv="{kind: rotated_space, component: block_output, layer: 0, interchange_dim: 2}"),
     ),
 }
 
