@@ -176,7 +176,6 @@ def push(
     return f"{endpoint()}/{repo}" + (f"/tree/{revision}" if revision else "")
 
 
-
 def repo_id(repo: str) -> str:
     """Check a Hub repository id (user/name; letters, digits, '.', '_', '-'); return it."""
     if not REPO_ID.match(repo) or ".." in repo or len(repo) > 96:
