@@ -30,9 +30,9 @@ def model_limits(cfg: LoadedConfig, lm: Any, prompts: list, max_cells: int | Non
 
     problems: list[Problem] = []
     limit = max_positions(lm)
-    for p in prompts if limit else []:
+    for p in prompts if limit is not None else []:
         for run, ids in (("base", p.base_ids), ("source", p.source_ids)):
-            if ids is not None and len(ids) > limit:
+            if ids is not None and limit is not None and len(ids) > limit:
                 problems.append(
                     cfg.problem(
                         ("prompts",),

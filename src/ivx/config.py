@@ -296,7 +296,8 @@ def _messages(exc: ValidationError, raw: dict, where: LoadedConfig) -> list[Prob
 
 def _check_refs(cfg: LoadedConfig) -> list[Problem]:
     """Every `$axis` must name a sweep axis; every sweep axis must be used."""
-    sweep = cfg.raw.get("sweep") if isinstance(cfg.raw.get("sweep"), dict) else {}
+    raw_sweep = cfg.raw.get("sweep")
+    sweep: dict[str, Any] = raw_sweep if isinstance(raw_sweep, dict) else {}
     problems: list[Problem] = []
     used: set[str] = set()
     axes = list(sweep)

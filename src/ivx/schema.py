@@ -495,15 +495,15 @@ class Experiment(Strict):
         "gradient per prompt (attribution patching, an approximation; see `attribution`).",
     )
     attribution: Attribution = Field(
-        default_factory=Attribution, description="AtP* options and verification: see `attribution`."
+        default_factory=lambda: Attribution.model_validate({}), description="AtP* options and verification: see `attribution`."
     )
-    output: Output = Field(default_factory=Output, description="What is written: see `output`.")
-    batch: Batch = Field(default_factory=Batch, description="Batching and exact shortcuts: see `batch`.")
+    output: Output = Field(default_factory=lambda: Output.model_validate({}), description="What is written: see `output`.")
+    batch: Batch = Field(default_factory=lambda: Batch.model_validate({}), description="Batching and exact shortcuts: see `batch`.")
     backend: Literal["local", "ray"] = Field(
         "local",
         description="Where cells run: in this process, or on Ray actors (see `ray`; `ivx run --backend`).",
     )
-    ray: Ray = Field(default_factory=Ray, description="Ray actors, resources and fault tolerance: see `ray`.")
+    ray: Ray = Field(default_factory=lambda: Ray.model_validate({}), description="Ray actors, resources and fault tolerance: see `ray`.")
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
     generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
     train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")
