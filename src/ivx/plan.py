@@ -11,7 +11,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ivx import interventions
+from ivx import interventions, metrics
 from ivx.config import ConfigError, LoadedConfig, Problem
 from ivx.positions import PositionError, TokenizedPrompt, resolve
 from ivx.schema import Intervention, is_ref
@@ -315,12 +315,12 @@ def expand(cfg: LoadedConfig, info: Any, prompts: list[TokenizedPrompt]) -> Plan
                 corrupt.append(())
         else:
             corrupt.append(())
-        if exp.trace is not None or "indirect_effect" in exp.metrics or "target_prob" in exp.metrics:
+        if exp.trace is not None or metrics.needing("target", exp.metrics):
             if prompt.target_id is None:
                 problems.append(
                     cfg.problem(("prompts",), f"prompt {prompt.index} needs a `target` for the metrics")
                 )
-        if any(m in exp.metrics for m in ("logit_diff", "logit_diff_norm")) and prompt.foil_id is None:
+        if metrics.needing("foil", exp.metrics) and prompt.foil_id is None:
             problems.append(cfg.problem(("metrics",), f"logit_diff needs a `foil` in prompt {prompt.index}"))
         values = _axis_values(cfg, info, prompt, problems)
         names = list(values)

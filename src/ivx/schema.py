@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from ivx import interventions
+from ivx import interventions, metrics
 from ivx.fields import (  # noqa: F401 - re-exported: the schema's vocabulary
     COMPONENT_NAMES,
     KIND_ALIASES,
@@ -495,15 +495,24 @@ class Experiment(Strict):
         "gradient per prompt (attribution patching, an approximation; see `attribution`).",
     )
     attribution: Attribution = Field(
-        default_factory=lambda: Attribution.model_validate({}), description="AtP* options and verification: see `attribution`."
+        default_factory=lambda: Attribution.model_validate({}),
+        description="AtP* options and verification: see `attribution`.",
     )
-    output: Output = Field(default_factory=lambda: Output.model_validate({}), description="What is written: see `output`.")
-    batch: Batch = Field(default_factory=lambda: Batch.model_validate({}), description="Batching and exact shortcuts: see `batch`.")
+    output: Output = Field(
+        default_factory=lambda: Output.model_validate({}), description="What is written: see `output`."
+    )
+    batch: Batch = Field(
+        default_factory=lambda: Batch.model_validate({}),
+        description="Batching and exact shortcuts: see `batch`.",
+    )
     backend: Literal["local", "ray"] = Field(
         "local",
         description="Where cells run: in this process, or on Ray actors (see `ray`; `ivx run --backend`).",
     )
-    ray: Ray = Field(default_factory=lambda: Ray.model_validate({}), description="Ray actors, resources and fault tolerance: see `ray`.")
+    ray: Ray = Field(
+        default_factory=lambda: Ray.model_validate({}),
+        description="Ray actors, resources and fault tolerance: see `ray`.",
+    )
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
     generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
     train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")
@@ -533,7 +542,7 @@ class Experiment(Strict):
     def _full_answer(self) -> Experiment:
         if self.answer == "full" and self.method == "attribution":
             raise ValueError("answer: full needs method: exact (attribution estimates first-token metrics)")
-        if self.answer == "full" and {"logit_diff", "logit_diff_norm"} & set(self.metrics):
+        if self.answer == "full" and metrics.needing("foil", self.metrics):
             raise ValueError(
                 "answer: full scores the target only; logit_diff metrics need answer: first_token"
             )
