@@ -85,3 +85,21 @@ def hub_reference(cfg: LoadedConfig, loc: tuple, ref: str) -> list[Problem]:
     except hub.HubError as exc:
         return [cfg.problem(loc, str(exc))]
     return []
+
+
+def corruption(cfg: LoadedConfig) -> list[Problem]:
+    """What the corruption reads from the records must be there (checked before any run)."""
+    corrupt = cfg.experiment.corrupt
+    problems: list[Problem] = []
+    for i, single in enumerate(corrupt if isinstance(corrupt, list) else [corrupt] if corrupt else []):
+        loc: tuple = ("corrupt", i, "sigma") if isinstance(corrupt, list) else ("corrupt", "sigma")
+        subjects = any(r.subject for r in cfg.records)
+        if single.kind == "noise" and single.sigma == "subjects" and cfg.records and not subjects:
+            problems.append(
+                cfg.problem(
+                    loc,
+                    "sigma 'subjects' (the default) is the std of the subjects' token embeddings, but no "
+                    "record has a `subject`: add subjects, or set sigma: embeddings or a number",
+                )
+            )
+    return problems

@@ -455,6 +455,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loade
 
         problems.extend(attribution.check(cfg))
     problems.extend(_load_records(cfg))
+    if not problems:
+        from ivx import checks
+
+        problems.extend(checks.corruption(cfg))
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -191,6 +191,14 @@ CASES: dict[str, tuple[str, str]] = {
         "needs a trained `bundle`",
         valid(sweep="{}", iv="{kind: rotated_space, component: block_output, layer: 0, interchange_dim: 2}"),
     ),
+    "sigma_subjects_without_subject": (
+        "no record has a `subject`",
+        valid(
+            prompts='prompts:\n  - {base: "' + FACT + '", target: " Quajunar"}\n',
+            corrupt="{kind: noise, samples: 2, positions: [1, 2]}",
+            iv="{kind: vanilla, component: block_output, layer: $layer, position: last}",
+        ),
+    ),
 }
 
 
