@@ -487,7 +487,7 @@ class Experiment(Strict):
         "first_token",
         description="What target_prob scores: the first token that follows the prompt (ROME), or the "
         "whole target by teacher forcing (the product of its tokens' probabilities; exact, but the "
-        "batch shortcuts are off). logit_diff metrics need first_token.",
+        "batch shortcuts are off). Other target metrics (logit_diff, target_logit, ...) need first_token.",
     )
     method: Literal["exact", "attribution"] = Field(
         "exact",
@@ -542,9 +542,13 @@ class Experiment(Strict):
     def _full_answer(self) -> Experiment:
         if self.answer == "full" and self.method == "attribution":
             raise ValueError("answer: full needs method: exact (attribution estimates first-token metrics)")
-        if self.answer == "full" and metrics.needing("foil", self.metrics):
+        first = [
+            m for m in metrics.needing("target", self.metrics) if metrics.METRICS[m].quantity != "target_prob"
+        ]
+        if self.answer == "full" and first:
             raise ValueError(
-                "answer: full scores the target only; logit_diff metrics need answer: first_token"
+                f"answer: full rescores target_prob (and the effects built on it) over the whole target; "
+                f"{', '.join(first)} score the first answer token only: use answer: first_token for them"
             )
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,43 @@ def test_kind_bound_to_a_sweep_axis_runs_each_kind(tmp_path: Path) -> None:
         assert got == pytest.approx(expected, rel=1e-4), kind
     zero, scale = ([r["target_prob"] for r in rows if r["k"] == k] for k in ("zero", "scale"))
     assert zero != pytest.approx(scale, rel=1e-2)  # the axis really switched the kind
+
+
+def test_target_logprob_is_the_log_softmax_of_the_models_own_logits(tmp_path: Path) -> None:
+    """The metric added as one table row: checked against a plain forward pass, by hand."""
+    import torch
+
+    from ivx import models
+
+    body = """interventions:
+  - {kind: scale, component: block_output, layer: 1, position: last, value: 0.5}
+metrics: [target_prob, target_logprob]
+output: {logits: none, plots: false}
+"""
+    run_dir = _run(tmp_path, _config(tmp_path, body))
+    rows = _rows(run_dir)
+    prompts = json.loads((run_dir / "summary.json").read_text())["prompts"]
+    lm = models.load("ivx-toy")
+    block = lm.model.transformer.h[1]
+
+    def halve_last(module: object, args: object, output: object) -> object:
+        hidden = (output[0] if isinstance(output, tuple) else output).clone()  # [1, pos, d_model]
+        hidden[:, -1] *= 0.5
+        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    def logprob(ids: list[int], target: int) -> float:
+        with torch.no_grad():
+            logits = lm.model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+        return float(logits[target] - torch.logsumexp(logits, 0))
+
+    for row, prompt in zip(rows, prompts, strict=True):
+        ids = lm.tokenizer(prompt["base"])["input_ids"]
+        assert len(ids) == len(prompt["tokens"])
+        handle = block.register_forward_hook(halve_last)
+        try:
+            want = logprob(ids, prompt["target_ids"][0])
+        finally:
+            handle.remove()
+        assert row["target_logprob"] == pytest.approx(want, abs=1e-4)
+        assert row["target_prob"] == pytest.approx(math.exp(want), abs=1e-5)
+        assert abs(logprob(ids, prompt["target_ids"][0]) - want) > 1e-2  # the edit mattered
