@@ -52,6 +52,7 @@ class Metric:
     row: RowFn | None = None  # per-row value from logits (row metrics)
     cell: CellFn | None = None  # from sample-averaged (patched, corrupted, clean) quantities
     vocabulary: bool = False  # reads the whole vocabulary again: computed only when asked for
+    estimable: bool = True  # attribution patching can estimate it from the gradient of `quantity`
 
 
 def _target_prob(x: RowInputs) -> torch.Tensor:
@@ -99,9 +100,10 @@ def _per_row(
     description: str,
     direction: Literal["higher", "lower", "either"] = "higher",
     vocabulary: bool = False,
+    estimable: bool = True,
 ) -> Metric:
     """A table row for a per-row metric (its cell value is the patched rows' mean)."""
-    return Metric(name, description, direction, needs, name, fn, _patched(name), vocabulary)
+    return Metric(name, description, direction, needs, name, fn, _patched(name), vocabulary, estimable)
 
 
 _T: frozenset[Need] = frozenset({"target"})
@@ -143,7 +145,13 @@ METRICS: dict[str, Metric] = {
         ),
         _per_row("target_logit", lambda x: x.target_logit, _T, "Logit of the target's first token."),
         _per_row(
-            "target_rank", _target_rank, _T, "Rank of the target among all tokens (0 = top).", "lower", True
+            "target_rank",
+            _target_rank,
+            _T,
+            "Rank of the target among all tokens (0 = top).",
+            "lower",
+            vocabulary=True,
+            estimable=False,  # a step function: its gradient says nothing
         ),
         Metric(
             "top_k",
@@ -151,6 +159,7 @@ METRICS: dict[str, Metric] = {
             "either",
             frozenset(),
             None,
+            estimable=False,
         ),
     )
 }
