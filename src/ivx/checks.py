@@ -40,6 +40,7 @@ def model_limits(cfg: LoadedConfig, lm: Any, prompts: list, max_cells: int | Non
                         "positions (max_position_embeddings): shorten it",
                     )
                 )
+    problems.extend(bundle_shapes(cfg, lm.info))
     if problems:
         raise ConfigError(problems[:20])
     if max_cells is None:
@@ -102,4 +103,36 @@ def corruption(cfg: LoadedConfig) -> list[Problem]:
                     "record has a `subject`: add subjects, or set sigma: embeddings or a number",
                 )
             )
+    return problems
+
+
+def bundle_shapes(cfg: LoadedConfig, info: Any) -> list[Problem]:
+    """A local trained `bundle` must have been made for a model of this width and depth (what the
+    run checks when it loads the parameters), reported before anything runs."""
+    from ivx import bundle
+
+    problems: list[Problem] = []
+    expect = {"d_model": info.d_model, "n_layers": info.n_layers}
+    for i, iv in enumerate(cfg.experiment.interventions):
+        ref = iv.bundle
+        if ref is None or ref.startswith(("hf://", "$")):
+            continue
+        path = Path(ref) if Path(ref).is_absolute() else cfg.path.parent / ref
+        if not (path / bundle.MANIFEST).is_file():
+            continue  # a missing or broken bundle is reported by `reference`
+        try:
+            _, manifest, _ = bundle.verify(path)
+        except bundle.BundleError:
+            continue
+        base = manifest.base_model.model_dump()
+        for key, value in expect.items():
+            if base.get(key) != value:
+                problems.append(
+                    cfg.problem(
+                        ("interventions", i, "bundle"),
+                        f"bundle {ref!r} was made for {base.get('name')} ({key} {base.get(key)}), but "
+                        f"this experiment's model has {key} {value}",
+                    )
+                )
+                break
     return problems

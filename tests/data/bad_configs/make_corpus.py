@@ -199,6 +199,13 @@ CASES: dict[str, tuple[str, str]] = {
             iv="{kind: vanilla, component: block_output, layer: $layer, position: last}",
         ),
     ),
+    "bundle_for_another_model": (
+        "was made for ivx-toy (n_layers 12)",
+        valid(
+            sweep="{}",
+            iv="{kind: rotated_space, component: block_output, layer: 0, bundle: files/bundle_other_model}",
+        ),
+    ),
 }
 
 
@@ -259,6 +266,7 @@ def make() -> None:
     _bundle("bundle_tampered", _tamper)
     _bundle("bundle_traversal", _traverse)
     _bundle("bundle_garbage", _garbage)
+    _bundle("bundle_other_model", lambda out, m: m["base_model"].update(n_layers=12))
     for old in HERE.glob("*.yaml"):
         old.unlink()
     for i, (name, (expect, text)) in enumerate(CASES.items(), start=1):
