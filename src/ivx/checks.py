@@ -41,6 +41,7 @@ def model_limits(cfg: LoadedConfig, lm: Any, prompts: list, max_cells: int | Non
                     )
                 )
     problems.extend(bundle_shapes(cfg, lm.info))
+    problems.extend(vector_shapes(cfg, lm))
     if problems:
         raise ConfigError(problems[:20])
     if max_cells is None:
@@ -135,4 +136,31 @@ def bundle_shapes(cfg: LoadedConfig, info: Any) -> list[Problem]:
                     )
                 )
                 break
+    return problems
+
+
+def vector_shapes(cfg: LoadedConfig, lm: Any) -> list[Problem]:
+    """A steering `vector` must be as wide as the component it is written to (checked on the
+    model's structure; the run would fail on it after computing its baselines)."""
+    from ivx import components, vectors
+
+    problems: list[Problem] = []
+    for i, iv in enumerate(cfg.experiment.interventions):
+        if not isinstance(iv.vector, str) or iv.vector.startswith(("hf://", "$")):
+            continue
+        if not isinstance(iv.component, str) or iv.component.startswith("$"):
+            continue
+        layer = iv.layer if isinstance(iv.layer, int) else 0  # a component's width is the same at every layer
+        try:
+            vec = vectors.load_vector(iv.vector, iv.name or f"iv{i}", cfg.path.parent)
+            site = components.resolve(lm.model, lm.info, iv.component, layer % lm.info.n_layers)
+        except Exception:  # noqa: BLE001 - unreadable files and unknown sites are reported elsewhere
+            continue
+        if vec.dim() == 1 and vec.shape[0] != site.dim:
+            problems.append(
+                cfg.problem(
+                    ("interventions", i, "vector"),
+                    f"vector {iv.vector!r} has {vec.shape[0]} dims but {iv.component} has {site.dim}",
+                )
+            )
     return problems

@@ -206,6 +206,10 @@ CASES: dict[str, tuple[str, str]] = {
             iv="{kind: rotated_space, component: block_output, layer: 0, bundle: files/bundle_other_model}",
         ),
     ),
+    "vector_wrong_width": (
+        "has 7 dims but block_output has 128",
+        valid(sweep="{}", iv=SET_IV.format(ref="files/narrow.safetensors")),
+    ),
 }
 
 
@@ -238,6 +242,13 @@ def _bundle(name: str, mutate) -> None:  # type: ignore[no-untyped-def]
         (out / "ivx_bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def _narrow(path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"vector": torch.ones(7)}, str(path))
+
+
 def _tamper(out: Path, manifest: dict) -> None:
     import torch
     from safetensors.torch import save_file
@@ -262,6 +273,7 @@ def make() -> None:
     (files / "deep.jsonl").write_text("[" * 100_000 + "\n")
     (files / "evil.pt").write_bytes(pickle.dumps(_Evil()))
     (files / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    _narrow(files / "narrow.safetensors")
     _bundle("bundle_files_empty", lambda out, m: m.update(files={}))
     _bundle("bundle_tampered", _tamper)
     _bundle("bundle_traversal", _traverse)
