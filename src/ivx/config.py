@@ -263,6 +263,20 @@ def record_problem(cfg: LoadedConfig, index: int, field: str, message: str) -> P
     return cfg.problem(("prompts",), f"prompt {index}: {message}")
 
 
+def at_sweep_value(cfg: LoadedConfig, index: int, point: dict[str, Any], problem: Problem) -> Problem:
+    """Move a problem of intervention `index`'s field to the sweep value it was bound to (the
+    value is what is wrong, not the `$axis` line)."""
+    prefix = f"interventions[{index}]."
+    field = problem.path.removeprefix(prefix)
+    raw = cfg.raw["interventions"][index].get(field) if problem.path.startswith(prefix) else None
+    axis = raw[1:] if is_ref(raw) else None
+    values = cfg.experiment.sweep.get(axis) if axis else None
+    if axis is None or axis not in point or not isinstance(values, list) or point[axis] not in values:
+        return problem
+    where = ("sweep", axis, values.index(point[axis]))
+    return cfg.problem(where, f"${axis} = {point[axis]!r} (bound to `{field}`): {problem.message}")
+
+
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
     """Read, override and validate an experiment file; raise ConfigError with all problems."""
     path = Path(path)

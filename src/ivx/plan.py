@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ivx import interventions, metrics
-from ivx.config import ConfigError, LoadedConfig, Problem
+from ivx.config import ConfigError, LoadedConfig, Problem, at_sweep_value
 from ivx.positions import PositionError, TokenizedPrompt, resolve
 from ivx.schema import Intervention, is_ref
 
@@ -335,7 +335,9 @@ def expand(cfg: LoadedConfig, info: Any, prompts: list[TokenizedPrompt]) -> Plan
                         cfg.problem(("sweep",), f"sweep values give an invalid intervention: {exc}")
                     )
                     continue
+                before = len(problems)
                 edits.extend(_edits(cfg, info, prompt, i, concrete, problems))
+                problems[before:] = [at_sweep_value(cfg, i, point, p) for p in problems[before:]]
             cells.append(Cell(len(cells), prompt.index, tuple(point.items()), tuple(edits)))
     if problems:
         unique = list(dict.fromkeys(problems))

@@ -151,3 +151,23 @@ output: {logits: none, plots: false}
         assert row["target_logprob"] == pytest.approx(want, abs=1e-4)
         assert row["target_prob"] == pytest.approx(math.exp(want), abs=1e-5)
         assert abs(logprob(ids, prompt["target_ids"][0]) - want) > 1e-2  # the edit mattered
+
+
+def test_model_aware_problems_of_sweep_values_point_at_the_value(tmp_path: Path) -> None:
+    body = """corrupt: {kind: noise, samples: 2}
+sweep:
+  layer: [0, 99]
+  position: [1, 40]
+interventions:
+  - {kind: vanilla, component: block_output, layer: $layer, position: $position}
+metrics: [indirect_effect]
+"""
+    path = _config(tmp_path, body)
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    found = sorted(_problems(result.output))
+    assert len(found) == 2, result.output
+    assert found[0].startswith(f"{path}:8  sweep.layer[1]  $layer = 99 (bound to `layer`): layer 99 is out")
+    assert found[1].startswith(
+        f"{path}:9  sweep.position[1]  $position = 40 (bound to `position`): 2 prompts"
+    )
