@@ -176,6 +176,7 @@ def push(
     return f"{endpoint()}/{repo}" + (f"/tree/{revision}" if revision else "")
 
 
+
 def repo_id(repo: str) -> str:
     """Check a Hub repository id (user/name; letters, digits, '.', '_', '-'); return it."""
     if not REPO_ID.match(repo) or ".." in repo or len(repo) > 96:
