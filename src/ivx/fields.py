@@ -212,11 +212,13 @@ def sweep_value_problems(raw: dict[str, Any]) -> Found:
     seen: set[tuple[str, str]] = set()
     for iv in ivs:
         for field, value in iv.items() if isinstance(iv, dict) else []:
-            axis = value[1:] if is_ref(value) else None
-            values = sweep.get(axis) if axis else None
-            if field not in BINDABLE or not isinstance(values, list) or (axis, field) in seen:
+            if not is_ref(value) or field not in BINDABLE:
                 continue
-            seen.add((axis, field))  # type: ignore[arg-type]
+            axis = value[1:]
+            values = sweep.get(axis)
+            if not isinstance(values, list) or (axis, field) in seen:
+                continue
+            seen.add((axis, field))
             for j, item in enumerate(values):
                 try:
                     BINDABLE[field](item)
@@ -251,13 +253,13 @@ def kind_field_problems(raw: dict[str, Any], known: frozenset[str]) -> Found:
             if any(field in spec.fields for spec in specs):
                 continue
             names = ", ".join(repr(spec.name) for spec in specs)
+            site = ", ".join(sorted(interventions.COMMON_FIELDS - {"kind"}))
             takes = sorted(set().union(*(spec.fields for spec in specs)))
             found.append(
                 (
                     ("interventions", i, field),
-                    f"`{field}` is not used by kind {names}; it takes "
-                    f"{', '.join(takes) or 'no further fields'} besides "
-                    f"{', '.join(sorted(interventions.COMMON_FIELDS - {'kind'}))}",
+                    f"`{field}` is not used by kind {names} (its own fields: {', '.join(takes) or 'none'}; "
+                    f"the others are the site fields: {site})",
                 )
             )
     return found
