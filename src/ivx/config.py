@@ -269,7 +269,7 @@ def at_sweep_value(cfg: LoadedConfig, index: int, point: dict[str, Any], problem
     prefix = f"interventions[{index}]."
     field = problem.path.removeprefix(prefix)
     raw = cfg.raw["interventions"][index].get(field) if problem.path.startswith(prefix) else None
-    axis = raw[1:] if is_ref(raw) else None
+    axis = raw[1:] if isinstance(raw, str) and is_ref(raw) else None
     values = cfg.experiment.sweep.get(axis) if axis else None
     if axis is None or axis not in point or not isinstance(values, list) or point[axis] not in values:
         return problem
