@@ -183,9 +183,10 @@ KINDS: dict[str, KindSpec] = {
             "boundless_das",
             None,
             True,
-            _TRAINED | {"temperature", "interchange_dim"},
+            _TRAINED | {"temperature", "interchange_dim", "low_rank_dimension"},
             "BoundlessRotatedSpaceIntervention",
-            "Boundless DAS: a rotation with a learned boundary (starting at interchange_dim), annealed "
+            "Boundless DAS: a rotation with a learned boundary (starting at interchange_dim or "
+            "low_rank_dimension), annealed "
             "over `temperature`.",
         ),
         KindSpec(
