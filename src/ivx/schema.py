@@ -369,6 +369,13 @@ class Experiment(Strict):
     generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
     train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")
 
+    @field_validator("corrupt")
+    @classmethod
+    def _corrupt_not_empty(cls, value: Corrupt | list[Corrupt] | None) -> Corrupt | list[Corrupt] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("corrupt is an empty list: give one corruption, a list of them, or leave it out")
+        return value
+
     @field_validator("prompts", mode="before")
     @classmethod
     def _prompts_shape(cls, value: Any) -> Any:

@@ -210,6 +210,7 @@ CASES: dict[str, tuple[str, str]] = {
         "has 7 dims but block_output has 128",
         valid(sweep="{}", iv=SET_IV.format(ref="files/narrow.safetensors")),
     ),
+    "corrupt_empty_list": ("corrupt is an empty list", valid(corrupt="[]")),
 }
 
 
