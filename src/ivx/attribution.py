@@ -42,13 +42,7 @@ if TYPE_CHECKING:
 
 # requested metric → the per-row quantity whose gradient estimates it
 QUANTITY: dict[str, str] = {
-    "target_prob": "target_prob",
-    "indirect_effect": "target_prob",
-    "indirect_effect_norm": "target_prob",
-    "target_logit": "target_logit",
-    "logit_diff": "logit_diff",
-    "logit_diff_norm": "logit_diff",
-    "kl": "kl",
+    name: m.quantity for name, m in metrics.METRICS.items() if m.estimable and m.quantity is not None
 }
 QK_COMPONENTS = frozenset({"query_output", "key_output", "head_query_output", "head_key_output"})
 

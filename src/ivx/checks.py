@@ -30,9 +30,9 @@ def model_limits(cfg: LoadedConfig, lm: Any, prompts: list, max_cells: int | Non
 
     problems: list[Problem] = []
     limit = max_positions(lm)
-    for p in prompts if limit else []:
+    for p in prompts if limit is not None else []:
         for run, ids in (("base", p.base_ids), ("source", p.source_ids)):
-            if ids is not None and len(ids) > limit:
+            if ids is not None and limit is not None and len(ids) > limit:
                 problems.append(
                     cfg.problem(
                         ("prompts",),
@@ -40,6 +40,8 @@ def model_limits(cfg: LoadedConfig, lm: Any, prompts: list, max_cells: int | Non
                         "positions (max_position_embeddings): shorten it",
                     )
                 )
+    problems.extend(bundle_shapes(cfg, lm.info))
+    problems.extend(vector_shapes(cfg, lm))
     if problems:
         raise ConfigError(problems[:20])
     if max_cells is None:
@@ -85,3 +87,80 @@ def hub_reference(cfg: LoadedConfig, loc: tuple, ref: str) -> list[Problem]:
     except hub.HubError as exc:
         return [cfg.problem(loc, str(exc))]
     return []
+
+
+def corruption(cfg: LoadedConfig) -> list[Problem]:
+    """What the corruption reads from the records must be there (checked before any run)."""
+    corrupt = cfg.experiment.corrupt
+    problems: list[Problem] = []
+    for i, single in enumerate(corrupt if isinstance(corrupt, list) else [corrupt] if corrupt else []):
+        loc: tuple = ("corrupt", i, "sigma") if isinstance(corrupt, list) else ("corrupt", "sigma")
+        subjects = any(r.subject for r in cfg.records)
+        if single.kind == "noise" and single.sigma == "subjects" and cfg.records and not subjects:
+            problems.append(
+                cfg.problem(
+                    loc,
+                    "sigma 'subjects' (the default) is the std of the subjects' token embeddings, but no "
+                    "record has a `subject`: add subjects, or set sigma: embeddings or a number",
+                )
+            )
+    return problems
+
+
+def bundle_shapes(cfg: LoadedConfig, info: Any) -> list[Problem]:
+    """A local trained `bundle` must have been made for a model of this width and depth (what the
+    run checks when it loads the parameters), reported before anything runs."""
+    from ivx import bundle
+
+    problems: list[Problem] = []
+    expect = {"d_model": info.d_model, "n_layers": info.n_layers}
+    for i, iv in enumerate(cfg.experiment.interventions):
+        ref = iv.bundle
+        if ref is None or ref.startswith(("hf://", "$")):
+            continue
+        path = Path(ref) if Path(ref).is_absolute() else cfg.path.parent / ref
+        if not (path / bundle.MANIFEST).is_file():
+            continue  # a missing or broken bundle is reported by `reference`
+        try:
+            _, manifest, _ = bundle.verify(path)
+        except bundle.BundleError:
+            continue
+        base = manifest.base_model.model_dump()
+        for key, value in expect.items():
+            if base.get(key) != value:
+                problems.append(
+                    cfg.problem(
+                        ("interventions", i, "bundle"),
+                        f"bundle {ref!r} was made for {base.get('name')} ({key} {base.get(key)}), but "
+                        f"this experiment's model has {key} {value}",
+                    )
+                )
+                break
+    return problems
+
+
+def vector_shapes(cfg: LoadedConfig, lm: Any) -> list[Problem]:
+    """A steering `vector` must be as wide as the component it is written to (checked on the
+    model's structure; the run would fail on it after computing its baselines)."""
+    from ivx import components, vectors
+
+    problems: list[Problem] = []
+    for i, iv in enumerate(cfg.experiment.interventions):
+        if not isinstance(iv.vector, str) or iv.vector.startswith(("hf://", "$")):
+            continue
+        if not isinstance(iv.component, str) or iv.component.startswith("$"):
+            continue
+        layer = iv.layer if isinstance(iv.layer, int) else 0  # a component's width is the same at every layer
+        try:
+            vec = vectors.load_vector(iv.vector, iv.name or f"iv{i}", cfg.path.parent)
+            site = components.resolve(lm.model, lm.info, iv.component, layer % lm.info.n_layers)
+        except Exception:  # noqa: BLE001 - unreadable files and unknown sites are reported elsewhere
+            continue
+        if vec.dim() == 1 and vec.shape[0] != site.dim:
+            problems.append(
+                cfg.problem(
+                    ("interventions", i, "vector"),
+                    f"vector {iv.vector!r} has {vec.shape[0]} dims but {iv.component} has {site.dim}",
+                )
+            )
+    return problems

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import difflib
 import json
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from ivx.schema import Experiment, PromptFile, PromptRecord, is_ref
+from ivx import fields
+from ivx.problems import ConfigError, Problem, collapse, dotted, from_validation  # noqa: F401 - re-exported
+from ivx.schema import Experiment, Intervention, PromptFile, PromptRecord, is_ref
 
 
 class _Loader(yaml.SafeLoader):
@@ -31,7 +32,7 @@ _Loader.yaml_implicit_resolvers = {
 }
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool",
-    __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
 )
 
@@ -39,29 +40,6 @@ _Loader.add_implicit_resolver(
 def parse(text: str) -> Any:
     """Parse YAML text with ivx's loader."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a config: where it is and what is wrong."""
-
-    file: str
-    line: int | None
-    path: str
-    message: str
-
-    def format(self) -> str:
-        """Render as `file:line  dotted.path  message`."""
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}  {self.path or '<root>'}  {self.message}"
-
-
-class ConfigError(Exception):
-    """Raised with every problem found in a config (never just the first)."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(p.format() for p in problems))
-        self.problems = problems
 
 
 @dataclass
@@ -88,14 +66,7 @@ class LoadedConfig:
 
     def problem(self, path: tuple, message: str) -> Problem:
         """A `Problem` located at the YAML node `path`."""
-        return Problem(str(self.path), self.line_of(path), _dotted(path), message)
-
-
-def _dotted(path: tuple) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+        return Problem(str(self.path), self.line_of(path), dotted(path), message)
 
 
 MAX_BYTES = 4 * 2**20  # an experiment file is a few KB; prompts belong in a prompts file
@@ -174,100 +145,10 @@ def _apply_override(raw: dict, assignment: str) -> tuple[tuple, str | None]:
     return tuple(parts), None
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
-    """The pydantic models an annotation can hold (through Optional, list, dict, Annotated)."""
-    origin = typing.get_origin(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
-    if origin is None:
-        return []
-    out: list[type[BaseModel]] = []
-    for arg in typing.get_args(annotation):
-        out.extend(_models_in(arg))
-    if origin in (typing.Union, types.UnionType, list, dict, typing.Annotated):
-        return out
-    return out
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    """Field names allowed at the mapping that contains the last element of `loc`."""
-    models: list[type[BaseModel]] = [Experiment]
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        nxt: list[type[BaseModel]] = []
-        for model in models:
-            info = model.model_fields.get(part)
-            if info is not None:
-                nxt.extend(_models_in(info.annotation))
-        models = nxt
-    keys: list[str] = []
-    for model in models:
-        keys.extend(model.model_fields)
-    return keys
-
-
-def _clean_loc(loc: tuple, raw: Any) -> tuple:
-    """Drop pydantic's union/tag markers from an error location, keeping real YAML keys."""
-    out: list[Any] = []
-    node = raw
-    for part in loc:
-        if isinstance(node, dict) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            out.append(part)
-            node = node[part]
-        elif isinstance(part, str) and part[:1].isupper():
-            continue  # a union member's class name (Corrupt in `Corrupt | list[Corrupt]`), not a key
-        elif isinstance(node, dict) and isinstance(part, str) and part not in node:
-            # a missing or extra key: keep it only if it is a plausible field name
-            if part.isidentifier() and ("[" not in part):
-                out.append(part)
-            node = None
-        else:
-            continue
-    return tuple(out)
-
-
-def _messages(exc: ValidationError, raw: dict, where: LoadedConfig) -> list[Problem]:
-    problems: list[Problem] = []
-    seen: set[tuple] = set()
-    errors = exc.errors()
-    for err in errors:
-        loc = _clean_loc(tuple(err["loc"]), raw)
-        kind = err["type"]
-        if kind == "list_type" and isinstance(err.get("input"), dict) and len(errors) > 1:
-            continue  # `X | list[X]` given a mapping: the X branch's error is the useful one
-        message = err["msg"]
-        if message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        if kind == "extra_forbidden":
-            allowed = _allowed_keys(loc)
-            near = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            message = f"unknown key {loc[-1]!r}; {hint}allowed: {', '.join(allowed)}"
-        elif kind == "missing":
-            message = f"required field {loc[-1]!r} is missing"
-        elif kind == "literal_error":
-            expected = err.get("ctx", {}).get("expected", "")
-            options = [o.strip().strip("'") for o in expected.replace(" or ", ",").split(",")]
-            near = difflib.get_close_matches(str(err.get("input")), options, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            message = f"{err.get('input')!r} is not allowed{hint}; expected {expected}"
-        elif "input" in err and kind not in ("value_error", "assertion_error"):
-            message = f"{message} (got {err['input']!r})"
-        key = (loc, message)
-        if key in seen:
-            continue
-        seen.add(key)
-        problems.append(where.problem(loc, message))
-    return problems
-
-
 def _check_refs(cfg: LoadedConfig) -> list[Problem]:
     """Every `$axis` must name a sweep axis; every sweep axis must be used."""
-    sweep = cfg.raw.get("sweep") if isinstance(cfg.raw.get("sweep"), dict) else {}
+    raw_sweep = cfg.raw.get("sweep")
+    sweep: dict[str, Any] = raw_sweep if isinstance(raw_sweep, dict) else {}
     problems: list[Problem] = []
     used: set[str] = set()
     axes = list(sweep)
@@ -297,6 +178,15 @@ def _check_refs(cfg: LoadedConfig) -> list[Problem]:
                 cfg.problem(("sweep", axis), f"sweep axis {axis!r} is not used by any intervention (${axis})")
             )
     return problems
+
+
+def _raw_checks(cfg: LoadedConfig) -> list[Problem]:
+    """Checks that read the raw YAML (so they run even when the schema failed): `$axis`
+    references, sweep values against the field they bind to, fields the kind ignores."""
+    known = frozenset(Intervention.model_fields)
+    found = fields.sweep_value_problems(cfg.raw) + fields.kind_field_problems(cfg.raw, known)
+    found += fields.bundle_problems(cfg.raw)
+    return _check_refs(cfg) + [cfg.problem(path, message) for path, message in found]
 
 
 def _load_records(cfg: LoadedConfig) -> list[Problem]:
@@ -359,7 +249,7 @@ def _record(row: Any, spec: PromptFile, problems: list[Problem]) -> PromptRecord
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = f"unknown key {err['loc'][-1]!r}; allowed: {', '.join(PromptRecord.model_fields)}"
-            problems.append(Problem(row.where, row.line, _dotted(tuple(err["loc"])), msg))
+            problems.append(Problem(row.where, row.line, dotted(tuple(err["loc"])), msg))
     return None
 
 
@@ -371,6 +261,20 @@ def record_problem(cfg: LoadedConfig, index: int, field: str, message: str) -> P
             return cfg.problem(("prompts", index, field), message)
         return Problem(file, line, field, message)
     return cfg.problem(("prompts",), f"prompt {index}: {message}")
+
+
+def at_sweep_value(cfg: LoadedConfig, index: int, point: dict[str, Any], problem: Problem) -> Problem:
+    """Move a problem of intervention `index`'s field to the sweep value it was bound to (the
+    value is what is wrong, not the `$axis` line)."""
+    prefix = f"interventions[{index}]."
+    field = problem.path.removeprefix(prefix)
+    raw = cfg.raw["interventions"][index].get(field) if problem.path.startswith(prefix) else None
+    axis = raw[1:] if isinstance(raw, str) and is_ref(raw) else None
+    values = cfg.experiment.sweep.get(axis) if axis else None
+    if axis is None or axis not in point or not isinstance(values, list) or point[axis] not in values:
+        return problem
+    where = ("sweep", axis, values.index(point[axis]))
+    return cfg.problem(where, f"${axis} = {point[axis]!r} (bound to `{field}`): {problem.message}")
 
 
 def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> LoadedConfig:
@@ -403,19 +307,23 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loade
     for assignment in overrides:
         where, error = _apply_override(raw, assignment)
         if error:
-            problems.append(Problem("--set", None, _dotted(where), error))
+            problems.append(Problem("--set", None, dotted(where), error))
     try:
         cfg.experiment = Experiment.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_messages(exc, raw, cfg))
-        problems.extend(_check_refs(cfg))
+        problems.extend(from_validation(exc, raw, cfg.problem))
+        problems.extend(_raw_checks(cfg))
         raise ConfigError(problems) from None
-    problems.extend(_check_refs(cfg))
+    problems.extend(_raw_checks(cfg))
     if cfg.experiment.method == "attribution":
         from ivx import attribution
 
         problems.extend(attribution.check(cfg))
     problems.extend(_load_records(cfg))
+    if not problems:
+        from ivx import checks
+
+        problems.extend(checks.corruption(cfg))
     if problems:
         raise ConfigError(problems)
     return cfg

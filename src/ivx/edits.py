@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ivx import interventions
 from ivx.positions import PositionError, TokenizedPrompt, resolve
 from ivx.schema import TRAINABLE_KINDS, Intervention
 
@@ -30,7 +31,7 @@ HEAD_COUNT_OF: dict[str, str] = {
     "head_key_output": "n_kv_heads",
     "head_value_output": "n_kv_heads",
 }
-SOURCE_KINDS = frozenset({"vanilla", "addition", "subtraction"}) | TRAINABLE_KINDS
+SOURCE_KINDS = frozenset(kind for kind, spec in interventions.KINDS.items() if spec.needs_source)
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,8 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,8 @@ from ivx import config as config_mod
 from ivx import rundir
 from ivx.config import ConfigError, LoadedConfig
 from ivx.plan import Mode, Plan
+from ivx.summary import contrast_warnings as _contrast_warnings
+from ivx.summary import summarize
 
 if TYPE_CHECKING:
     from ivx import backends
@@ -218,27 +218,6 @@ def select_correct(lm: Any, prompts: list) -> tuple[list, list[dict[str, Any]]]:
             else:
                 kept.append(p)
     return kept, dropped
-
-
-def summarize(rows: list[dict[str, Any]], axes: tuple[str, ...], metric_names: list[str]) -> list[dict]:
-    """Mean, standard error and count of each metric per grid point (over prompts)."""
-    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[tuple(json.dumps(row.get(a)) for a in axes)].append(row)
-    out = []
-    for key, items in groups.items():
-        entry: dict[str, Any] = {a: json.loads(k) for a, k in zip(axes, key, strict=True)}
-        entry["n"] = len(items)
-        for name in metric_names + ["p_clean", "p_corrupted"]:
-            vals = [r[name] for r in items if isinstance(r.get(name), int | float)]
-            if not vals:
-                continue
-            mean = sum(vals) / len(vals)
-            var = sum((v - mean) ** 2 for v in vals) / (len(vals) - 1) if len(vals) > 1 else 0.0
-            entry[name] = mean
-            entry[f"{name}_stderr"] = math.sqrt(var / len(vals))
-        out.append(entry)
-    return out
 
 
 def _resolved(prep: Prepared) -> str:
@@ -576,35 +555,6 @@ def _write_outputs(
             suffix = f"_{variant.label}" if labelled else ""
             plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
         gridplot.write(run_dir, summary)
-
-
-# below these gaps between the clean and the corrupted run, effects are noise-dominated
-MIN_GAP = {"target_prob": 0.05, "logit_diff": 1.0}
-GAP_METRICS = {
-    "indirect_effect": "target_prob",
-    "indirect_effect_norm": "target_prob",
-    "logit_diff_norm": "logit_diff",
-}
-
-
-def _contrast_warnings(prompts: list[dict[str, Any]], metric_names: list[str]) -> list[str]:
-    """Warn when the clean and corrupted runs barely differ: there is then nothing to restore,
-    and normalised metrics divide by a near-zero difference."""
-    out = []
-    for key in sorted({GAP_METRICS[m] for m in metric_names if m in GAP_METRICS}):
-        gaps = [
-            abs(p["clean"][key] - p["corrupted"][key])
-            for p in prompts
-            if isinstance(p["clean"].get(key), float) and isinstance(p["corrupted"].get(key), float)
-        ]
-        small = sum(g < MIN_GAP[key] for g in gaps)
-        if gaps and small > 0.2 * len(gaps):
-            out.append(
-                f"{small} of {len(gaps)} prompts: clean and corrupted {key} differ by less than "
-                f"{MIN_GAP[key]}; the corruption barely changes the model's answer there, so "
-                f"effects measured against it are noise-dominated (summary.json: prompts)"
-            )
-    return out
 
 
 def _prompt_table(executor: Any) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ whatever these functions return; nothing here knows about modules or hooks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -76,25 +77,142 @@ def add_noise(base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
     return base + source.to(base.dtype)
 
 
+@dataclass(frozen=True)
+class KindSpec:
+    """One row of the kind table: everything the schema, planner and runner need to know."""
+
+    name: str
+    make: Callable[[float | None, float], EditFn] | None  # (value, coefficient) -> edit; None: trainable
+    needs_source: bool  # reads a source-run activation (unless a `vector` replaces it)
+    fields: frozenset[str]  # fields beyond COMMON_FIELDS that this kind reads
+    alias: str | None  # pyvene's class name, accepted as an alias
+    description: str
+    requires: tuple[str, ...] = ()  # at least one of these fields must be set
+
+    @property
+    def trainable(self) -> bool:
+        """True for kinds whose parameters are learned (`ivx train`) and loaded from a bundle."""
+        return self.make is None
+
+
+# fields every kind reads: where it acts and what it is called
+COMMON_FIELDS: frozenset[str] = frozenset(
+    {"kind", "name", "component", "layer", "position", "head", "window"}
+)
+_SOURCE = frozenset({"source", "source_position"})
+_VECTOR = frozenset({"vector", "contrast"})
+_FIXED = frozenset({"subspace", "on"})
+_TRAINED = _SOURCE | {"bundle"}
+
+
+def _weighted(name: str, make: Callable[[float], EditFn], alias: str, description: str) -> KindSpec:
+    """A kind that combines base and coefficient × source (a source run or a vector)."""
+    fields = _FIXED | _SOURCE | _VECTOR | {"coefficient"}
+    return KindSpec(name, lambda value, coefficient: make(coefficient), True, fields, alias, description)
+
+
+KINDS: dict[str, KindSpec] = {
+    spec.name: spec
+    for spec in (
+        KindSpec(
+            "vanilla",
+            lambda value, coefficient: vanilla,
+            True,
+            _FIXED | _SOURCE | _VECTOR | {"sever"},
+            "VanillaIntervention",
+            "Interchange: the source run's activation (or a vector) replaces the base activation.",
+        ),
+        _weighted(
+            "addition", addition, "AdditionIntervention", "base + coefficient × source (a run or a vector)."
+        ),
+        _weighted("subtraction", subtraction, "SubtractionIntervention", "base − coefficient × source."),
+        KindSpec(
+            "zero", lambda value, coefficient: zero, False, _FIXED, "ZeroIntervention", "Zero ablation."
+        ),
+        KindSpec(
+            "noise",
+            lambda value, coefficient: add_noise,
+            False,
+            _FIXED | {"value"},
+            "NoiseIntervention",
+            "base + Gaussian noise of std value (default 3) × the token-embedding std.",
+        ),
+        KindSpec(
+            "scale",
+            lambda value, coefficient: scale(value if value is not None else 1.0),
+            False,
+            _FIXED | {"value"},
+            None,
+            "value × base.",
+            requires=("value",),
+        ),
+        KindSpec(
+            "collect",
+            lambda value, coefficient: collect,
+            False,
+            _FIXED,
+            "CollectIntervention",
+            "Record the activation only (it is left unchanged).",
+        ),
+        KindSpec(
+            "set",
+            lambda value, coefficient: set_to(coefficient),
+            False,
+            _FIXED | _VECTOR | {"coefficient"},
+            None,
+            "coefficient × a fixed vector replaces the base activation (steering).",
+            requires=("vector", "contrast"),
+        ),
+        KindSpec(
+            "rotated_space",
+            None,
+            True,
+            _TRAINED | {"interchange_dim"},
+            "RotatedSpaceIntervention",
+            "DAS: a learned d × d rotation; the first interchange_dim rotated dims are interchanged.",
+        ),
+        KindSpec(
+            "low_rank_rotated_space",
+            None,
+            True,
+            _TRAINED | {"low_rank_dimension"},
+            "LowRankRotatedSpaceIntervention",
+            "DAS: a learned d × k orthonormal basis (k = low_rank_dimension) is interchanged.",
+        ),
+        KindSpec(
+            "boundless_das",
+            None,
+            True,
+            _TRAINED | {"temperature", "interchange_dim", "low_rank_dimension"},
+            "BoundlessRotatedSpaceIntervention",
+            "Boundless DAS: a rotation with a learned boundary (starting at interchange_dim or "
+            "low_rank_dimension), annealed "
+            "over `temperature`.",
+        ),
+        KindSpec(
+            "sigmoid_mask",
+            None,
+            True,
+            _TRAINED | {"temperature"},
+            "SigmoidMaskRotatedSpaceIntervention",
+            "A learned per-dimension sigmoid mask between base and source, annealed over `temperature`.",
+        ),
+    )
+}
+ALIASES: dict[str, str] = {spec.alias: spec.name for spec in KINDS.values() if spec.alias}
+
+
+def spec(kind: str) -> KindSpec:
+    """The table row of a kind (or of its pyvene alias)."""
+    return KINDS[ALIASES.get(kind, kind)]
+
+
 def for_kind(kind: str, *, value: float | None, coefficient: float) -> EditFn:
     """The edit function of a non-trainable intervention kind."""
-    if kind == "vanilla":
-        return vanilla
-    if kind == "zero":
-        return zero
-    if kind == "collect":
-        return collect
-    if kind == "addition":
-        return addition(coefficient)
-    if kind == "subtraction":
-        return subtraction(coefficient)
-    if kind == "scale":
-        return scale(value if value is not None else 1.0)
-    if kind == "set":
-        return set_to(coefficient)
-    if kind == "noise":
-        return add_noise
-    raise ValueError(f"intervention kind {kind!r} is not a fixed (non-trainable) intervention")
+    make = spec(kind).make
+    if make is None:
+        raise ValueError(f"intervention kind {kind!r} is not a fixed (non-trainable) intervention")
+    return make(value, coefficient)
 
 
 def noise(seed: int, prompt: int, sample: int, n_positions: int, dim: int, std: float) -> torch.Tensor:

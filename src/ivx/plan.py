@@ -256,5 +256,5 @@ def expand(cfg: LoadedConfig, info: ModelInfo, prompts: list[TokenizedPrompt], m
             cells.append(Cell(len(cells), prompt.index, tuple(point.items()), tuple(edits)))
     if problems:
         unique = list(dict.fromkeys(problems))
-        raise ConfigError(unique[:50])
+        raise ConfigError(unique)  # collapsed per distinct problem, with a count of prompts
     return Plan(tuple(cells), tuple(cfg.experiment.sweep), tuple(corrupt))

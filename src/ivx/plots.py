@@ -207,7 +207,6 @@ def write_all(
         plt.close(fig)
         written.append(path)
     # per fact
-    axes = tracing.bound_axes(prep)
     limit = prep.cfg.experiment.trace.plots_per_fact if prep.cfg.experiment.trace else 3
     for p in prep.prompts[:limit]:
         grid: dict[str, list[list[float]]] = {
@@ -216,8 +215,9 @@ def write_all(
         for row in rows:
             if row["prompt_index"] != p.index or not isinstance(row.get(metric), int | float):
                 continue
-            comp = tracing.panel(row, prep)
-            grid[comp][int(row[axes["position"]])][int(row[axes["layer"]])] = row[metric]
+            layer, positions, _ = tracing.site(row, prep, p)
+            if len(positions) == 1:  # a multi-token value (`subject`, [1, 4]) has no single cell
+                grid[tracing.panel(row, prep)][positions[0]][layer] = row[metric]
         labels = [
             "BOS"
             if p.bos and i == 0

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from ivx import schema
+from ivx import interventions, metrics, schema
 
 
 def sections() -> dict[str, type[BaseModel]]:
@@ -103,6 +103,66 @@ def rows(section: str) -> list[dict[str, str]]:
     return out
 
 
+def kind_rows() -> list[dict[str, str]]:
+    """One row per intervention kind, read from the kind table (`interventions.KINDS`)."""
+    return [
+        {
+            "kind": spec.name,
+            "alias": spec.alias or "",
+            "source": "yes" if spec.needs_source else "no",
+            "trainable": "yes" if spec.trainable else "no",
+            "fields": ", ".join(sorted(spec.fields))
+            + (f" (needs {' or '.join(spec.requires)})" if spec.requires else ""),
+            "description": spec.description,
+        }
+        for spec in interventions.KINDS.values()
+    ]
+
+
+def metric_rows() -> list[dict[str, str]]:
+    """One row per metric, read from the metric table (`metrics.METRICS`)."""
+    return [
+        {
+            "metric": m.name,
+            "needs": ", ".join(sorted(m.needs)) or "-",
+            "direction": m.direction,
+            "description": m.description,
+        }
+        for m in metrics.METRICS.values()
+    ]
+
+
+def _table(rows: list[dict[str, str]]) -> list[str]:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
+    for row in rows:
+        cells = [f"`{row[head[0]]}`"] + [row[k] for k in head[1:]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
+
+
+def tables_markdown() -> list[str]:
+    """The kind and metric tables as Markdown sections."""
+    common = ", ".join(sorted(interventions.COMMON_FIELDS - {"kind"}))
+    return [
+        "## Intervention kinds",
+        "",
+        f"Every kind takes {common}; the `fields` column lists what else it reads (any other field "
+        "is an error). `source`: copies a source-run activation unless a `vector` replaces it. "
+        "`alias`: pyvene's class name, accepted too.",
+        "",
+        *_table(kind_rows()),
+        "",
+        "## Metrics",
+        "",
+        "`needs`: record fields (target, foil) or a corrupted/source run to contrast with. "
+        "`direction`: which way a larger effect on the target moves the value.",
+        "",
+        *_table(metric_rows()),
+        "",
+    ]
+
+
 def markdown() -> str:
     """The whole reference as Markdown (docs/config_reference.md is generated from this)."""
     lines = [
@@ -119,4 +179,4 @@ def markdown() -> str:
             cells = [f"`{row['field']}`", row["type"], default, row["description"]]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + tables_markdown())

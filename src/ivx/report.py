@@ -13,17 +13,10 @@ from __future__ import annotations
 import shutil
 from typing import Any
 
-# metrics a table or figure shows first, most informative first
-PRIMARY: tuple[str, ...] = (
-    "indirect_effect",
-    "logit_diff_norm",
-    "indirect_effect_norm",
-    "logit_diff",
-    "target_prob",
-    "kl",
-    "target_logit",
-    "target_rank",
-)
+from ivx import metrics
+
+# metrics a table or figure shows first, most informative first: the metric table's order
+PRIMARY: tuple[str, ...] = tuple(name for name, m in metrics.METRICS.items() if m.quantity is not None)
 
 
 def primary_metric(metrics: list[str]) -> str | None:

@@ -10,229 +10,47 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     StrictBool,
     Tag,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-COMPONENT_NAMES: tuple[str, ...] = (
-    "embedding",
-    "block_input",
-    "block_output",
-    "attention_input",
-    "attention_output",
-    "attention_value_output",
-    "head_attention_value_output",
-    "query_output",
-    "key_output",
-    "value_output",
-    "head_query_output",
-    "head_key_output",
-    "head_value_output",
-    "mlp_input",
-    "mlp_activation",
-    "mlp_output",
-    "residual_mid",
+from ivx import interventions, metrics
+from ivx.fields import (  # noqa: F401 - re-exported: the schema's vocabulary
+    COMPONENT_NAMES,
+    KIND_ALIASES,
+    KINDS,
+    METRICS,
+    POSITION_KEYWORDS,
+    SEVERABLE,
+    TRAINABLE_KINDS,
+    Component,
+    Head,
+    Kind,
+    Layer,
+    Position,
+    PositiveOrRef,
+    Sever,
+    check_position,
+    check_window,
+    is_ref,
 )
-
-KINDS: tuple[str, ...] = (
-    "vanilla",
-    "addition",
-    "subtraction",
-    "zero",
-    "noise",
-    "scale",
-    "collect",
-    "set",
-    "rotated_space",
-    "low_rank_rotated_space",
-    "boundless_das",
-    "sigmoid_mask",
+from ivx.settings import (  # noqa: F401 - re-exported: every section is importable from here
+    MAX_ROWS_PER_BATCH,
+    MAX_SEED,
+    Attribution,
+    Batch,
+    Generate,
+    Output,
+    Ray,
+    Strict,
+    Trace,
+    Train,
+    Verify,
 )
-TRAINABLE_KINDS: frozenset[str] = frozenset(
-    {"rotated_space", "low_rank_rotated_space", "boundless_das", "sigmoid_mask"}
-)
-
-# pyvene's class names are accepted as aliases of ivx's kinds.
-KIND_ALIASES: dict[str, str] = {
-    "VanillaIntervention": "vanilla",
-    "AdditionIntervention": "addition",
-    "SubtractionIntervention": "subtraction",
-    "ZeroIntervention": "zero",
-    "NoiseIntervention": "noise",
-    "CollectIntervention": "collect",
-    "RotatedSpaceIntervention": "rotated_space",
-    "LowRankRotatedSpaceIntervention": "low_rank_rotated_space",
-    "BoundlessRotatedSpaceIntervention": "boundless_das",
-    "SigmoidMaskRotatedSpaceIntervention": "sigmoid_mask",
-}
-
-POSITION_KEYWORDS: tuple[str, ...] = ("last", "all", "subject", "subject_first", "subject_last")
-
-METRICS: tuple[str, ...] = (
-    "target_prob",
-    "target_logit",
-    "target_rank",
-    "logit_diff",
-    "logit_diff_norm",
-    "kl",
-    "indirect_effect",
-    "indirect_effect_norm",
-    "top_k",
-)
-
-# per-(seed, prompt, sample) noise seeds are seed × ~10^10 + ...: they must stay below 2^64
-MAX_SEED = 2**30 - 1
-MAX_ROWS_PER_BATCH = 1_000_000
-
-REF = re.compile(r"^\$[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def is_ref(value: Any) -> bool:
-    """True when `value` is a `$axis` reference string."""
-    return isinstance(value, str) and bool(REF.match(value))
-
-
-def _check_position_atom(value: Any) -> None:
-    if isinstance(value, bool):
-        raise ValueError(f"position {value!r} must be an integer or one of {list(POSITION_KEYWORDS)}")
-    if isinstance(value, int) or is_ref(value):
-        return
-    if isinstance(value, str):
-        if value in POSITION_KEYWORDS:
-            return
-        import difflib
-
-        near = difflib.get_close_matches(value, POSITION_KEYWORDS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise ValueError(
-            f"unknown position {value!r}{hint}; expected an integer (negative counts from the end), "
-            f"{', '.join(POSITION_KEYWORDS)}, a list of these, or a $axis reference"
-        )
-    raise ValueError(f"position {value!r} must be an integer, a keyword or a list")
-
-
-def check_position(value: Any) -> Any:
-    """Validate a position spec: int, keyword, `$axis`, or a non-empty list of ints/keywords."""
-    if isinstance(value, list):
-        if not value:
-            raise ValueError("position list is empty")
-        for atom in value:
-            _check_position_atom(atom)
-        return value
-    _check_position_atom(value)
-    return value
-
-
-def _check_layer(value: Any) -> Any:
-    if is_ref(value) or value == "all":
-        return value
-    items = value if isinstance(value, list) else [value]
-    if isinstance(value, list) and not value:
-        raise ValueError("layer list is empty")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(
-                f"layer {item!r} must be an integer (negative counts from the last layer), "
-                "a list of integers, or a $axis reference"
-            )
-    return value
-
-
-def _check_head(value: Any) -> Any:
-    if value is None or is_ref(value) or value == "all":
-        return value
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-            raise ValueError(f"head {item!r} must be a non-negative integer, a list, or a $axis reference")
-    return value
-
-
-def _check_component(value: Any) -> Any:
-    if is_ref(value):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"component must be a string, got {value!r}")
-    if value not in COMPONENT_NAMES:
-        import difflib
-
-        near = difflib.get_close_matches(value, COMPONENT_NAMES, n=1)
-        hint = f"did you mean {near[0]!r}? " if near else ""
-        raise ValueError(f"unknown component {value!r}; {hint}valid: {', '.join(COMPONENT_NAMES)}")
-    return value
-
-
-def _check_kind(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise ValueError(f"kind must be a string, got {value!r}")
-    if is_ref(value):
-        return value
-    if value in KIND_ALIASES:
-        return KIND_ALIASES[value]
-    if value in KINDS:
-        return value
-    import difflib
-
-    near = difflib.get_close_matches(value, list(KINDS) + list(KIND_ALIASES), n=1)
-    hint = f"did you mean {near[0]!r}? " if near else ""
-    raise ValueError(f"unknown intervention kind {value!r}; {hint}valid: {', '.join(KINDS)}")
-
-
-def _check_positive(value: Any) -> Any:
-    if value is None or is_ref(value):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{value!r} must be a positive integer or a $axis reference")
-    return value
-
-
-SEVERABLE: tuple[str, ...] = ("mlp_output", "attention_output")
-
-
-def _check_sever(value: Any) -> Any:
-    if value is None or value == "none":
-        return None
-    if is_ref(value) or value in SEVERABLE:
-        return value
-    raise ValueError(f"sever {value!r} must be one of {', '.join(SEVERABLE)}, none, or a $axis reference")
-
-
-Sever = Annotated[Any, AfterValidator(_check_sever)]
-PositiveOrRef = Annotated[Any, AfterValidator(_check_positive)]
-Position = Annotated[Any, AfterValidator(check_position)]
-Layer = Annotated[Any, AfterValidator(_check_layer)]
-Head = Annotated[Any, AfterValidator(_check_head)]
-Component = Annotated[Any, AfterValidator(_check_component)]
-Kind = Annotated[Any, AfterValidator(_check_kind)]
-
-
-def check_window(value: Any) -> Any:
-    """A layer window: a size ≥ 1, or {component: size} with real component names."""
-    import difflib
-
-    items = value.items() if isinstance(value, dict) else [("window", value)]
-    for key, size in items:
-        if size is not None and size < 1:
-            raise ValueError(f"window must be ≥ 1 (got {size} for {key})")
-        if isinstance(value, dict) and key not in COMPONENT_NAMES:
-            near = difflib.get_close_matches(key, COMPONENT_NAMES, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ValueError(f"window key {key!r} is not a component name{hint}")
-    return value
-
-
-class Strict(BaseModel):
-    """Base for every schema section: unknown keys are errors, values are frozen."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -420,7 +238,7 @@ class Contrast(Strict):
 class Intervention(Strict):
     """One entry of `interventions:`: what to do at which site."""
 
-    kind: Kind = Field(description="vanilla, addition, subtraction, zero, noise, scale, collect, set, ...")
+    kind: Kind = Field(description="What the intervention does (see the kind table), or a $axis.")
     name: str | None = Field(None, description="Name used for saved tensors; default iv<index>.")
     component: Component = Field("block_output", description="Component name (pyvene vocabulary).")
     layer: Layer = Field(0, description="Layer index, list of layers, or $axis.")
@@ -481,12 +299,12 @@ class Intervention(Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Intervention:
-        if self.kind == "set" and self.vector is None and self.contrast is None:
-            raise ValueError("kind 'set' needs `vector` (a .safetensors/.pt file or a bundle) or `contrast`")
+        required = () if is_ref(self.kind) else interventions.KINDS[self.kind].requires
+        if required and all(getattr(self, name) is None for name in required):
+            wanted = " or ".join(f"`{name}`" for name in required)
+            raise ValueError(f"kind {self.kind!r} needs {wanted}")
         if self.vector is not None and self.contrast is not None:
             raise ValueError("give `vector` or `contrast`, not both")
-        if self.kind == "scale" and self.value is None:
-            raise ValueError("kind 'scale' needs `value` (the factor)")
         if (
             self.head is not None
             and not is_ref(self.component)
@@ -497,141 +315,6 @@ class Intervention(Strict):
                 "(e.g. head_attention_value_output)"
             )
         return self
-
-
-class Output(Strict):
-    """`output:` where and what to write."""
-
-    root: str = Field("runs", description="Directory the timestamped run directory is created in.")
-    logits: Literal["none", "last", "all"] = Field(
-        "last", description="Which logits go into tensors.safetensors."
-    )
-    plots: bool = Field(True, description="Write heatmaps into plots/.")
-    top_k: int = Field(5, ge=1, le=100, description="Tokens listed by the top_k metric.")
-
-
-class Batch(Strict):
-    """`batch:` how many sequences go through the model at once."""
-
-    size: int | Literal["auto"] = Field("auto", description="Rows per forward pass (≥ 1), or auto.")
-    memory_gb: float | Literal["auto"] = Field(
-        "auto",
-        description="Activation-memory budget (GiB per device) for size auto; auto: on a GPU, 60% of "
-        "its memory left by the weights, on a CPU 2 GiB (at most a quarter of the RAM).",
-    )
-
-    @field_validator("size", "memory_gb", mode="before")
-    @classmethod
-    def _auto_or_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if value == "auto":
-            return value
-        if info.field_name == "size":
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_BATCH:
-                raise ValueError(
-                    f"batch.size {value!r} must be 'auto' or an integer 1..{MAX_ROWS_PER_BATCH:,}"
-                )
-        elif isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise ValueError(f"batch.memory_gb {value!r} must be 'auto' or a number of GiB > 0")
-        return value
-
-    prefix_reuse: bool = Field(
-        True,
-        description="Continue cells from the KV cache of the unpatched prefix (a patch at position "
-        "p leaves positions < p unchanged), instead of recomputing it.",
-    )
-    layer_reuse: bool = Field(
-        True,
-        description="With prefix reuse, also skip the blocks below the first edited layer: their "
-        "outputs equal the baseline run's, which is kept per prompt.",
-    )
-    defer_head: bool = Field(
-        True,
-        description="Run cells through the backbone and unembed many cells' last positions at "
-        "once (used only where a probe shows logits are exactly lm_head(backbone output)).",
-    )
-    skip_noop: bool = Field(
-        True,
-        description="Do not run cells whose every edit writes the value the site already holds, e.g. "
-        "restoring a clean state before the first corrupted token (a causal model's clean and "
-        "corrupted runs agree there): their outputs are the corrupted baseline's.",
-    )
-
-
-class Trace(Strict):
-    """`trace:` causal-tracing analysis over a dataset of facts (ROME protocol)."""
-
-    select_correct: bool = Field(
-        False, description="Keep only facts whose greedy top-1 prediction is the target."
-    )
-    plots_per_fact: int = Field(3, ge=0, description="Per-fact heatmaps written (dataset mean always).")
-    window: dict[str, int] = Field(
-        default_factory=lambda: {"mlp_output": 10, "attention_output": 10},
-        description="Layer window of vanilla restorations that set no `window` of their own, per "
-        "component (ROME: 10 for MLP and attention outputs, hidden states one layer); clipped at "
-        "the ends. {} restores single layers.",
-    )
-
-    @field_validator("window")
-    @classmethod
-    def _trace_window(cls, value: dict[str, int]) -> dict[str, int]:
-        return check_window(value)
-
-
-class Generate(Strict):
-    """`generate:` settings of `ivx generate`."""
-
-    max_new_tokens: int = Field(20, ge=1, le=4096, description="Tokens to generate per prompt.")
-    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
-    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling threshold.")
-    top_k: int | None = Field(None, ge=1, description="Sample from the k most likely tokens.")
-    seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, description="Sampling seed (default: the experiment seed)."
-    )
-    stop: list[str] = Field(default_factory=list, description="Stop when any of these strings appears.")
-    num_return_sequences: int = Field(1, ge=1, le=64, description="Continuations per prompt.")
-    use_cache: bool = Field(True, description="Decode with the KV cache (results are identical).")
-    stream: bool = Field(False, description="Print tokens as they are generated (single prompt).")
-
-
-class Train(Strict):
-    """`train:` interchange intervention training (DAS) settings of `ivx train`."""
-
-    epochs: int = Field(5, ge=1, description="Passes over the training records.")
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    batch_size: int = Field(32, ge=1, description="Records per optimisation step.")
-    eval_split: float = Field(0.2, gt=0, lt=1, description="Fraction of records held out for IIA.")
-    patience: int | None = Field(2, ge=1, description="Stop after this many epochs without IIA gain.")
-    data: Literal["records", "city_swap"] = Field(
-        "records", description="records: the prompts' (base, source, target); city_swap: generated."
-    )
-    max_records: int | None = Field(None, ge=2, description="Use at most this many records.")
-
-
-class Verify(Strict):
-    """`attribution.verify:` re-run some cells with exact patching and compare."""
-
-    top_k: int = Field(10, ge=0, description="Re-run the N cells with the largest |estimate| exactly.")
-    random: int = Field(10, ge=0, description="Also re-run this many other cells, drawn at random (seeded).")
-
-
-class Attribution(Strict):
-    """`attribution:` settings of `method: attribution` (AtP / AtP*, Kramár et al. 2024)."""
-
-    qk_fix: bool = Field(
-        False,
-        description="head query/key sites: compute the attention pattern's change exactly (softmax "
-        "recomputed per query position) and linearise only after it (AtP*; GPT-2 layout only).",
-    )
-    grad_drop: bool = Field(
-        False,
-        description="Also score cells by GradDrop (AtP*): mean over layers of |estimate| with that "
-        "layer's residual-branch gradient dropped; written as `grad_drop` and used to rank for verify.",
-    )
-    verify: Verify | None = Field(
-        None, description="Re-check cells exactly and report correlations: see `attribution.verify`."
-    )
 
 
 SweepValue = Any
@@ -645,29 +328,6 @@ Prompts = Annotated[
     Annotated[list[PromptRecord], Tag("inline")] | Annotated[PromptFile, Tag("file")],
     Discriminator(_prompts_tag),
 ]
-
-
-class Ray(Strict):
-    """`backend: ray`: cells run on Ray actors, each holding one model replica (see `ivx.backends`)."""
-
-    address: str | None = Field(
-        None, description="Cluster to join: auto, HOST:PORT, or null to start a local Ray on this machine."
-    )
-    actors: int = Field(2, ge=1, description="Actors (model replicas) running cells in parallel.")
-    num_gpus: float = Field(0, ge=0, description="GPUs reserved per actor (1 on a GPU node).")
-    num_cpus: float = Field(1, ge=0, description="CPUs reserved per actor.")
-    threads: int | Literal["auto"] = Field(
-        "auto",
-        description="torch threads per actor; auto: the driver's count, which keeps results bit-identical "
-        "to the local backend (CPU results depend on the thread count in their last bits).",
-    )
-    task_cells: int | Literal["auto"] = Field(
-        "auto", description="Cells per task sent to an actor; auto: about 4 tasks per actor."
-    )
-    max_restarts: int = Field(
-        3, ge=-1, description="Restarts of a dead actor (-1: unlimited); its unfinished tasks are retried."
-    )
-    object_store_mb: int = Field(200, ge=50, description="Object store of a local Ray started by ivx.")
 
 
 class Experiment(Strict):
@@ -704,7 +364,7 @@ class Experiment(Strict):
         "first_token",
         description="What target_prob scores: the first token that follows the prompt (ROME), or the "
         "whole target by teacher forcing (the product of its tokens' probabilities; exact, but the "
-        "batch shortcuts are off). logit_diff metrics need first_token.",
+        "batch shortcuts are off). Other target metrics (logit_diff, target_logit, ...) need first_token.",
     )
     method: Literal["exact", "attribution"] = Field(
         "exact",
@@ -712,18 +372,34 @@ class Experiment(Strict):
         "gradient per prompt (attribution patching, an approximation; see `attribution`).",
     )
     attribution: Attribution = Field(
-        default_factory=Attribution, description="AtP* options and verification: see `attribution`."
+        default_factory=lambda: Attribution.model_validate({}),
+        description="AtP* options and verification: see `attribution`.",
     )
-    output: Output = Field(default_factory=Output, description="What is written: see `output`.")
-    batch: Batch = Field(default_factory=Batch, description="Batching and exact shortcuts: see `batch`.")
+    output: Output = Field(
+        default_factory=lambda: Output.model_validate({}), description="What is written: see `output`."
+    )
+    batch: Batch = Field(
+        default_factory=lambda: Batch.model_validate({}),
+        description="Batching and exact shortcuts: see `batch`.",
+    )
     backend: Literal["local", "ray"] = Field(
         "local",
         description="Where cells run: in this process, or on Ray actors (see `ray`; `ivx run --backend`).",
     )
-    ray: Ray = Field(default_factory=Ray, description="Ray actors, resources and fault tolerance: see `ray`.")
+    ray: Ray = Field(
+        default_factory=lambda: Ray.model_validate({}),
+        description="Ray actors, resources and fault tolerance: see `ray`.",
+    )
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
     generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
     train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")
+
+    @field_validator("corrupt")
+    @classmethod
+    def _corrupt_not_empty(cls, value: Corrupt | list[Corrupt] | None) -> Corrupt | list[Corrupt] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("corrupt is an empty list: give one corruption, a list of them, or leave it out")
+        return value
 
     @field_validator("prompts", mode="before")
     @classmethod
@@ -750,9 +426,13 @@ class Experiment(Strict):
     def _full_answer(self) -> Experiment:
         if self.answer == "full" and self.method == "attribution":
             raise ValueError("answer: full needs method: exact (attribution estimates first-token metrics)")
-        if self.answer == "full" and {"logit_diff", "logit_diff_norm"} & set(self.metrics):
+        first = [
+            m for m in metrics.needing("target", self.metrics) if metrics.METRICS[m].quantity != "target_prob"
+        ]
+        if self.answer == "full" and first:
             raise ValueError(
-                "answer: full scores the target only; logit_diff metrics need answer: first_token"
+                f"answer: full rescores target_prob (and the effects built on it) over the whole target; "
+                f"{', '.join(first)} score the first answer token only: use answer: first_token for them"
             )
         return self
 

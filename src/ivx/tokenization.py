@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ivx import metrics
 from ivx.schema import PromptRecord
 
 
@@ -285,7 +286,7 @@ def for_config(cfg: Any, tokenizer: Any, records: list | None = None) -> list[To
         raise ConfigError(problems[:50]) from None
     except PositionError as exc:
         raise ConfigError([cfg.problem(("model", "bos"), str(exc))]) from None
-    if any(m in cfg.experiment.metrics for m in ("logit_diff", "logit_diff_norm")):
+    if metrics.needing("foil", cfg.experiment.metrics):
         same = identical_answers(prompts)
         if same:
             raise ConfigError(

@@ -10,13 +10,14 @@ layer matrix when all facts share one tokenization length.
 
 from __future__ import annotations
 
-import math
+import json
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
-from ivx.positions import CATEGORIES, category
+from ivx.positions import CATEGORIES, category, resolve
 from ivx.report import PRIMARY
 from ivx.schema import is_ref
+from ivx.summary import stats as _stats
 
 if TYPE_CHECKING:
     from ivx.runner import Executor
@@ -52,23 +53,35 @@ def plot_metric(metrics: list[str]) -> str | None:
 
 
 def applies(prep: Any) -> bool:
-    """True for sweeps over layer × position (the shape causal tracing and patching share)."""
+    """True for sweeps over single layers × positions (the shape causal tracing and patching
+    share); a sweep whose layer values are lists of layers gets the plain grid summary only."""
     axes = bound_axes(prep)
-    return "layer" in axes and "position" in axes and plot_metric(prep.cfg.experiment.metrics) is not None
+    if "layer" not in axes or "position" not in axes:
+        return False
+    layers = prep.cfg.experiment.sweep.get(axes["layer"])
+    single = layers == "all" or all(isinstance(v, int) and not isinstance(v, bool) for v in layers)
+    return single and plot_metric(prep.cfg.experiment.metrics) is not None
 
 
-def _stats(values: list[float]) -> tuple[float, float, int]:
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(var / n), n
+def site(row: dict[str, Any], prep: Any, prompt: Any) -> tuple[int, tuple[int, ...], str]:
+    """A traced row's concrete layer, token positions and token-category label.
+
+    Negative layers and positions count from the end (as the plan resolves them); a value
+    covering several tokens (`subject`, `[1, 4]`) is a category of its own, labelled by the value.
+    """
+    axes = bound_axes(prep)
+    spec = row[axes["position"]]
+    layer = int(row[axes["layer"]])
+    if layer < 0:
+        layer += prep.lm.info.n_layers
+    positions = resolve(spec, prompt.length, prompt.subject_span)
+    if len(positions) == 1:
+        return layer, positions, category(positions[0], prompt.length, prompt.subject_span, prompt.bos)
+    return layer, positions, spec if isinstance(spec, str) else json.dumps(spec)
 
 
 def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Executor) -> dict[str, Any]:
     """AIE by token category × layer (and by position × layer) per component, with std errors."""
-    axes = bound_axes(prep)
     metric = plot_metric(prep.cfg.experiment.metrics)
     assert metric is not None
     n_layers = prep.lm.info.n_layers
@@ -85,19 +98,16 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Executor) -> dict
         if not isinstance(value, int | float):
             continue
         comp = panel(row, prep)
-        layer = int(row[axes["layer"]])
-        pos = int(row[axes["position"]])
         p = prompts[row["prompt_index"]]
-        cat = category(pos, p.length, p.subject_span, p.bos)
+        layer, positions, cat = site(row, prep, p)
         per_fact[comp][cat][layer][p.index].append(float(value))
-        by_pos[comp][pos][layer].append(float(value))
+        if len(positions) == 1:
+            by_pos[comp][positions[0]][layer].append(float(value))
     lengths = {p.length for p in prep.prompts}
     out: dict[str, Any] = {"metric": metric, "categories": {}, "n_layers": n_layers, "components": {}}
     for comp, cats in per_fact.items():
         table: dict[str, Any] = {}
-        for cat in CATEGORIES:
-            if cat not in cats:
-                continue
+        for cat in [c for c in CATEGORIES if c in cats] + [c for c in cats if c not in CATEGORIES]:
             means, errs, counts = [], [], []
             for layer in range(n_layers):
                 facts = cats[cat].get(layer, {})

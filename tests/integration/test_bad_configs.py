@@ -43,7 +43,14 @@ def test_bad_config_exits_2_with_one_clear_line(path: Path) -> None:
 
 def test_bad_configs_are_refused_by_run_too(tmp_path: Path) -> None:
     """`run` rejects what `validate` rejects, before writing a run directory."""
-    for name in ("bundle_weights_tampered", "pickle_vector", "batch_size_zero", "trust_remote_code_yes"):
+    for name in (
+        "bundle_weights_tampered",
+        "pickle_vector",
+        "batch_size_zero",
+        "trust_remote_code_yes",
+        "sigma_subjects_without_subject",
+        "trainable_without_bundle",
+    ):
         path = next(CORPUS.glob(f"*_{name}.yaml"))
         result = runner.invoke(app, ["run", str(path), "--out", str(tmp_path), "--quiet"])
         assert result.exit_code == 2, result.output

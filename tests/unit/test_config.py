@@ -161,5 +161,8 @@ def test_sever_takes_none_a_component_or_an_axis(tmp_path: Path) -> None:
     assert "'mlp'" in found[0] and "mlp_output, attention_output, none" in found[0]
     ok = config.load(path, ("interventions.0.sever=none",))
     assert ok.experiment.interventions[0].sever is None
-    swept = config.load(path, ("interventions.0.sever=$layer",))
-    assert swept.experiment.interventions[0].sever == "$layer"
+    swept = config.load(path, ("sweep.cut=[mlp_output, none]", "interventions.0.sever=$cut"))
+    assert swept.experiment.interventions[0].sever == "$cut"
+    # the axis' values are checked as `sever` values, at the sweep's line
+    bad = problems(write(tmp_path, GOOD), ("interventions.0.sever=$layer",))
+    assert bad and all("sweep.layer[" in line and "bound to `sever`" in line for line in bad), bad

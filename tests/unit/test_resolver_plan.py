@@ -87,7 +87,8 @@ def test_a_bad_sweep_value_is_reported_at_the_sweep_line(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("mode", "body", "where"),
     [
-        ("run", "{kind: low_rank_rotated_space, low_rank_dimension: 2}", "interventions[0].bundle"),
+        # without a `train:` section the config check names the kind (with one, the plan names `bundle`)
+        ("run", "{kind: low_rank_rotated_space, low_rank_dimension: 2}", "interventions[0].kind"),
         ("run", "{kind: addition, vector: v.pt, on: generated}", "interventions[0].on"),
         ("generate", "{kind: vanilla, on: generated}", "interventions[0].on"),
         ("generate", "{kind: vanilla, sever: mlp_output}", "interventions[0].sever"),
@@ -103,7 +104,8 @@ def test_fields_a_command_cannot_honour_are_problems(
 
 def test_train_mode_needs_source_and_target_in_every_record(tmp_path: Path) -> None:
     cfg = load(
-        tmp_path, "interventions: [{kind: low_rank_rotated_space, low_rank_dimension: 2, position: last}]"
+        tmp_path,
+        "train: {}\ninterventions: [{kind: low_rank_rotated_space, low_rank_dimension: 2, position: last}]",
     )
     with pytest.raises(ConfigError) as err:
         plan.expand(cfg, FakeInfo(), [prompt(0, 6, src=6), prompt(1, 6)], "train")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ivx.experiment import _contrast_warnings
+from ivx.summary import contrast_warnings as _contrast_warnings
 
 
 def _prompt(clean_ld: float, corrupted_ld: float, clean_p: float = 0.9, corrupted_p: float = 0.1) -> dict:

@@ -50,7 +50,7 @@ CASES: dict[str, tuple[str, str]] = {
         valid(
             prompts='prompts:\n  - {base: "'
             + " ".join([FACT] * 8)
-            + '", subject: Zormoxis, target: " Quajunar"}\n'
+            + '", subject: Zormoxis, subject_occurrence: 1, target: " Quajunar"}\n'
         ),
     ),
     "batch_size_zero": ("batch.size", valid(extra="batch: {size: 0}\n")),
@@ -72,7 +72,7 @@ CASES: dict[str, tuple[str, str]] = {
     "scale_infinite": ("corrupt.scale", valid(corrupt="{kind: noise, samples: 2, scale: .inf}")),
     "coefficient_nan": (
         "coefficient",
-        valid(sweep="{}", iv="{kind: zero, component: block_output, layer: 0, coefficient: .nan}"),
+        valid(sweep="{}", iv="{kind: addition, component: block_output, layer: 0, coefficient: .nan}"),
     ),
     "not_a_mapping": ("YAML mapping", "- just\n- a list\n"),
     "empty_file": ("YAML mapping", ""),
@@ -153,6 +153,64 @@ CASES: dict[str, tuple[str, str]] = {
             iv="{kind: rotated_space, component: block_output, layer: 0, interchange_dim: 2, bundle: files}",
         ),
     ),
+    "zero_with_coefficient": (
+        "`coefficient` is not used by kind 'zero'",
+        valid(sweep="{}", iv="{kind: zero, component: block_output, layer: 0, coefficient: 2.0}"),
+    ),
+    "noise_with_interchange_dim": (
+        "`interchange_dim` is not used by kind 'noise'",
+        valid(iv="{kind: noise, component: block_output, layer: $layer, interchange_dim: 4}"),
+    ),
+    "scale_without_value": (
+        "kind 'scale' needs `value`",
+        valid(sweep="{}", iv="{kind: scale, component: block_output, layer: 0}"),
+    ),
+    "sweep_position_typo": (
+        "sweep.position[1]",
+        valid(
+            sweep="{layer: all, position: [1, lats]}",
+            iv="{kind: vanilla, component: block_output, layer: $layer, position: $position}",
+        ),
+    ),
+    "sweep_kind_typo": (
+        "sweep.kind[1]",
+        valid(
+            sweep="{layer: all, kind: [vanilla, zreo]}",
+            iv="{kind: $kind, component: block_output, layer: $layer, position: last}",
+        ),
+    ),
+    "position_out_of_range_in_5_prompts": (
+        "5 prompts (0, 1, 2, 3, 4)",
+        valid(
+            prompts="prompts:\n" + PROMPT * 5,
+            sweep="{}",
+            iv="{kind: vanilla, component: block_output, layer: 0, position: 500}",
+        ),
+    ),
+    "trainable_without_bundle": (
+        "needs a trained `bundle`",
+        valid(sweep="{}", iv="{kind: rotated_space, component: block_output, layer: 0, interchange_dim: 2}"),
+    ),
+    "sigma_subjects_without_subject": (
+        "no record has a `subject`",
+        valid(
+            prompts='prompts:\n  - {base: "' + FACT + '", target: " Quajunar"}\n',
+            corrupt="{kind: noise, samples: 2, positions: [1, 2]}",
+            iv="{kind: vanilla, component: block_output, layer: $layer, position: last}",
+        ),
+    ),
+    "bundle_for_another_model": (
+        "was made for ivx-toy (n_layers 12)",
+        valid(
+            sweep="{}",
+            iv="{kind: rotated_space, component: block_output, layer: 0, bundle: files/bundle_other_model}",
+        ),
+    ),
+    "vector_wrong_width": (
+        "has 7 dims but block_output has 128",
+        valid(sweep="{}", iv=SET_IV.format(ref="files/narrow.safetensors")),
+    ),
+    "corrupt_empty_list": ("corrupt is an empty list", valid(corrupt="[]")),
 }
 
 
@@ -185,6 +243,13 @@ def _bundle(name: str, mutate) -> None:  # type: ignore[no-untyped-def]
         (out / "ivx_bundle.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
+def _narrow(path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"vector": torch.ones(7)}, str(path))
+
+
 def _tamper(out: Path, manifest: dict) -> None:
     import torch
     from safetensors.torch import save_file
@@ -209,10 +274,12 @@ def make() -> None:
     (files / "deep.jsonl").write_text("[" * 100_000 + "\n")
     (files / "evil.pt").write_bytes(pickle.dumps(_Evil()))
     (files / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    _narrow(files / "narrow.safetensors")
     _bundle("bundle_files_empty", lambda out, m: m.update(files={}))
     _bundle("bundle_tampered", _tamper)
     _bundle("bundle_traversal", _traverse)
     _bundle("bundle_garbage", _garbage)
+    _bundle("bundle_other_model", lambda out, m: m["base_model"].update(n_layers=12))
     for old in HERE.glob("*.yaml"):
         old.unlink()
     for i, (name, (expect, text)) in enumerate(CASES.items(), start=1):
