@@ -416,6 +416,9 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loade
 
         problems.extend(attribution.check(cfg))
     problems.extend(_load_records(cfg))
+    from ivx import pathpatch
+
+    problems.extend(pathpatch.check(cfg))
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -92,6 +92,9 @@ def prepare_all(
         from ivx import attribution
 
         attribution.check_model(cfg, lm)
+    from ivx import pathpatch
+
+    pathpatch.check_model(cfg, lm)
     out = _expand(cfg, lm, prompts, None)  # raises ConfigError with every model-aware problem
     if weights and lm.device.type == "meta":
         lm = models.load(*load)
@@ -280,7 +283,7 @@ def _run(
 ) -> Path:
     import torch
 
-    from ivx import answers, attribution, backends
+    from ivx import answers, attribution, backends, pathpatch
 
     if resume is not None:
         path, overrides = _recorded_config(resume)
@@ -323,6 +326,8 @@ def _run(
                     todo = [c for c in variant.plan.cells if c.index not in done]
                     if exp.method == "attribution":
                         batches = attribution.execute(executor, todo)
+                    elif pathpatch.applies(variant.cfg):
+                        batches = pathpatch.execute(executor, todo)
                     else:
                         batches = backends.execute(executor, todo, settings, variant.label)
                     for n_batch, outputs in enumerate(batches):

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    NonNegativeInt,
     StrictBool,
     Tag,
     field_validator,
@@ -389,6 +390,17 @@ class Contrast(Strict):
         return self
 
 
+class Receiver(Strict):
+    """One entry of `interventions[].receivers`: a component whose input a path patch reaches."""
+
+    component: Component = Field(description="Receiving component, e.g. head_query_output, mlp_input.")
+    layer: int = Field(description="Layer index (negative counts from the last layer).")
+    head: NonNegativeInt | list[NonNegativeInt] | None = Field(
+        None, description="Head(s) of head_* receivers."
+    )
+    position: Position = Field("all", description="Positions of the receiver patched (base prompt).")
+
+
 class Intervention(Strict):
     """One entry of `interventions:`: what to do at which site."""
 
@@ -437,6 +449,11 @@ class Intervention(Strict):
     )
     temperature: list[float] | None = Field(
         None, description="boundless_das: boundary temperature schedule [start, end]."
+    )
+    receivers: list[Receiver] | None = Field(
+        None,
+        description="Path patching: this (vanilla) intervention is the sender; only its direct effect "
+        "on these receivers' inputs is patched, everything else frozen at the base run (see README).",
     )
 
     @field_validator("window")
