@@ -522,6 +522,11 @@ def _write_outputs(
     labelled = preps[0].label is not None
     parts = run_dir / "tensors.parts"
     summary, traces = _summary(preps, executors, rows, axes, metric_names)
+    if exp.controls:
+        from ivx import controls
+
+        summary["controls"], extra = controls.section(run_dir, preps, rows, axes, metric_names)
+        summary["warnings"] = summary.get("warnings", []) + extra
     rundir.write_json(run_dir / "summary.json", summary)
     results.write_csv(rows)
     _merge_tensors(run_dir, parts, [e.base for e in executors], [p.label for p in preps], exp.output.logits)

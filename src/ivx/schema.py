@@ -702,6 +702,12 @@ class Experiment(Strict):
     )
     ray: Ray = Field(default_factory=Ray, description="Ray actors, resources and fault tolerance: see `ray`.")
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
+    controls: list[Literal["random_init", "placebo", "shuffled_labels"]] = Field(
+        default_factory=list,
+        description="Controls run beside the real result (summary.json → controls, plots in controls/): "
+        "random_init (ivx run: a seeded re-initialised model), placebo (ivx run: norm-matched random "
+        "activations/vectors), shuffled_labels (ivx train: DAS on permuted counterfactual labels).",
+    )
     generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
     train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")
 

@@ -204,7 +204,7 @@ def train_run(
     import yaml
     from safetensors.torch import save_file
 
-    from ivx import bundle, components, models, plan, rundir, tokenization, train_report
+    from ivx import bundle, components, controls, models, plan, rundir, tokenization, train_report
     from ivx import config as config_mod
     from ivx.config import ConfigError
     from ivx.schema import TRAINABLE_KINDS, Train, is_ref
@@ -298,6 +298,10 @@ def train_run(
                 run_dir / "checkpoints" / f"point{index}.pt",
             )
             params = out["module"].params()
+            split_idx = (train_idx, sorted(held_idx))
+            ctrl = controls.das_point(
+                lm, cfg, iv, site, prompts, examples, split_idx, settings, exp.seed + index
+            )
             row = {
                 "point": index,
                 **point,
@@ -305,6 +309,7 @@ def train_run(
                 "train_iia": out["train_iia"],
                 "control_iia": out["control_iia"],
                 "epochs": len(out["history"]),
+                **ctrl,
             }
             results.append(row)
             if str(index) not in {str(k) for k in done}:
@@ -334,8 +339,13 @@ def train_run(
         )
         rundir.write_text(run_dir / "interventions.yaml", yaml.safe_dump({"interventions": [best[1]]}))
         summary = {"points": results, "best_point": best[3], "best_iia": best[0], "axes": axes}
+        summary["warnings"] = controls.das_warnings(results) if exp.controls else []
         rundir.write_json(run_dir / "summary.json", summary)
         train_report.write(run_dir, summary)
+        if exp.controls:
+            rundir.write_text(
+                run_dir / "controls.txt", "\n".join(controls.das_outputs(run_dir, summary)) + "\n"
+            )
         with (run_dir / "bundle" / "README.md").open("a") as fh:
             fh.write(train_report.bundle_note(summary, run_dir))
     except BaseException as exc:
@@ -385,4 +395,8 @@ def register(app: typer.Typer) -> None:
 
         summary = json.loads((run_dir / "summary.json").read_text())
         typer.echo(train_report.iia_table(summary), err=True)
+        if (run_dir / "controls.txt").is_file():
+            typer.echo((run_dir / "controls.txt").read_text().rstrip(), err=True)
+        for warning in summary.get("warnings", []):
+            typer.echo(f"warning: {warning}", err=True)
         typer.echo(str(run_dir))
