@@ -13,7 +13,8 @@ subspaces in randomly initialised models (Arora et al. 2024, "CausalGym"; Wu et 
 
 Each control's grid (and trace) goes into `summary.json → controls`, its rows into
 `controls/<name>/results.jsonl`, its figures into `controls/<name>/plots/`; a warning fires
-when a control's peak effect comes within `MARGIN` of the real one's.
+when a control's effects vary over the grid by at least `MARGIN` of the real spread
+(raw metrics only: normalised ones divide by a gap that a control model may not have).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from ivx.runner import CellOutput, Executor
 
 RUN_CONTROLS: tuple[str, ...] = ("random_init", "placebo")
-MARGIN = 0.5  # a control reaching this fraction of the real peak effect is reported
+MARGIN = 0.5  # a control whose effects spread this fraction of the real spread is reported
 
 
 def reinitialised(lm: Any, seed: int) -> Any:
@@ -110,10 +111,20 @@ def _rows(preps: list[Prepared], name: str) -> tuple[list[dict[str, Any]], list[
     return rows, executors
 
 
-def peak(grid: list[dict[str, Any]], metric: str) -> float | None:
-    """The largest |mean| of a metric over the grid points (None when it was not computed)."""
-    values = [abs(e[metric]) for e in grid if isinstance(e.get(metric), int | float)]
-    return max(values) if values else None
+# raw effects, compared across models; normalised metrics divide by the model's own clean −
+# corrupted gap, which a model without the behaviour makes ~0 (and the ratio noise)
+EFFECTS: tuple[str, ...] = ("indirect_effect", "logit_diff", "target_logit", "target_prob", "kl")
+
+
+def effect_metric(metrics: list[str]) -> str | None:
+    """The raw metric controls are compared on (never a normalised one)."""
+    return next((m for m in EFFECTS if m in metrics), None)
+
+
+def spread(grid: list[dict[str, Any]], metric: str) -> float | None:
+    """How much the site matters: max − min of a metric's grid means (None when not computed)."""
+    values = [e[metric] for e in grid if isinstance(e.get(metric), int | float)]
+    return max(values) - min(values) if values else None
 
 
 def section(
@@ -124,11 +135,11 @@ def section(
     metrics: list[str],
 ) -> tuple[dict[str, Any], list[str]]:
     """Run every control of the config: (summary.json's `controls`, warnings)."""
-    from ivx import experiment, gridplot, plots, report, tracing
+    from ivx import experiment, gridplot, plots, tracing
 
     names = [c for c in preps[0].cfg.experiment.controls if c in RUN_CONTROLS]
-    metric = report.primary_metric(metrics)
-    real = peak(experiment.summarize(rows, axes, metrics), metric) if metric else None
+    metric = effect_metric(metrics)
+    real = spread(experiment.summarize(rows, axes, metrics), metric) if metric else None
     out: dict[str, Any] = {}
     warnings: list[str] = []
     for name in names:
@@ -137,8 +148,8 @@ def section(
         here.mkdir(parents=True, exist_ok=True)
         rundir.write_text(here / "results.jsonl", "".join(json.dumps(r) + "\n" for r in ctrl_rows))
         entry: dict[str, Any] = {"grid": experiment.summarize(ctrl_rows, axes, metrics), "metric": metric}
-        entry["peak"] = peak(entry["grid"], metric) if metric else None
-        entry["real_peak"] = real
+        entry["spread"] = spread(entry["grid"], metric) if metric else None
+        entry["real_spread"] = real
         prep = preps[0]
         if tracing.applies(prep):
             mine = [r for r in ctrl_rows if r.get("corruption") == prep.label]
@@ -150,15 +161,16 @@ def section(
             gridplot.write(
                 here, {"metrics": metrics, "axes": list(axes), **entry, "name": named.cfg.experiment.name}
             )
-        if entry["peak"] is not None and real is not None and entry["peak"] >= MARGIN * real:
+        if entry["spread"] is not None and real is not None and entry["spread"] >= MARGIN * real:
             warnings.append(
-                f"control {name}: peak |{metric}| {entry['peak']:.3f} is within {MARGIN:.0%} of the real "
-                f"run's {real:.3f}; the effect may be an artefact of the method (summary.json: controls)"
+                f"control {name}: {metric} varies over the grid by {entry['spread']:.3f}, at least "
+                f"{MARGIN:.0%} of the real run's {real:.3f}; the effect may be an artefact of the method "
+                "(summary.json: controls)"
             )
     if out and metric and preps[0].cfg.experiment.output.plots:
-        series = {"real": [real], **{n: [e["peak"]] for n, e in out.items()}}
-        title = f"{preps[0].cfg.experiment.name}: peak |{metric}| over the grid, real vs controls"
-        bars(run_dir / "plots" / f"controls_{metric}.png", title, [metric], series, f"max |mean {metric}|")
+        series = {"real": [real], **{n: [e["spread"]] for n, e in out.items()}}
+        title = f"{preps[0].cfg.experiment.name}: spread of mean {metric} over the grid, real vs controls"
+        bars(run_dir / "plots" / f"controls_{metric}.png", title, [metric], series, "max − min over the grid")
     return out, warnings
 
 
@@ -168,14 +180,14 @@ def _renamed(cfg: Any, suffix: str) -> Any:
 
 
 def text(summary: dict[str, Any]) -> list[str]:
-    """Terminal lines: each control's peak effect beside the real one's."""
+    """Terminal lines: each control's spread of effects beside the real one's."""
     lines = []
     for name, entry in (summary.get("controls") or {}).items():
-        if entry.get("peak") is None:
+        if entry.get("spread") is None:
             continue
         lines.append(
-            f"control {name}: peak |{entry['metric']}| {entry['peak']:.3f} "
-            f"(real run: {entry['real_peak']:.3f})"
+            f"control {name}: {entry['metric']} varies over the grid by {entry['spread']:.3f} "
+            f"(real run: {entry['real_spread']:.3f})"
         )
     return lines
 
