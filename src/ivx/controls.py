@@ -169,7 +169,7 @@ def section(
             )
     if out and metric and preps[0].cfg.experiment.output.plots:
         series = {"real": [real], **{n: [e["spread"]] for n, e in out.items()}}
-        title = f"{preps[0].cfg.experiment.name}: spread of mean {metric} over the grid, real vs controls"
+        title = f"{preps[0].cfg.experiment.name}: spread of mean {metric}\nover the grid, real vs controls"
         bars(run_dir / "plots" / f"controls_{metric}.png", title, [metric], series, "max − min over the grid")
     return out, warnings
 
@@ -263,7 +263,7 @@ def bars(
     from ivx import gridplot
 
     plt = gridplot._pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(groups) * len(series) / 2 + 2), 3.2))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(groups) * len(series) / 2 + 2), 3.2))
     width = 0.8 / max(1, len(series))
     for k, (name, values) in enumerate(series.items()):
         xs = [i + k * width for i in range(len(groups))]

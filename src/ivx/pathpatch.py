@@ -76,6 +76,10 @@ def check(cfg: LoadedConfig) -> list[Problem]:
         )
     if exp.method != "exact":
         problems.append(cfg.problem(("method",), "path patching needs method: exact"))
+    if exp.answer != "first_token":
+        problems.append(cfg.problem(("answer",), "path patching scores the first answer token only"))
+    if exp.backend != "local":
+        problems.append(cfg.problem(("backend",), "path patching runs on the local backend only"))
     for i, iv in enumerate(exp.interventions):
         at = ("interventions", i)
         if not iv.receivers:
