@@ -243,7 +243,7 @@ def run(
 
 def _print_summary(run_dir: Path) -> None:
     """The run's terminal tables, scored tokens, attribution checks, warnings and shortcuts, on stderr."""
-    from ivx import answers, shortcuts, verification
+    from ivx import answers, controls, shortcuts, verification
     from ivx.api import Run
 
     run = Run(run_dir)
@@ -255,6 +255,8 @@ def _print_summary(run_dir: Path) -> None:
     if checks:
         for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:
             _err((f"== {label} corruption ==\n" if label else "") + verification.text(report))
+    for line in controls.text(run.summary):
+        _err(line)
     for warning in run.summary.get("warnings", []):
         _err(f"warning: {warning}")
     report = run.manifest.get("shortcuts") or {}

@@ -324,6 +324,9 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Loade
         from ivx import checks
 
         problems.extend(checks.corruption(cfg))
+    from ivx import pathpatch
+
+    problems.extend(pathpatch.check(cfg))
     if problems:
         raise ConfigError(problems)
     return cfg

@@ -97,6 +97,9 @@ def prepare_all(
         from ivx import attribution
 
         attribution.check_model(cfg, lm)
+    from ivx import pathpatch
+
+    pathpatch.check_model(cfg, lm)
     out = _expand(cfg, lm, prompts, None, mode)  # raises ConfigError with every model-aware problem
     if weights and lm.device.type == "meta":
         lm = models.load(*load)
@@ -322,7 +325,7 @@ def _execute(
     progress: bool,
 ) -> None:
     """Per variant: baselines, then the cells not yet done from the backend, stored batch by batch."""
-    from ivx import answers, attribution, backends
+    from ivx import answers, attribution, backends, pathpatch
 
     exp = preps[0].cfg.experiment
     label_rows = preps[0].label is not None
@@ -335,6 +338,8 @@ def _execute(
             todo = [c for c in variant.plan.cells if c.index not in done]
             if exp.method == "attribution":
                 batches = attribution.execute(executor, todo)
+            elif pathpatch.applies(variant.cfg):
+                batches = pathpatch.execute(executor, todo)
             else:
                 batches = backends.execute(executor, todo, settings, variant)
             for n_batch, outputs in enumerate(batches):
@@ -545,6 +550,11 @@ def _write_outputs(
     labelled = preps[0].label is not None
     parts = run_dir / "tensors.parts"
     summary, traces = _summary(preps, executors, rows, axes, metric_names)
+    if exp.controls:
+        from ivx import controls
+
+        summary["controls"], extra = controls.section(run_dir, preps, rows, axes, metric_names)
+        summary["warnings"] = summary.get("warnings", []) + extra
     rundir.write_json(run_dir / "summary.json", summary)
     results.write_csv(rows)
     _merge_tensors(run_dir, parts, [e.base for e in executors], [p.label for p in preps], exp.output.logits)

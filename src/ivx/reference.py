@@ -27,6 +27,7 @@ def sections() -> dict[str, type[BaseModel]]:
         "corrupt": schema.Corrupt,
         "interventions": schema.Intervention,
         "interventions.contrast": schema.Contrast,
+        "interventions.receivers": schema.Receiver,
         "output": schema.Output,
         "batch": schema.Batch,
         "ray": schema.Ray,

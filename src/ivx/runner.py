@@ -90,6 +90,15 @@ class Executor:
         """(corrupted, clean) sample-averaged metric values of one prompt."""
         return self.engine.rows.reference_values(prompt)
 
+    def batch_rows(self, length: int) -> int:
+        """Rows per forward for prompts of `length` tokens (see `Workload.batch_rows`)."""
+        return self.work.batch_rows(length)
+
+    @property
+    def vectors(self) -> dict[str, torch.Tensor]:
+        """Steering vectors by reference, loaded once (a control may substitute its own first)."""
+        return self.work.vectors
+
     def site(self, component: str, layer: int) -> Site:
         """Resolve (and cache) the Site of a component at a layer."""
         return self.engine.work.site(component, layer)

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     Discriminator,
     Field,
+    NonNegativeInt,
     StrictBool,
     Tag,
     field_validator,
@@ -235,6 +236,17 @@ class Contrast(Strict):
         return self
 
 
+class Receiver(Strict):
+    """One entry of `interventions[].receivers`: a component whose input a path patch reaches."""
+
+    component: Component = Field(description="Receiving component, e.g. head_query_output, mlp_input.")
+    layer: int = Field(description="Layer index (negative counts from the last layer).")
+    head: NonNegativeInt | list[NonNegativeInt] | None = Field(
+        None, description="Head(s) of head_* receivers."
+    )
+    position: Position = Field("all", description="Positions of the receiver patched (base prompt).")
+
+
 class Intervention(Strict):
     """One entry of `interventions:`: what to do at which site."""
 
@@ -283,6 +295,11 @@ class Intervention(Strict):
     )
     temperature: list[float] | None = Field(
         None, description="boundless_das: boundary temperature schedule [start, end]."
+    )
+    receivers: list[Receiver] | None = Field(
+        None,
+        description="Path patching: this (vanilla) intervention is the sender; only its direct effect "
+        "on these receivers' inputs is patched, everything else frozen at the base run (see README).",
     )
 
     @field_validator("window")
@@ -391,6 +408,12 @@ class Experiment(Strict):
         description="Ray actors, resources and fault tolerance: see `ray`.",
     )
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
+    controls: list[Literal["random_init", "placebo", "shuffled_labels"]] = Field(
+        default_factory=list,
+        description="Controls run beside the real result (summary.json → controls, plots in controls/): "
+        "random_init (ivx run: a seeded re-initialised model), placebo (ivx run: norm-matched random "
+        "activations/vectors), shuffled_labels (ivx train: DAS on permuted counterfactual labels).",
+    )
     generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
     train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")
 

@@ -168,8 +168,14 @@ def _train_one(
     iv = plan.substitute(session.cfg.experiment.interventions[0], point)
     site = components.resolve(session.lm.model, session.lm.info, edit.component, edit.layer)
     by_prompt = {c.prompt: (session.prompts[c.prompt], c.edits[0]) for c in cells}
-    train = examples_of(session.lm, site, [by_prompt[i] for i in session.train if i in by_prompt])
-    held = examples_of(session.lm, site, [by_prompt[i] for i in sorted(session.held) if i in by_prompt])
+
+    def examples(lm: LoadedModel) -> tuple[list[Example], list[Example]]:
+        return (
+            examples_of(lm, site, [by_prompt[i] for i in session.train if i in by_prompt]),
+            examples_of(lm, site, [by_prompt[i] for i in sorted(session.held) if i in by_prompt]),
+        )
+
+    train, held = examples(session.lm)
     log(
         f"[{index + 1}/{len(session.points)}] {point or 'single site'}: {iv.kind} at "
         f"{iv.component}[{edit.layer}] position {iv.position}, "
@@ -186,6 +192,10 @@ def _train_one(
         "control_iia": out["control_iia"],
         "epochs": len(out["history"]),
     }
+    if session.cfg.experiment.controls:
+        from ivx import controls
+
+        row.update(controls.das_point(session.lm, session.cfg, iv, site, examples, session.settings, seed))
     return row, out, iv, edit
 
 
@@ -193,7 +203,7 @@ def _append(
     run_dir: Path, index: int, row: dict[str, Any], history: list[dict[str, Any]], done: set[str]
 ) -> None:
     """Record a trained point: its result row (once, also across resumes) and its training curve."""
-    point = {k: v for k, v in row.items() if k not in ("point", "iia", "train_iia", "control_iia", "epochs")}
+    point = {k: v for k, v in row.items() if k not in ("point", "epochs") and not k.endswith("iia")}
     if str(index) not in done:
         with (run_dir / "results.jsonl").open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -252,8 +262,16 @@ def _write_bundle(session: Session, run_dir: Path, trained: dict[str, Any]) -> N
         "best_iia": trained["iia"],
         "axes": axes,
     }
+    controlled = bool(session.cfg.experiment.controls)
+    if controlled:
+        from ivx import controls
+
+        summary["warnings"] = controls.das_warnings(trained["results"])
     rundir.write_json(run_dir / "summary.json", summary)
     train_report.write(run_dir, summary)
+    if controlled:
+        lines = controls.das_outputs(run_dir, summary)
+        rundir.write_text(run_dir / "controls.txt", "\n".join(lines) + "\n")
     with (run_dir / "bundle" / "README.md").open("a") as fh:
         fh.write(train_report.bundle_note(summary, run_dir))
 
@@ -314,4 +332,8 @@ def register(app: typer.Typer) -> None:
 
         summary = json.loads((run_dir / "summary.json").read_text())
         typer.echo(train_report.iia_table(summary), err=True)
+        if (run_dir / "controls.txt").is_file():
+            typer.echo((run_dir / "controls.txt").read_text().rstrip(), err=True)
+        for warning in summary.get("warnings", []):
+            typer.echo(f"warning: {warning}", err=True)
         typer.echo(str(run_dir))

@@ -41,6 +41,7 @@ OFFLINE_RUNS = {
     "causal_trace.yaml": ["prompts.limit=5", "corrupt.samples=2", "trace.plots_per_fact=1"],
     "das_eval.yaml": ["prompts.limit=10"],
     "activation_patching_heads.yaml": ["prompts.limit=2"],
+    "path_patching.yaml": ["prompts.limit=2"],
     "causal_trace_severed.yaml": ["prompts.limit=3", "corrupt.samples=2", "sweep.layer=[0,2]"],
     "causal_trace_corruptions.yaml": [
         "prompts.limit=30",
