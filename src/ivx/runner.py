@@ -26,6 +26,8 @@ from ivx.shortcut_state import ShortcutState
 from ivx.workload import Scoring, Workload
 
 if TYPE_CHECKING:
+    import torch
+
     from ivx.components import Site
     from ivx.models import LoadedModel
     from ivx.schema import Experiment
