@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ivx.fields import check_window
 
@@ -38,17 +38,26 @@ class Batch(Strict):
     """`batch:` how many sequences go through the model at once."""
 
     size: int | Literal["auto"] = Field("auto", description="Rows per forward pass (≥ 1), or auto.")
+    memory_gb: float | Literal["auto"] = Field(
+        "auto",
+        description="Activation-memory budget (GiB per device) for size auto; auto: on a GPU, 60% of "
+        "its memory left by the weights, on a CPU 2 GiB (at most a quarter of the RAM).",
+    )
 
-    @field_validator("size", mode="before")
+    @field_validator("size", "memory_gb", mode="before")
     @classmethod
-    def _size(cls, value: Any) -> Any:
+    def _auto_or_number(cls, value: Any, info: ValidationInfo) -> Any:
         if value == "auto":
             return value
-        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_BATCH:
-            raise ValueError(f"batch.size {value!r} must be 'auto' or an integer 1..{MAX_ROWS_PER_BATCH:,}")
+        if info.field_name == "size":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_PER_BATCH:
+                raise ValueError(
+                    f"batch.size {value!r} must be 'auto' or an integer 1..{MAX_ROWS_PER_BATCH:,}"
+                )
+        elif isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise ValueError(f"batch.memory_gb {value!r} must be 'auto' or a number of GiB > 0")
         return value
 
-    memory_gb: float = Field(2.0, gt=0, description="Activation-memory budget for auto.")
     prefix_reuse: bool = Field(
         True,
         description="Continue cells from the KV cache of the unpatched prefix (a patch at position "
