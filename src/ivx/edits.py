@@ -4,12 +4,11 @@ This is the only resolver: `ivx run`, `ivx generate` and `ivx train` all turn th
 interventions into edits here — layers (a list, `all`, a window, negative indices), positions,
 the run a source activation comes from and where in it, heads, and severed paths. Problems are
 collected, never raised, so the caller reports every one at once; a field bound to a sweep axis
-is reported at the sweep's line, since that is where the bad value is written.
+is reported (by `plan`) at the sweep value that caused it, since that is where it is written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -72,14 +71,11 @@ class _Scope:
 
     cfg: LoadedConfig
     index: int
-    bound: Mapping[str, str]  # field -> sweep axis it is bound to
     prompt: TokenizedPrompt
     problems: list[Problem]
 
     def report(self, field: str, message: str) -> None:
-        axis = self.bound.get(field)
-        path = ("sweep", axis) if axis is not None else ("interventions", self.index, field)
-        self.problems.append(self.cfg.problem(path, message))
+        self.problems.append(self.cfg.problem(("interventions", self.index, field), message))
 
 
 def resolve_edits(
@@ -90,10 +86,12 @@ def resolve_edits(
     iv: Intervention,
     problems: list[Problem],
     mode: Mode = "run",
-    bound: Mapping[str, str] | None = None,
 ) -> list[Edit]:
-    """The edits of intervention `index` (its `$axis` fields already substituted) for one prompt."""
-    scope = _Scope(cfg, index, bound or {}, prompt, problems)
+    """The edits of intervention `index` (its `$axis` fields already substituted) for one prompt.
+
+    Problems name the intervention's field; `plan` moves those of a sweep-bound field to the
+    sweep value that caused them (`config.at_sweep_value`)."""
+    scope = _Scope(cfg, index, prompt, problems)
     if not _fits_mode(scope, iv, mode) or not _component_exists(scope, info, iv.component):
         return []
     layers = _layers(scope, info, iv)
@@ -101,6 +99,7 @@ def resolve_edits(
     if iv.on != "generated":
         positions = _positions(scope, "position", iv.position, prompt.length, prompt.subject_span)
     if positions is None:
+        _heads(scope, info, iv)  # keep checking: every problem at once
         return []
     sourced = _source(scope, iv, positions, mode)
     heads = _heads(scope, info, iv)

@@ -118,7 +118,7 @@ KINDS: dict[str, KindSpec] = {
             "vanilla",
             lambda value, coefficient: vanilla,
             True,
-            _FIXED | _SOURCE | _VECTOR | {"sever"},
+            _FIXED | _SOURCE | _VECTOR | {"sever", "receivers"},
             "VanillaIntervention",
             "Interchange: the source run's activation (or a vector) replaces the base activation.",
         ),

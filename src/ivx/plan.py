@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ivx.config import ConfigError, LoadedConfig, Problem
+from ivx.config import ConfigError, LoadedConfig, Problem, at_sweep_value
 from ivx.edits import HEAD_COUNT_OF, SOURCE_KINDS, Edit, Mode, head_count, resolve_edits
 from ivx.positions import PositionError, TokenizedPrompt, resolve
 from ivx.schema import Intervention, is_ref
@@ -81,11 +81,6 @@ def _axis_fields(cfg: LoadedConfig) -> dict[str, set[str]]:
             if is_ref(value) and value[1:] in out:
                 out[value[1:]].add(field_name)
     return out
-
-
-def _bound(iv: Intervention) -> dict[str, str]:
-    """field -> sweep axis for every `$axis` field of one intervention."""
-    return {name: value[1:] for name, value in iv.model_dump().items() if is_ref(value)}
 
 
 def _axis_values(
@@ -229,7 +224,9 @@ def _cell_edits(
         except ValueError as exc:
             problems.append(cfg.problem(("sweep",), f"sweep values give an invalid intervention: {exc}"))
             continue
-        edits.extend(resolve_edits(cfg, info, prompt, i, concrete, problems, mode, _bound(iv)))
+        before = len(problems)
+        edits.extend(resolve_edits(cfg, info, prompt, i, concrete, problems, mode))
+        problems[before:] = [at_sweep_value(cfg, i, point, p) for p in problems[before:]]
     if mode == "train" and len(edits) > 1:
         problems.append(
             cfg.problem(

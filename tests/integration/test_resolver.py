@@ -200,17 +200,24 @@ def test_validate_catches_what_run_fails_on_for_a_training_config(tmp_path: Path
 
 def test_train_errors_keep_file_line(tmp_path: Path) -> None:
     das = ROOT / "configs" / "das.yaml"
-    line = next(i for i, x in enumerate(das.read_text().splitlines(), 1) if "low_rank_rotated_space" in x)
+    # without low_rank_dimension (which a vanilla kind would not read: its own problem)
+    text = das.read_text().replace("  low_rank_dimension: [32]\n", "")
+    text = text.replace("data/city_swap.jsonl", str(das.parent / "data" / "city_swap.jsonl"))
+    plain = tmp_path.parent / "das_plain.yaml"
+    plain.write_text(text.replace("    low_rank_dimension: $low_rank_dimension\n", ""))
+    line = next(i for i, x in enumerate(plain.read_text().splitlines(), 1) if "low_rank_rotated_space" in x)
     result = runner.invoke(
-        app, ["train", str(das), "--set", "interventions.0.kind=vanilla", "--out", str(tmp_path)]
+        app, ["train", str(plain), "--set", "interventions.0.kind=vanilla", "--out", str(tmp_path)]
     )
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
-    assert result.output.startswith(f"{das}:{line}  interventions[0].kind  ivx train trains a trainable kind")
+    assert result.output.startswith(
+        f"{plain}:{line}  interventions[0].kind  ivx train trains a trainable kind"
+    )
     result = runner.invoke(app, ["train", str(das), "--set", "sweep.layer=[2, 9]", "--out", str(tmp_path)])
     assert (
         result.exit_code == 2
         and f"{das}:" in result.output
-        and "  sweep.layer  layer 9 is out of range" in result.output
+        and "  sweep.layer[1]  $layer = 9 (bound to `layer`): layer 9 is out of range" in result.output
     )
     missing = runner.invoke(app, ["train", "--resume", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and missing.output.strip().splitlines() == [

@@ -80,7 +80,8 @@ def test_a_bad_sweep_value_is_reported_at_the_sweep_line(tmp_path: Path) -> None
         """,
     )
     assert found == [
-        f"{tmp_path / 'e.yaml'}:5  sweep.layer  layer 9 is out of range: the model has 4 layers (0..3)"
+        f"{tmp_path / 'e.yaml'}:5  sweep.layer[1]  $layer = 9 (bound to `layer`): "
+        "layer 9 is out of range: the model has 4 layers (0..3)"
     ]
 
 
