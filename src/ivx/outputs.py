@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ivx import rundir
+from ivx.schema import Corrupt
 from ivx.summary import contrast_warnings, summarize
 
 if TYPE_CHECKING:
@@ -101,9 +102,10 @@ def _summary(
     traces = {}
     for variant, executor in zip(preps, executors, strict=True):
         mine = [r for r in rows if r.get("corruption") == variant.label] if labelled else rows
-        if executor.base.sigma is not None:
+        corrupt = variant.cfg.experiment.corrupt  # one corruption per variant: never a list here
+        if executor.base.sigma is not None and isinstance(corrupt, Corrupt):
             key = f"noise_std_{variant.label}" if labelled else "noise_std"
-            summary[key] = variant.cfg.experiment.corrupt.scale * executor.base.sigma  # type: ignore[union-attr]
+            summary[key] = corrupt.scale * executor.base.sigma
         if tracing.applies(variant):
             traces[variant.label] = tracing.aggregate(variant, mine, executor)
     if traces:
