@@ -279,15 +279,16 @@ def _orthogonal_weight(state: dict[str, Any], prefix: str) -> torch.Tensor:
     original = own.get("parametrizations.weight.original", own.get("weight"))
     if original is None:
         raise BundleError(f"no rotation weight under {prefix!r} (keys: {sorted(state)})")
+    shape: torch.Tensor = original
 
     class Holder(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.weight = nn.Parameter(torch.empty_like(original))
+            self.weight = nn.Parameter(torch.empty_like(shape))
 
     holder = Holder()
     if "parametrizations.weight.original" in own:
-        holder = orthogonal(holder)
+        orthogonal(holder)  # parametrises `holder` in place (and returns it)
     holder.load_state_dict(own, strict=False)
     with torch.no_grad():
         return holder.weight.detach().clone()

@@ -131,7 +131,7 @@ def validate(
     ] = Command.run,
 ) -> None:
     """Check a config (schema, files, model-aware checks) and print the plan size and estimates."""
-    from ivx import answers, experiment
+    from ivx import answers, estimate, experiment
     from ivx.plan import Mode
 
     mode = cast(Mode, command.value)
@@ -159,12 +159,10 @@ def validate(
     if len(preps) > 1:
         typer.echo("  corruption " + ", ".join(str(p.label) for p in preps))
     typer.echo(f"  cells      {cells} ({rows} forward rows)")
-    size = experiment.tensor_bytes(preps)
-    typer.echo(f"  tensors    ~{experiment.human_size(size)} of logits (output.logits: {exp.output.logits})")
-    from ivx import estimate
-
+    size = estimate.tensor_bytes(preps)
+    typer.echo(f"  tensors    ~{estimate.human_size(size)} of logits (output.logits: {exp.output.logits})")
     typer.echo(f"  estimate   {estimate.describe(preps, size)}")
-    warning = experiment.size_warning(preps)
+    warning = estimate.size_warning(preps)
     for text in ([warning] if warning else []) + answers.scoring_warnings(prep.prompts, exp.answer):
         _err(f"warning: {text}")
     trace = exp.trace

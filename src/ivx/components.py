@@ -14,7 +14,7 @@ Phi-3) and per-head interleaved projections (GPT-NeoX).
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ivx.schema import COMPONENT_NAMES
@@ -173,13 +173,9 @@ LAYOUTS: dict[str, Layout] = {
     "qwen3": _LLAMA,
     "gemma": _LLAMA,
     "olmo": _LLAMA,
-    "gemma2": Layout(
-        *[getattr(_LLAMA, f) for f in Layout.__dataclass_fields__][:-1], "pre_feedforward_layernorm"
-    ),
-    "gemma3_text": Layout(
-        *[getattr(_LLAMA, f) for f in Layout.__dataclass_fields__][:-1], "pre_feedforward_layernorm"
-    ),
-    "olmo2": Layout(*[getattr(_LLAMA, f) for f in Layout.__dataclass_fields__][:-1], None),
+    "gemma2": replace(_LLAMA, mid="pre_feedforward_layernorm"),
+    "gemma3_text": replace(_LLAMA, mid="pre_feedforward_layernorm"),
+    "olmo2": replace(_LLAMA, mid=None),
     "phi3": Layout(
         "model.layers",
         "self_attn",
@@ -236,7 +232,7 @@ def _layout(model: Any) -> tuple[str, Layout | None, str]:
     row = LAYOUTS.get(model_type)
     if row is not None and _has(model, f"{row.blocks}.0.{row.attn}"):
         if model_type == "gpt_neox" and getattr(config, "use_parallel_residual", True):
-            row = Layout(*[getattr(row, f) for f in Layout.__dataclass_fields__][:-1], None)
+            row = replace(row, mid=None)
         return model_type, row, row.blocks
     import torch
 

@@ -135,11 +135,12 @@ def section(
     metrics: list[str],
 ) -> tuple[dict[str, Any], list[str]]:
     """Run every control of the config: (summary.json's `controls`, warnings)."""
-    from ivx import experiment, gridplot, plots, tracing
+    from ivx import gridplot, plots, tracing
+    from ivx.summary import summarize
 
     names = [c for c in preps[0].cfg.experiment.controls if c in RUN_CONTROLS]
     metric = effect_metric(metrics)
-    real = spread(experiment.summarize(rows, axes, metrics), metric) if metric else None
+    real = spread(summarize(rows, axes, metrics), metric) if metric else None
     out: dict[str, Any] = {}
     warnings: list[str] = []
     for name in names:
@@ -147,7 +148,7 @@ def section(
         here = run_dir / "controls" / name
         here.mkdir(parents=True, exist_ok=True)
         rundir.write_text(here / "results.jsonl", "".join(json.dumps(r) + "\n" for r in ctrl_rows))
-        entry: dict[str, Any] = {"grid": experiment.summarize(ctrl_rows, axes, metrics), "metric": metric}
+        entry: dict[str, Any] = {"grid": summarize(ctrl_rows, axes, metrics), "metric": metric}
         entry["spread"] = spread(entry["grid"], metric) if metric else None
         entry["real_spread"] = real
         prep = preps[0]

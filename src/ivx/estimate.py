@@ -8,9 +8,12 @@ row at the matrix-multiply rate measured here once per process.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ivx import memory
+
+if TYPE_CHECKING:
+    from ivx.experiment import Prepared
 
 CELL_BYTES = 1200  # measured: a 1.35M-cell plan held ~1.6 GB before any cell ran
 _FLOPS: list[float] = []
@@ -81,9 +84,49 @@ def human_time(s: float) -> str:
 
 def describe(preps: list[Any], tensor_bytes: int) -> str:
     """One line: peak memory and run time estimates."""
-    from ivx.experiment import human_size
-
     return (
         f"peak memory ~{human_size(peak_bytes(preps, tensor_bytes))}, "
         f"run time ≤ ~{human_time(seconds(preps))} on this machine (without exact shortcuts)"
+    )
+
+
+LARGE_TENSORS = 2 * 2**30  # bytes of tensors.safetensors above which a run warns first
+
+
+def tensor_bytes(preps: list[Prepared]) -> int:
+    """Approximate size of the run's tensors.safetensors (float32 logits; collected activations
+    not counted): per-cell logits per `output.logits`, plus the baselines."""
+    exp = preps[0].cfg.experiment
+    if exp.output.logits == "none":
+        return 0
+    vocab = preps[0].lm.info.vocab_size
+    total = 0
+    for prep in preps:
+        lengths = {p.index: p.length for p in prep.prompts}
+        per_cell = [lengths[c.prompt] if exp.output.logits == "all" else 1 for c in prep.plan.cells]
+        total += 4 * vocab * (sum(per_cell) + 3 * len(prep.prompts))
+    return total
+
+
+def human_size(n: float) -> str:
+    """Bytes as B / KB / MB / GB."""
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB"):
+        n /= 1024
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GB"
+
+
+def size_warning(preps: list[Prepared]) -> str | None:
+    """A warning when `output.logits` would write (and merge in memory) a very large file."""
+    size = tensor_bytes(preps)
+    if size <= LARGE_TENSORS:
+        return None
+    logits = preps[0].cfg.experiment.output.logits
+    return (
+        f"output.logits: {logits} keeps full-vocabulary logits for every cell: tensors.safetensors "
+        f"will be ~{human_size(size)}. Metrics need none of it; set `output.logits: none` unless you "
+        "want the logits themselves."
     )

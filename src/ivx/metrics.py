@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
@@ -225,10 +225,10 @@ def cell_values(
     return out
 
 
-def top_k(probs: torch.Tensor, k: int, tokenizer: object) -> list[list]:
+def top_k(probs: torch.Tensor, k: int, tokenizer: Any) -> list[list]:
     """[[token, prob], ...] of the k most likely next tokens for a `[vocab]` distribution."""
     import torch
 
     values, ids = torch.topk(probs.float(), k)
-    tokens = tokenizer.convert_ids_to_tokens(ids.tolist())  # type: ignore[attr-defined]
+    tokens = tokenizer.convert_ids_to_tokens(ids.tolist())
     return [[str(t), round(float(v), 6)] for t, v in zip(tokens, values, strict=True)]

@@ -69,14 +69,14 @@ def _json_array(path: Path) -> Iterator[Row]:
             at = end
 
 
-def _dataset(spec: PromptFile, base_dir: Path) -> Iterator[Row]:
+def _dataset(spec: PromptFile, dataset: str, base_dir: Path) -> Iterator[Row]:
     try:
         import datasets
     except ImportError:
         raise SourceError(
             "prompts.dataset needs the `datasets` library: pip install 'ivx-interventions[datasets]'"
         ) from None
-    local = base_dir / spec.dataset if not Path(spec.dataset).is_absolute() else Path(spec.dataset)  # type: ignore[arg-type]
+    local = base_dir / dataset if not Path(dataset).is_absolute() else Path(dataset)
     datasets.utils.logging.disable_progress_bar()
     try:
         if (local / "dataset_info.json").is_file() or (local / "dataset_dict.json").is_file():
@@ -143,7 +143,7 @@ def to_record(row: dict[str, Any], spec: PromptFile) -> dict[str, Any]:
 def rows(spec: PromptFile, base_dir: Path) -> Iterator[Row]:
     """Raw rows of the source, unmapped (JSON decode errors come through as exceptions in data)."""
     if spec.dataset is not None:
-        yield from _dataset(spec, base_dir)
+        yield from _dataset(spec, spec.dataset, base_dir)
         return
     path = (base_dir / str(spec.file)).resolve()
     if not path.is_file():

@@ -43,8 +43,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[list[
         cells = []
         for m in metrics:
             va, vb = entry.get(m), other.get(m)
-            both = isinstance(va, int | float) and isinstance(vb, int | float)
-            delta = f"{vb - va:+.3f}" if both else "-"  # type: ignore[operator]
+            delta = f"{vb - va:+.3f}" if isinstance(va, int | float) and isinstance(vb, int | float) else "-"
             cells += [_num(va), _num(vb), delta]
         rows.append([report.label(entry.get(x)) for x in axes] + cells)
     return header or ["(single point)"], rows

@@ -296,7 +296,8 @@ def for_config(cfg: Any, tokenizer: Any, records: list | None = None) -> list[To
                         p.index,
                         "foil",
                         f"target {p.record.target!r} and foil {p.record.foil!r} are scored as the same token "
-                        f"{p.target_tokens[0]!r} (id {p.target_id}), so logit_diff would be 0; choose "
+                        f"{(p.target_tokens[0] if p.target_tokens else None)!r} (id {p.target_id}), so "
+                        "logit_diff would be 0; choose "
                         "answers whose first tokens differ",
                     )
                     for p in same[:50]

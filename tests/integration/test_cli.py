@@ -323,7 +323,7 @@ def test_validate_reads_no_weights_unless_asked(tiny_model_dir, tmp_path: Path) 
 
 
 def test_validate_estimates_the_logits_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ivx import experiment, models
+    from ivx import estimate, experiment, models
 
     path = ROOT / "configs" / "activation_patching.yaml"
     sets = ["--set", "prompts.limit=3", "--set", "output.logits=last"]
@@ -331,9 +331,9 @@ def test_validate_estimates_the_logits_file(monkeypatch: pytest.MonkeyPatch) -> 
     cells = sum(len(p.plan.cells) for p in preps)
     vocab = models.load("ivx-toy", weights=False).info.vocab_size
     # one [vocab] float32 row per cell, plus clean / corrupted / source baselines per prompt
-    assert experiment.tensor_bytes(preps) == 4 * vocab * (cells + 3 * 3)
+    assert estimate.tensor_bytes(preps) == 4 * vocab * (cells + 3 * 3)
     result = runner.invoke(app, ["validate", str(path), *sets])
     assert result.exit_code == 0 and "tensors    ~" in result.output and "warning" not in result.output
-    monkeypatch.setattr(experiment, "LARGE_TENSORS", 1000)
+    monkeypatch.setattr(estimate, "LARGE_TENSORS", 1000)
     result = runner.invoke(app, ["validate", str(path), *sets])
     assert result.exit_code == 0 and "warning: output.logits: last" in result.output, result.output

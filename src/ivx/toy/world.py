@@ -135,7 +135,8 @@ HELDOUT: dict[str, tuple[tuple[int, int], ...]] = {
 def _fact_templates() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     out = {}
     for attribute, relations in RELATIONS.items():
-        train, held = [], []
+        train: list[str] = []
+        held: list[str] = []
         for i, prefix in enumerate(PREFIXES):
             for j, relation in enumerate(relations):
                 text = f"{prefix} {{s}} {relation}".strip()
@@ -157,7 +158,8 @@ IOI_HELDOUT: tuple[tuple[int, int], ...] = ((4, 3), (2, 0))
 
 
 def _ioi_templates() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    train, held = [], []
+    train: list[str] = []
+    held: list[str] = []
     for i, intro in enumerate(IOI_INTROS):
         for j, body in enumerate(IOI_BODIES):
             (held if (i, j) in IOI_HELDOUT else train).append(f"{intro} {body}")
@@ -283,7 +285,7 @@ def ioi_prompts(world: World, split: str, n: int, seed: int = 0) -> list[dict[st
 def ioi_patching_records(world: World, n: int, seed: int = 0) -> list[dict[str, str]]:
     """Activation-patching records: base = corrupted (S2 swapped so the answer flips),
     source = clean prompt, target = the clean answer (IO), foil = the other name."""
-    out = []
+    out: list[dict[str, str]] = []
     template = IOI_TEMPLATES[1][-1]  # one held-out template, so positions align across records
     for record in ioi_prompts(world, "heldout", 4 * n, seed):
         if len(out) == n:
@@ -305,7 +307,7 @@ def city_swap_records(world: World, n: int, seed: int = 0) -> list[dict[str, str
     by_len: dict[int, list[Subject]] = {}
     for subject in world.subjects:
         by_len.setdefault(len(subject.name.split()), []).append(subject)
-    out = []
+    out: list[dict[str, str]] = []
     while len(out) < n:
         group = by_len[rng.choice(sorted(by_len))]
         base, source = rng.sample(group, 2)
