@@ -107,6 +107,25 @@ def corruption(cfg: LoadedConfig) -> list[Problem]:
     return problems
 
 
+def replacement(cfg: LoadedConfig, tokenizer: Any, prompts: list[Any]) -> list[Problem]:
+    """A `replace` corruption must find, for every prompt, another subject that keeps its length
+    (what the run computes first): checked with the tokenizer alone, before any cell runs."""
+    from ivx import tokenization
+
+    corrupt = cfg.experiment.corrupt
+    singles = corrupt if isinstance(corrupt, list) else [corrupt] if corrupt else []
+    problems: list[Problem] = []
+    for i, single in enumerate(singles):
+        if single.kind != "replace":
+            continue
+        loc: tuple = ("corrupt", i, "kind") if isinstance(corrupt, list) else ("corrupt", "kind")
+        try:
+            tokenization.replacements(tokenizer, prompts, cfg.experiment.seed)
+        except tokenization.TokenizationError as exc:
+            problems += [cfg.problem(loc, f"prompt {p}: {message}") for p, _, message in exc.problems]
+    return problems
+
+
 def bundle_shapes(cfg: LoadedConfig, info: Any) -> list[Problem]:
     """A local trained `bundle` must have been made for a model of this width and depth (what the
     run checks when it loads the parameters), reported before anything runs."""

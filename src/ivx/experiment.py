@@ -106,6 +106,9 @@ def prepare_all(
                 [cfg.problem(("trace", "select_correct"), "the model predicts none of the targets")]
             )
         out = _expand(cfg, lm, prompts, dropped)
+    problems = checks.replacement(cfg, lm.tokenizer, prompts)
+    if problems:
+        raise ConfigError(problems)  # before the run directory and any cell
     return out
 
 

@@ -171,3 +171,27 @@ metrics: [indirect_effect]
     assert found[1].startswith(
         f"{path}:9  sweep.position[1]  $position = 40 (bound to `position`): 2 prompts"
     )
+
+
+def test_a_replace_corruption_with_no_same_length_subject_fails_before_any_cell(tmp_path: Path) -> None:
+    """Two facts whose subjects tokenize to different lengths: no swap keeps either prompt's length.
+    validate says so, and run says so before creating a run directory (it used to run every cell
+    of the first corruption and fail on the second)."""
+    body = """corrupt:
+  - {kind: noise, positions: subject, samples: 2}
+  - {kind: replace}
+sweep: {layer: all, position: all}
+interventions:
+  - {kind: vanilla, component: block_output, layer: $layer, position: $position}
+metrics: [target_prob]
+"""
+    path = _config(tmp_path, body.replace("Kelfyrar", "Kel"))
+    head = HEAD.replace("MODEL", "ivx-toy").replace("Kelfyrar", "Kel Drav Orin Pell")
+    path.write_text(head + body)
+    for command in (["validate", str(path)], ["run", str(path), "--out", str(tmp_path / "runs")]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        found = _problems(result.output)
+        assert found and all(f"{path}:" in p and "  corrupt[1].kind  prompt " in p for p in found), found
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
