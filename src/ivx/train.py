@@ -285,12 +285,9 @@ def train_run(
 ) -> Path:
     """The `ivx train` recipe: plan, then every grid point trained, evaluated and bundled."""
     if resume is not None:
-        from ivx import rundir
+        from ivx.session import recorded_config
 
-        previous = rundir.Manifest.read(resume).data
-        original = Path(previous.get("config") or "")
-        config = original if original.is_file() else resume / "config.yaml"
-        overrides = tuple(previous.get("overrides", []))
+        config, overrides = recorded_config(resume)  # the same resume path as `ivx run`
     session = plan_training(config, overrides)
     run_dir, manifest = _open(session, out_root, resume)
     started = time.perf_counter()
