@@ -74,7 +74,7 @@ def steps(engine: Engine, cells: list[Cell]) -> list[Step]:
         group["noop_cells"] += 1
     skipped = {cell.index for cell in noop}
     todo = {cell.index for cell in cells if cell.index not in skipped}
-    # packed over the whole plan, so a cell's batch shape (its reused prefix and skipped
+    # packed over the whole plan, so a cell's batch shape (its reused prefix and entry
     # blocks) does not depend on which cells are left to do (a resumed run gives the same bits)
     whole = [cell for cell in work.plan.cells if cell.index in todo or not state.noop(cell)]
     defer = work.exp.output.logits != "all" and state.on("defer_head")
@@ -231,7 +231,7 @@ def _schedule(engine: Engine, cells: list[Cell]) -> list[tuple[list[Cell], int, 
     cost = state.cost() if reuse else schedule.Cost(1.0, 0.0)
     out: list[tuple[list[Cell], int, list[int]]] = []
     for length, group in sorted(by_len.items()):
-        keys = [(state.prefix(c), state.skip(c)) for c in group]
+        keys = [(state.prefix(c), state.entry(c)) for c in group]
         rows = work.batch_rows(length - min(p for p, _ in keys))
         forwards, seconds = schedule.stagger(keys, work.lm.info.n_layers, work.samples, length, rows, cost)
         record = _group(state, length)

@@ -83,7 +83,7 @@ class ShortcutState:
             return 0
         return min(min(e.positions) for e in cell.edits)
 
-    def skip(self, cell: Cell) -> int:
+    def entry(self, cell: Cell) -> int:
         """The cell's entry block: blocks below its first edited layer give the baseline's outputs."""
         if not self.on("layer_reuse") or cell.index < 0 or not cell.edits or cell.prompt not in self.states:
             return 0

@@ -92,7 +92,7 @@ def test_every_shortcut_engages(
 def test_every_packing_changes_no_number(
     arch: str, cost: Cost, tiny_model_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whatever the cost model chooses (prefix groups with blocks skipped per layer, or all cells in
+    """Whatever the cost model chooses (one staggered forward per reused prefix, or all prefixes in
     one forward), cell logits equal the all-off run: two corruptions, MLP windows, both components."""
     monkeypatch.setattr(shortcuts, "estimate", lambda lm: cost)
     body = {
