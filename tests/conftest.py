@@ -11,6 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+if "IVX_CACHE_DIR" not in os.environ:  # ivx's digest store: never the user's ~/.cache in tests
+    import tempfile
+
+    os.environ["IVX_CACHE_DIR"] = tempfile.mkdtemp(prefix="ivx-test-cache-")
 
 from tests.tiny import build  # noqa: E402
 

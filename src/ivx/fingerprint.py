@@ -7,6 +7,9 @@ so a resumed run never mixes cells computed from two different inputs.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +17,81 @@ from ivx.config import ConfigError, LoadedConfig, Problem
 
 # weights, configs and tokenizer files of a local model (not its README)
 MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".json", ".model", ".txt", ".py")
-_CACHE: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) → sha256: each file hashed once
+_CACHE: dict[str, dict[str, Any]] = {}  # resolved path → {"stat": [...], "sha256": hex}: this process
+_STORE_LIMIT = 20_000  # entries kept in the on-disk store (least recently hashed dropped first)
+
+
+def cache_dir() -> Path:
+    """Where ivx keeps small caches: $IVX_CACHE_DIR, else $XDG_CACHE_HOME/ivx, else ~/.cache/ivx."""
+    if os.environ.get("IVX_CACHE_DIR"):
+        return Path(os.environ["IVX_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ivx"
+
+
+def _stat_key(path: Path) -> list[int]:
+    """What changes whenever a file's bytes do (git's index keeps the same): size, inode, mtime, ctime.
+
+    `ctime` moves on every write and cannot be set back by `touch`, so a file rewritten with its
+    old modification time restored is still hashed again.
+    """
+    st = path.stat()
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _store() -> Path:
+    return cache_dir() / "sha256.json"
+
+
+def _load_store() -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(_store().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_store(new: dict[str, dict[str, Any]]) -> None:
+    """Merge `new` into the on-disk store atomically; a cache that cannot be written is skipped."""
+    try:
+        data = {**_load_store(), **new}
+        if len(data) > _STORE_LIMIT:
+            data = dict(list(data.items())[-_STORE_LIMIT:])
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".sha256.", suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, _store())
+    except OSError:
+        pass
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file (cached per path, size and modification time within a process)."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _CACHE:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _CACHE[key] = digest.hexdigest()
-    return _CACHE[key]
+    """Hex sha256 of a file.
+
+    Hashing a model's weights costs about a second per GB, on every run and resume, so digests
+    are cached by (resolved path, size, inode, mtime, ctime) — in this process and in
+    `cache_dir()/sha256.json` across runs. Any write to the file changes its ctime, so a stale
+    digest is never used; a store that cannot be read or written only costs the hashing.
+    """
+    name = str(path.resolve())
+    key = _stat_key(path)
+    hit = _CACHE.get(name)
+    if hit is None or hit.get("stat") != key:
+        big = key[0] >= 1 << 20  # only files worth the bookkeeping (weights), not configs
+        stored = _load_store().get(name) if big else None
+        if isinstance(stored, dict) and stored.get("stat") == key and isinstance(stored.get("sha256"), str):
+            hit = stored
+        else:
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            hit = {"stat": key, "sha256": digest.hexdigest()}
+            if big:
+                _save_store({name: hit})
+        _CACHE[name] = hit
+    return str(hit["sha256"])
 
 
 def _files(path: Path) -> list[Path]:
