@@ -293,7 +293,9 @@ def main() -> None:
 
         start = time.perf_counter()
         weights = [fingerprint.sha256_file(f) for f in sorted(model.iterdir()) if f.is_file()]
-        print(f"first run of this model: hashing its {len(weights)} files took {time.perf_counter() - start:.2f} s")
+        print(
+            f"first run of this model: hashing its {len(weights)} files took {time.perf_counter() - start:.2f} s"
+        )
         for length in args.lengths:
             for threads in args.threads:
                 best: dict[str, dict] = {}

@@ -73,6 +73,12 @@ class Batch(Strict):
         description="Run cells through the backbone and unembed many cells' last positions at "
         "once (used only where a probe shows logits are exactly lm_head(backbone output)).",
     )
+    trim_final: bool = Field(
+        True,
+        description="With the deferred head, run the last block's attention output projection and "
+        "MLP on the last position only (the other positions' last-block outputs are never read; "
+        "their keys and values are still computed).",
+    )
     skip_noop: bool = Field(
         True,
         description="Do not run cells whose every edit writes the value the site already holds, e.g. "

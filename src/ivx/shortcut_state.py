@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ivx import hooks, kvcache, memory, schedule, shortcuts, stagger
+from ivx import hooks, kvcache, memory, schedule, shortcuts, stagger, trim
 from ivx.baselines import Baselines
 from ivx.cellpatches import PatchBuilder
 from ivx.plan import Cell
@@ -19,8 +19,8 @@ from ivx.workload import Workload
 if TYPE_CHECKING:
     import torch
 
-NAMES = ("prefix_reuse", "layer_reuse", "skip_noop", "defer_head")
-PROBED = ("prefix_reuse", "layer_reuse", "defer_head")
+NAMES = ("prefix_reuse", "layer_reuse", "skip_noop", "defer_head", "trim_final")
+PROBED = ("prefix_reuse", "layer_reuse", "defer_head", "trim_final")
 KV = list[tuple["torch.Tensor", "torch.Tensor"]]
 
 
@@ -49,6 +49,17 @@ def config_reasons(work: Workload) -> dict[str, str | None]:
         ),
         "skip_noop": "off in config (batch.skip_noop)" if not batch.skip_noop else all_logits,
         "defer_head": "off in config (batch.defer_head)" if not batch.defer_head else all_logits,
+        "trim_final": (
+            "off in config (batch.trim_final)"
+            if not batch.trim_final
+            else all_logits
+            if all_logits
+            else "off in config (batch.defer_head: trimming needs the deferred head)"
+            if not batch.defer_head
+            else f"no module layout for {info.model_type} (only known layouts are trimmed)"
+            if trim.regions(work.lm.model) is None
+            else None
+        ),
     }
 
 
@@ -218,6 +229,8 @@ class ShortcutState:
                 )
         if self.why_off["prefix_reuse"] is not None and self.why_off["layer_reuse"] is None:
             self.why_off["layer_reuse"] = "needs prefix reuse"
+        if self.why_off["defer_head"] is not None and self.why_off["trim_final"] is None:
+            self.why_off["trim_final"] = "needs the deferred head"
         alive = {n for n in PROBED if self.why_off[n] is None}
         if alive and not self._replays(builder, prompt, alive):  # each works alone, not together
             for name in alive:
@@ -241,8 +254,9 @@ class ShortcutState:
             patches = builder.build(cells, offset=prefix).patches
             past = self.past(cells, prefix, entries) if prefix else None
             entering = self.entering(cells, prefix, entries)
-            with torch.inference_mode(), hooks.patching(work.lm.model, patches), entering:
-                if "defer_head" in use:
+            trimming = trim.trimmed(work.lm, "trim_final" in use)
+            with torch.inference_mode(), hooks.patching(work.lm.model, patches), entering, trimming:
+                if use & {"defer_head", "trim_final"}:
                     logits = shortcuts.unembed(work.lm, shortcuts.final_hidden(work.lm, ids, past))
                 else:
                     logits, _ = work.forward(ids, past=past)

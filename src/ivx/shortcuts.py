@@ -3,7 +3,9 @@
 - **prefix reuse**: a cell's positions before its first edit equal the baseline run's, so the
   cell continues from the baseline's KV cache;
 - **layer reuse**: blocks below a cell's first edited layer return the baseline's outputs;
-- **deferred unembedding**: cells run the backbone, the LM head runs once for many cells.
+- **deferred unembedding**: cells run the backbone, the LM head runs once for many cells;
+- **final-block trimming**: with the head deferred, the last block's output projection and MLP
+  run on the last position only (`ivx.trim`).
 
 Each relies on an API of transformers (the cache argument, how blocks are called, what the head
 computes). A release that changes one must not silently change numbers or speed, so every run
@@ -102,6 +104,7 @@ NAMES = {
     "layer_reuse": "layer reuse",
     "skip_noop": "no-op cells",
     "defer_head": "deferred head",
+    "trim_final": "final-block trimming",
 }
 
 

@@ -77,6 +77,7 @@ def test_every_shortcut_engages(
         "layer_reuse": True,
         "skip_noop": True,
         "defer_head": True,
+        "trim_final": True,
     }, report
     (group,) = report["groups"]  # both facts have 13 tokens
     assert group["cells"] == 2 * 2 * 13

@@ -68,4 +68,7 @@ def test_unreadable_or_unwritable_store_only_costs_hashing(tmp_path: Path, monke
     monkeypatch.setenv("IVX_CACHE_DIR", str(good))
     monkeypatch.setattr(fingerprint, "_CACHE", {})
     assert fingerprint.sha256_file(f) == hashlib.sha256(data).hexdigest()
-    assert json.loads((good / "sha256.json").read_text())[str(f.resolve())]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (
+        json.loads((good / "sha256.json").read_text())[str(f.resolve())]["sha256"]
+        == hashlib.sha256(data).hexdigest()
+    )
