@@ -284,7 +284,7 @@ def main() -> None:
                 print(f"{name}: not installed for {python} — skipped")
                 continue
             PEER_PYTHON[name] = python
-            print(f"{name}: runs under {python} (transformers {found.stdout.strip()})")
+            print(f"{name}: runs under {python} (transformers {found.stdout.strip().splitlines()[-1]})")
         variants.append(name)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "gpt2-small-random")

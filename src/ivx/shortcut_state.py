@@ -242,9 +242,11 @@ class ShortcutState:
 
         work = self.work
         prefix = work.prompts[prompt].length // 2 if "prefix_reuse" in use else 0
-        # layer reuse: two copies of the run entering at the last two blocks (staggered; cheap)
+        # layer reuse: two copies of the run, one entering at a late block (every block below it
+        # returns the stored states, as most cells' do), one after the last block (staggered; cheap).
+        # Even a 2-layer model skips a block, so how skipped blocks must return is always checked.
         top = work.lm.info.n_layers
-        entries = [max(0, top - 2), top - 1] if "layer_reuse" in use else [0]
+        entries = [min(top - 1, max(1, top - 2)), top] if "layer_reuse" in use else [0]
         cells = [Cell(-1 - prompt, prompt, (), ())] * len(entries)
         entries = [e for e in entries for _ in range(work.samples)]
         ids = torch.tensor([self.base.run_ids(work, prompt)] * len(cells))
