@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import torch
-from gpt2_small import build_model
+from gpt2_small import build_model, store_digests
 
 N_LAYERS = 12
 
@@ -289,13 +289,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp) / "gpt2-small-random")
         os.environ["IVX_CACHE_DIR"] = str(Path(tmp) / "ivx-cache")  # the workers' digest store
-        from ivx import fingerprint
-
-        start = time.perf_counter()
-        weights = [fingerprint.sha256_file(f) for f in sorted(model.iterdir()) if f.is_file()]
-        print(
-            f"first run of this model: hashing its {len(weights)} files took {time.perf_counter() - start:.2f} s"
-        )
+        print(f"first run of this model: hashing its files took {store_digests(model):.2f} s")
         for length in args.lengths:
             for threads in args.threads:
                 best: dict[str, dict] = {}

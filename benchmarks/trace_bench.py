@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from gpt2_small import build_model
+from gpt2_small import build_model, store_digests
 
 PROMPT = "In the old records , the Zorvan Tower is located in the city of"
 SUBJECT = "the Zorvan Tower"
@@ -124,15 +124,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = build_model(work / "gpt2-small-random")
-        from ivx import fingerprint, runner
+        from ivx import runner
 
-        # the weights' sha256 (every manifest records it) is hashed once per file version and then
-        # stored; time the runs as every run after a model's first, and print what the first pays
-        start = time.perf_counter()
-        for f in sorted(model_dir.iterdir()):
-            if f.is_file():
-                fingerprint.sha256_file(f)
-        print(f"first run of this model: hashing its files took {time.perf_counter() - start:.2f} s")
+        # timed as every run after a model's first: its weights' digests are already stored
+        print(f"first run of this model: hashing its files took {store_digests(model_dir):.2f} s")
 
         batch = runner.MAX_ROWS // args.samples * args.samples
         time_plain(model_dir, 2 * batch, 16, batch)  # warm-up: thread pool, allocator

@@ -167,8 +167,7 @@ def head_cells(work: Workload) -> int:
     GPT-2-small shape, 1 CPU thread: the head and metrics of 384 rows took 0.80 s in one call
     and 0.46 s in chunks of 120 (`benchmarks/shortcut_bench.py`, T=32).
     """
-    vocab = int(work.lm.model.get_output_embeddings().weight.shape[0])
-    return max(1, HEAD_BYTES // (4 * vocab * work.samples))
+    return max(1, HEAD_BYTES // (4 * work.lm.info.vocab_size * work.samples))
 
 
 def corrupted_pass(engine: Engine, capture: set[SiteKey]) -> Acts:

@@ -32,7 +32,7 @@ def regions(model: Any) -> list[tuple[str, str]] | None:
     for an architecture without a layout row (its modules are not known well enough to trim)."""
     from ivx import components
 
-    name, row, blocks = components._layout(model)
+    _, row, blocks = components._layout(model)
     if row is None:
         return None
     last = f"{blocks}.{len(model.get_submodule(blocks)) - 1}"
