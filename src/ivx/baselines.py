@@ -85,16 +85,34 @@ def capture(
     return logits_out, acts
 
 
-def capture_clean_and_source(work: Workload, base: Baselines, fused: bool) -> None:
-    """The clean captures (unless `fused` into the corrupted baseline pass) and the source captures."""
+def sources(work: Workload) -> dict[int, tuple[int, ...]]:
+    """The source prompts a capture must run: their logits are the reference without a corruption."""
+    with_source = {p.index: p.source_ids for p in work.prompts.values() if p.source_ids is not None}
+    return with_source if with_source and (needed(work.plan, "source") or not work.corrupt) else {}
+
+
+def riders(work: Workload, fused: bool) -> dict[int, tuple[int, ...]]:
+    """The source runs that ride in the corrupted baseline's forward (`execution.corrupted_pass`).
+
+    When the clean captures are `fused` into that pass (no corruption, prefix reuse on), a source
+    prompt as long as its base prompt runs as an extra row of the same forward, with no edits, so
+    the pair costs one forward reading the weights once instead of two.
+    """
+    if not fused:
+        return {}
+    return {p: ids for p, ids in sources(work).items() if len(ids) == work.prompts[p].length}
+
+
+def capture_clean_and_source(work: Workload, base: Baselines, fused: bool, skip: set[int]) -> None:
+    """The clean captures (unless `fused` into the corrupted baseline pass) and the source captures
+    (but those of the prompts in `skip`, which ride in that pass: `riders`)."""
     if not fused:
         base.clean_logits, base.clean_acts = capture(
             work, {p.index: p.base_ids for p in work.prompts.values()}, needed(work.plan, "base")
         )
-    with_source = {p.index: p.source_ids for p in work.prompts.values() if p.source_ids is not None}
-    need_src = needed(work.plan, "source")
-    if with_source and (need_src or not work.corrupt):
-        base.source_logits, base.source_acts = capture(work, with_source, need_src)
+    with_source = {p: ids for p, ids in sources(work).items() if p not in skip}
+    if with_source:
+        base.source_logits, base.source_acts = capture(work, with_source, needed(work.plan, "source"))
 
 
 def corrupt_inputs(work: Workload, base: Baselines) -> None:

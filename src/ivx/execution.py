@@ -170,32 +170,46 @@ def head_cells(work: Workload) -> int:
     return max(1, HEAD_BYTES // (4 * work.lm.info.vocab_size * work.samples))
 
 
-def corrupted_pass(engine: Engine, capture: set[SiteKey]) -> Acts:
+def corrupted_pass(
+    engine: Engine, capture: set[SiteKey], riders: dict[int, tuple[int, ...]] | None = None
+) -> Acts:
     """Corrupted baseline runs (no site edits), keeping KV caches and block outputs for the shortcuts.
 
     Stores each prompt's corrupted logits in the baselines and returns the activations at the
-    `capture` sites ([samples, seq, d] per prompt).
+    `capture` sites ([samples, seq, d] per prompt). The source prompts in `riders` (prompt → ids,
+    as long as its base prompt; see `baselines.riders`) run as extra unedited rows after the
+    batch's own, and their logits and source captures go to the baselines as `capture` would.
     """
     import torch
 
-    work, state = engine.work, engine.state
+    from ivx.baselines import needed
+
+    work, state, base = engine.work, engine.state, engine.base
+    riders = riders or {}
     S = work.samples
     state_sites = []
     if state.on("layer_reuse"):
         state_sites = [work.site("block_output", layer) for layer in range(work.lm.info.n_layers)]
     wanted = {key: work.site(*key) for key in capture}
     acts: Acts = {key: {} for key in capture}
-    sites = list(dict.fromkeys([*state_sites, *wanted.values()]))
+    source_sites = {key: work.site(*key) for key in needed(work.plan, "source")} if riders else {}
+    for key in source_sites:
+        base.source_acts.setdefault(key, {})
+    sites = list(dict.fromkeys([*state_sites, *wanted.values(), *source_sites.values()]))
     by_len: dict[int, list[Cell]] = defaultdict(list)
     for p in work.prompts.values():
         by_len[p.length].append(Cell(-1 - p.index, p.index, (), ()))
     for length, group in sorted(by_len.items()):
-        per_batch = max(1, work.batch_rows(length) // S)
+        rows_per_cell = S + (1 if any(c.prompt in riders for c in group) else 0)
+        per_batch = max(1, work.batch_rows(length) // rows_per_cell)
         for start in range(0, len(group), per_batch):
             chunk = group[start : start + per_batch]
-            ids = torch.tensor([engine.base.run_ids(work, c.prompt) for c in chunk]).repeat_interleave(
-                S, dim=0
-            )
+            runs = [base.run_ids(work, c.prompt) for c in chunk]
+            ids = torch.tensor(runs).repeat_interleave(S, dim=0)
+            riding = [c.prompt for c in chunk if c.prompt in riders]
+            n = len(ids)
+            if riding:
+                ids = torch.cat([ids, torch.tensor([riders[p] for p in riding])])
             patched = engine.patches.build(chunk)
             with (
                 hooks.patching(work.lm.model, patched.patches),
@@ -205,8 +219,12 @@ def corrupted_pass(engine: Engine, capture: set[SiteKey]) -> Acts:
             for i, cell in enumerate(chunk):
                 for key, site in wanted.items():
                     acts[key][cell.prompt] = store[site][i * S : (i + 1) * S]
+            for row, prompt in enumerate(riding, start=n):
+                base.source_logits[prompt] = work.scoring.captured(prompt, riders[prompt], logits[row].cpu())
+                for key, site in source_sites.items():
+                    base.source_acts[key][prompt] = store[site][row]
             state.keep(chunk, cache, store, state_sites)
-            outputs(engine, chunk, logits)
+            outputs(engine, chunk, logits[:n])
     return acts
 
 

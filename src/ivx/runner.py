@@ -39,18 +39,20 @@ def prepare(engine: Engine) -> Baselines:
     """Capture clean and source activations once per prompt and run the corrupted baseline.
 
     Without a corruption the corrupted baseline is the clean run itself: with prefix reuse it
-    runs once, keeping its KV cache and capturing the clean activations in the same pass. Then
+    runs once, keeping its KV cache and capturing the clean activations in the same pass, and
+    source prompts of the same length run as extra rows of that forward (`baselines.riders`). Then
     the enabled shortcuts are probed on the first prompt (`ShortcutState.verify`).
     """
     work, base, state = engine.work, engine.base, engine.state
     need_clean, need_corrupt = baselines.needed(work.plan, "base"), baselines.needed(work.plan, "corrupted")
     fused = work.corrupt is None and state.on("prefix_reuse")
-    baselines.capture_clean_and_source(work, base, fused)
+    riders = baselines.riders(work, fused)
+    baselines.capture_clean_and_source(work, base, fused, set(riders))
     baselines.corrupt_inputs(work, base)
     if work.corrupt is None and not state.on("prefix_reuse"):
         base.corrupt_logits = {p: v.unsqueeze(0).clone() for p, v in base.clean_logits.items()}
     else:
-        acts = execution.corrupted_pass(engine, need_corrupt | (need_clean if fused else set()))
+        acts = execution.corrupted_pass(engine, need_corrupt | (need_clean if fused else set()), riders)
         base.corrupt_acts = {key: acts[key] for key in need_corrupt}  # [samples, seq, dim] per prompt
         if fused:
             base.clean_logits = {p: v[0].clone() for p, v in base.corrupt_logits.items()}

@@ -167,3 +167,74 @@ def test_terminal_names_a_shortcut_that_could_not_engage() -> None:
     assert lines[1:] == [
         "warning: prefix reuse is off: results differ from the plain forward (transformers 9.9)"
     ]
+
+
+def test_source_runs_ride_in_the_baseline_forward(
+    tiny_model_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a corruption, a source as long as its base runs as an extra row of the baseline's
+    forward (one forward, not two); a longer source is captured on its own. Restoring the last
+    block's output at the last position from the source gives the source run's own last logits
+    (an identity), so every cell at the last layer checks the captured source exactly."""
+    from ivx import baselines
+
+    model_dir = tiny_model_dir("llama")
+    base = "When Mary and John went to the store , John gave a drink to"
+    body = {
+        "name": "riders",
+        "model": {"name": str(model_dir)},
+        "prompts": [
+            {"base": base, "source": base.replace(", John", ", Mary"), "target": " Mary", "foil": " John"},
+            {"base": base, "source": "Then " + base.replace(", John", ", Mary"), "target": " Mary"},
+        ],
+        "sweep": {"layer": "all", "position": [0, -1]},
+        "interventions": [
+            {
+                "kind": "vanilla",
+                "component": "block_output",
+                "layer": "$layer",
+                "position": "$position",
+                "source_position": "$position",
+            }
+        ],
+        "metrics": ["target_prob"],
+        "output": {"plots": False, "logits": "last"},
+    }
+    captured: list[list[int]] = []
+    real = baselines.capture
+
+    def spy(work, ids_of, wanted):  # type: ignore[no-untyped-def]
+        captured.append(sorted(ids_of))
+        return real(work, ids_of, wanted)
+
+    monkeypatch.setattr(baselines, "capture", spy)
+    path = tmp_path / "riders.yaml"
+    path.write_text(yaml.safe_dump(body))
+    on = experiment.run(path, out_root=str(tmp_path / "on"), progress=False)
+    assert captured == [[1]]  # prompt 0's source rode along; prompt 1's is longer
+    captured.clear()
+    path.write_text(yaml.safe_dump({**body, "batch": OFF}))
+    off = experiment.run(path, out_root=str(tmp_path / "off"), progress=False)
+    assert captured == [[0, 1], [0, 1]]  # clean and source captures, each on its own
+    a, b = load_file(str(on / "tensors.safetensors")), load_file(str(off / "tensors.safetensors"))
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-5)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    top = model.config.num_hidden_layers - 1
+    rows = [json.loads(line) for line in (on / "results.jsonl").read_text().splitlines()]
+    checked = 0
+    for row in rows:
+        prompt = body["prompts"][row["prompt_index"]]
+        with torch.no_grad():
+            logits = model(torch.tensor([tok(prompt["source"])["input_ids"]])).logits[0, -1]
+        target = tok(prompt["target"], add_special_tokens=False)["input_ids"][0]
+        expected = float(logits.softmax(-1)[target])
+        assert row["p_clean"] == pytest.approx(expected, abs=1e-6)  # the source run's own logits
+        if row["layer"] == top and row["position"] == -1:
+            assert row["target_prob"] == pytest.approx(expected, abs=1e-6)
+            checked += 1
+    assert checked == 2
