@@ -324,7 +324,9 @@ def test_shipped_config_runs_and_verifies(tmp_path: Path) -> None:
     assert report["cells"] == 10 and len(report["verified"]) == 10
     top = sorted(rows, key=lambda r: -abs(r["indirect_effect"]))[:5]
     assert [v["cell"] for v in report["verified"][:5]] == [r["cell"] for r in top]
-    exact = CliRunner().invoke(app, [*args[:4], *args[4:], "--set", "method=exact", "--quiet"])
+    exact = CliRunner().invoke(
+        app, [*args, "--set", "method=exact", "--set", "output.plots=false", "--quiet"]
+    )
     assert exact.exit_code == 0, exact.output
     exact_dir = Path(exact.output.strip().splitlines()[-1])
     truth = {r["cell"]: r for r in map(json.loads, (exact_dir / "results.jsonl").read_text().splitlines())}

@@ -261,6 +261,8 @@ def test_resume_computes_only_missing_cells(tmp_path: Path) -> None:
         "--quiet",
         "--set",
         "prompts.limit=3",
+        "--set",
+        "output.plots=false",  # resume is the point here; the figures are tested elsewhere
     ]
     result = runner.invoke(app, args)
     run_dir = Path(result.output.strip().splitlines()[-1])

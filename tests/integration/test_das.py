@@ -102,7 +102,14 @@ def test_bundle_rejects_other_model_shape(tmp_path: Path) -> None:
         bundle.load(tmp_path / "b")
 
 
-@pytest.mark.parametrize("kind", ["low_rank_rotated_space", "boundless_das", "sigmoid_mask"])
+@pytest.mark.parametrize(
+    "kind",  # one kind in the fast tier; the other two (5 s each) in the slow tier CI also runs
+    [
+        "low_rank_rotated_space",
+        pytest.param("boundless_das", marks=pytest.mark.slow),
+        pytest.param("sigmoid_mask", marks=pytest.mark.slow),
+    ],
+)
 def test_train_finds_the_city_and_the_control_stays_at_chance(kind: str, tmp_path: Path) -> None:
     config = ROOT / "configs" / "das.yaml"
     if kind == "sigmoid_mask":  # a per-dimension mask has no basis size: the config must not set one

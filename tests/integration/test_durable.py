@@ -169,6 +169,7 @@ def test_a_second_writer_is_refused_naming_the_holder(reference, tmp_path: Path,
     assert (run_dir / "results.jsonl").read_bytes() == before
 
 
+@pytest.mark.slow  # two fresh ivx processes on 2 cores: ~9 s
 def test_two_concurrent_resumes_never_both_write(reference, tmp_path: Path, monkeypatch) -> None:
     run_dir = interrupted(reference[0], tmp_path, monkeypatch, parts=2)
     procs = [ivx("run", "--resume", str(run_dir), "--quiet") for _ in range(2)]
