@@ -40,7 +40,10 @@ def run(tmp_path: Path, model: dict, body: dict, name: str) -> Path:
 
 
 def rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    """Result rows by cell: results.jsonl is in execution order, which follows the packing (and
+    the packing follows the cost model, which differs between dtypes)."""
+    found = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
+    return sorted(found, key=lambda r: r["cell"])
 
 
 PATCH_SWEEP = {
