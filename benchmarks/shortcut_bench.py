@@ -16,12 +16,13 @@ fastest repeat reported:
           from the corrupted run's cache, forward hooks writing the clean state) — the reference
           for what exactness allows;
 - pyvene / transformer_lens / nnsight: their documented per-cell loops, if installed.
-ivx timings include its baselines, probes, result files and run directory; the model is loaded
+ivx timings include its baselines, probes, result files and run directory. The model is loaded
 outside every timing and then runs one untimed 2-row forward in every variant (`warm_up`: the
-first forward after loading pays ~1 s on this shape for touching the freshly loaded weights), and its weights' sha256 (recorded in every manifest) is already in ivx's
-digest store, as on every run after a model's first (the first run hashes them once; the
-benchmark times that hashing and prints it). Ratios are per the plain forward, measured in the same run; the load
-average is sampled around every measurement.
+first forward after loading pays ~1 s on this shape for touching the freshly loaded weights).
+Its weights' sha256 (recorded in every manifest) is already in ivx's digest store, as on every
+run after a model's first (the first run hashes them once; the benchmark times that hashing and
+prints it). Ratios are per the plain forward, measured in the same run; the load average is
+sampled around every measurement.
 
     python benchmarks/shortcut_bench.py [--lengths 12 32] [--threads 1 2] [--repeats 2]
 """

@@ -204,8 +204,7 @@ def corrupted_pass(
         per_batch = max(1, work.batch_rows(length) // rows_per_cell)
         for start in range(0, len(group), per_batch):
             chunk = group[start : start + per_batch]
-            runs = [base.run_ids(work, c.prompt) for c in chunk]
-            ids = torch.tensor(runs).repeat_interleave(S, dim=0)
+            ids = torch.tensor([base.run_ids(work, c.prompt) for c in chunk]).repeat_interleave(S, dim=0)
             riding = [c.prompt for c in chunk if c.prompt in riders]
             n = len(ids)
             if riding:

@@ -74,8 +74,9 @@ def _accepts(fn: Any, name: str) -> bool:
 # Device constants of the cost model (measured on a 2-core x86 CPU and taken from typical GPUs):
 # per-block overhead (module calls, kernel launches), weight bandwidth, arithmetic rate. The CPU's
 # arithmetic rate is what one thread sustains through whole blocks (a plain GPT-2-small-shaped
-# forward of 2,048 tokens: ~1e11 FLOP/s on one thread; 4e10 packed too few cells per forward:
-# `benchmarks/shortcut_bench.py` gained 5-13% at T=12 and T=32 on 1 and 2 threads with 8e10).
+# forward of 2,048 tokens: ~1e11 FLOP/s on one thread). 4e10 packed too few cells per forward:
+# with 8e10, the benchmark's workloads ran 5-13% faster in one process, interleaved (T=12 and T=32,
+# 1 and 2 threads); across fresh processes the gain is within the machine's noise.
 DEVICE_COST = {
     "cpu": {"overhead_s": 3e-4, "bytes_per_s": 5e9, "flops_per_s": 8e10},
     "cuda": {"overhead_s": 1e-4, "bytes_per_s": 1e12, "flops_per_s": 2e13},

@@ -169,25 +169,13 @@ def test_terminal_names_a_shortcut_that_could_not_engage() -> None:
     ]
 
 
-def test_source_runs_ride_in_the_baseline_forward(
-    tiny_model_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Without a corruption, a source as long as its base runs as an extra row of the baseline's
-    forward (one forward, not two); a longer source is captured on its own. Restoring the last
-    block's output at the last position from the source gives the source run's own last logits
-    (an identity), so every cell at the last layer checks the captured source exactly."""
-    from ivx import baselines
-
-    model_dir = tiny_model_dir("llama")
-    base = "When Mary and John went to the store , John gave a drink to"
-    body = {
+def _rider_config(model_dir: Path, prompts: list[dict], positions: list[int]) -> dict:
+    """Restore `block_output` from the source at every layer and `positions` (no corruption)."""
+    return {
         "name": "riders",
         "model": {"name": str(model_dir)},
-        "prompts": [
-            {"base": base, "source": base.replace(", John", ", Mary"), "target": " Mary", "foil": " John"},
-            {"base": base, "source": "Then " + base.replace(", John", ", Mary"), "target": " Mary"},
-        ],
-        "sweep": {"layer": "all", "position": [0, -1]},
+        "prompts": prompts,
+        "sweep": {"layer": "all", "position": positions},
         "interventions": [
             {
                 "kind": "vanilla",
@@ -200,6 +188,12 @@ def test_source_runs_ride_in_the_baseline_forward(
         "metrics": ["target_prob"],
         "output": {"plots": False, "logits": "last"},
     }
+
+
+def _spy_captures(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The prompts of every separate clean/source capture (`baselines.capture`) from now on."""
+    from ivx import baselines
+
     captured: list[list[int]] = []
     real = baselines.capture
 
@@ -208,6 +202,24 @@ def test_source_runs_ride_in_the_baseline_forward(
         return real(work, ids_of, wanted)
 
     monkeypatch.setattr(baselines, "capture", spy)
+    return captured
+
+
+def test_source_runs_ride_in_the_baseline_forward(
+    tiny_model_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a corruption, a source as long as its base runs as an extra row of the baseline's
+    forward (one forward, not two); a longer source is captured on its own. Restoring the last
+    block's output at the last position from the source gives the source run's own last logits
+    (an identity), so every cell at the last layer checks the captured source exactly."""
+    model_dir = tiny_model_dir("llama")
+    base = "When Mary and John went to the store , John gave a drink to"
+    prompts = [
+        {"base": base, "source": base.replace(", John", ", Mary"), "target": " Mary", "foil": " John"},
+        {"base": base, "source": "Then " + base.replace(", John", ", Mary"), "target": " Mary"},
+    ]
+    body = _rider_config(model_dir, prompts, [0, -1])
+    captured = _spy_captures(monkeypatch)
     path = tmp_path / "riders.yaml"
     path.write_text(yaml.safe_dump(body))
     on = experiment.run(path, out_root=str(tmp_path / "on"), progress=False)
@@ -238,3 +250,47 @@ def test_source_runs_ride_in_the_baseline_forward(
             assert row["target_prob"] == pytest.approx(expected, abs=1e-6)
             checked += 1
     assert checked == 2
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])  # byte-level BPE; SentencePiece with BOS
+def test_source_runs_ride_along_with_real_tokenizers(
+    style: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same with real tokenizer conventions: whether a source rides is decided on token
+    counts (BOS included), and the riding source's reference equals its own capture's."""
+    from transformers import AutoTokenizer
+
+    from tests.tokenizers import build
+
+    model_dir = build(style, tmp_path / style)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = "The Space Needle is located in the city of"
+    count = len(tok(base)["input_ids"])
+    swaps = ("The Eiffel Tower is located in the city of", "The Golden Gate is located in the city of")
+    same = [s for s in (base.replace("Space", "Golden"), *swaps) if len(tok(s)["input_ids"]) == count]
+    assert same, "no same-length source among the candidates"
+    prompts = [
+        {"base": base, "source": same[0], "target": " Seattle"},
+        {"base": base, "source": "In 1889, " + same[0], "target": " Seattle"},
+    ]
+    body = _rider_config(model_dir, prompts, [-1])
+    captured = _spy_captures(monkeypatch)
+    path = tmp_path / "riders.yaml"
+    path.write_text(yaml.safe_dump(body))
+    on = experiment.run(path, out_root=str(tmp_path / "on"), progress=False)
+    assert captured == [[1]]
+    path.write_text(yaml.safe_dump({**body, "batch": OFF}))
+    off = experiment.run(path, out_root=str(tmp_path / "off"), progress=False)
+
+    def by_cell(run_dir: Path) -> dict[int, dict]:
+        lines = (run_dir / "results.jsonl").read_text().splitlines()
+        return {r["cell"]: r for r in map(json.loads, lines)}
+
+    a, b = by_cell(on), by_cell(off)
+    assert a.keys() == b.keys()
+    top = max(r["layer"] for r in a.values())
+    for cell, row in a.items():
+        assert row["p_clean"] == pytest.approx(b[cell]["p_clean"], abs=1e-6)
+        assert row["target_prob"] == pytest.approx(b[cell]["target_prob"], abs=1e-6)
+        if row["layer"] == top:  # the source's own last state restored: its own logits
+            assert row["target_prob"] == pytest.approx(row["p_clean"], abs=1e-6)
