@@ -47,7 +47,7 @@ def time_run(
     lm: object, work: Path, method: str, layers: object, heads: object, records: list
 ) -> tuple[float, int]:
     """Seconds and cells of one `ivx run` of the head × position sweep."""
-    from ivx import experiment
+    from ivx.recipes import run as experiment
 
     cfg = {
         "name": f"bench_{method}",
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--exact-heads", type=int, default=4, help="heads 0..N-1 the exact run covers")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from ivx import models
+    from ivx.model import loading as models
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -12,7 +12,7 @@ def build_model(out: Path) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from ivx.models import BUNDLED
+    from ivx.model.loading import BUNDLED
 
     torch.manual_seed(0)
     config = GPT2Config(
@@ -35,7 +35,7 @@ def build_model(out: Path) -> Path:
 def store_digests(model_dir: Path) -> float:
     """Hash the model's files into ivx's digest store (every manifest records them), as any run
     after a model's first finds them; return the seconds this first hashing took."""
-    from ivx import fingerprint
+    from ivx.store import fingerprint
 
     start = time.perf_counter()
     for f in sorted(model_dir.iterdir()):

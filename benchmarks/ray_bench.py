@@ -27,7 +27,7 @@ def measure(prep, executor, actors: int, settings) -> dict[str, float]:
     """Run every cell on `actors` actors of a fresh local Ray; seconds and cells/s."""
     import ray
 
-    from ivx import backends
+    from ivx.recipes import backends
 
     opts = settings.ray.model_copy(update={"actors": actors, "threads": 1, "num_cpus": 1})
     run = backends.Settings("ray", opts, settings.path, settings.overrides)
@@ -73,11 +73,12 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from ivx import backends, experiment, runner
+    from ivx.engine import executor as runner
+    from ivx.recipes import backends, prepare
 
     config = ROOT / "configs" / "causal_trace.yaml"
     overrides = (f"prompts.limit={args.prompts}", "output.plots=false")
-    prep = experiment.prepare_all(config, overrides)[0]
+    prep = prepare.prepare_all(config, overrides)[0]
     executor = runner.Executor(prep.cfg, prep.lm, prep.prompts, prep.plan)
     with torch.inference_mode():
         executor.prepare()

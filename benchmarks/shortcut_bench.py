@@ -73,11 +73,12 @@ def ivx_config(model_dir: Path, length: int, shortcuts: bool) -> dict:
 def run_ivx(model_dir: Path, length: int, shortcuts: bool, work: Path) -> tuple[float, int]:
     import yaml
 
-    from ivx import experiment
+    from ivx.recipes import prepare
+    from ivx.recipes import run as experiment
 
     path = work / f"bench_{length}_{shortcuts}.yaml"
     path.write_text(yaml.safe_dump(ivx_config(model_dir, length, shortcuts)))
-    prep = experiment.prepare(path)  # loads the model; not timed
+    prep = prepare.prepare(path)  # loads the model; not timed
     warm_up(prep.lm.model, length)
     start = time.perf_counter()
     experiment.run(path, out_root=str(work / "runs"), progress=False, lm=prep.lm)

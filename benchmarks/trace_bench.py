@@ -4,7 +4,7 @@ A GPT-2-small-shaped model (12 layers, d_model 768, 12 heads, random weights, bu
 one fact, Gaussian noise on the subject, restore block_output at every (layer, position).
 All three are timed in this one process, side by side, and printed as cells/s and ratios.
 ivx runs twice: with its default shortcuts (prefix reuse, layer reuse, no-op cells, deferred
-unembedding; each exact, see tests/integration/test_shortcuts.py) and with all of them off.
+unembedding; each exact, see tests/engine/test_shortcuts.py) and with all of them off.
 
     python benchmarks/trace_bench.py [--samples 10] [--pyvene-cells 24] [--threads 2]
 """
@@ -41,7 +41,8 @@ NOOP: dict[bool, int] = {}  # cells answered by the corrupted baseline, per mode
 def time_ivx(
     model_dir: Path, samples: int, work: Path, reuse: bool, prompts: int = 1
 ) -> tuple[float, int, int]:
-    from ivx import experiment
+    from ivx.recipes import prepare
+    from ivx.recipes import run as experiment
 
     cfg = {
         "name": "bench",
@@ -61,7 +62,7 @@ def time_ivx(
     }
     path = work / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    prep = experiment.prepare(path)  # the model is loaded once, outside the timing (as for the others)
+    prep = prepare.prepare(path)  # the model is loaded once, outside the timing (as for the others)
     cells = len(prep.plan.cells)
     length = prep.prompts[0].length
     start = time.perf_counter()
@@ -124,7 +125,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = build_model(work / "gpt2-small-random")
-        from ivx import runner
+        from ivx.engine import executor as runner
 
         # timed as every run after a model's first: its weights' digests are already stored
         print(f"first run of this model: hashing its files took {store_digests(model_dir):.2f} s")

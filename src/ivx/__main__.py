@@ -1,5 +1,5 @@
 """`python -m ivx` entry point."""
 
-from ivx.cli import main
+from ivx.cli.app import main
 
 main()

@@ -16,6 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ivx.recipes import run as experiment
+from ivx.results import gridplot, tracing, train_report
+from ivx.results import tables as report
+
 
 class Tensors(Mapping[str, Any]):
     """A run's tensors.safetensors, read one tensor at a time on access."""
@@ -85,7 +89,6 @@ class Run:
 
     def table(self) -> str:
         """The terminal table `ivx run` printed (trace tables for layer × position sweeps)."""
-        from ivx import report, tracing
 
         summary = self.summary
         traces = summary.get("traces") or ({None: summary["trace"]} if summary.get("trace") else {})
@@ -95,14 +98,11 @@ class Run:
                 for label, trace in traces.items()
             )
         if "points" in summary:  # an `ivx train` run
-            from ivx import train_report
-
             return train_report.iia_table(summary)
         return report.table(summary)
 
     def plot(self, metric: str | None = None) -> Any:
         """The sweep figure of one metric (default: the main one); None for a single point."""
-        from ivx import gridplot, report
 
         name = metric or report.primary_metric(self.summary.get("metrics", []))
         return gridplot.figure(self.summary, name) if name else None
@@ -157,8 +157,6 @@ def run(
     import tempfile
 
     import yaml
-
-    from ivx import experiment
 
     sets = tuple(item for key, value in overrides.items() for item in _flatten(key, value))
     if isinstance(config, dict):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ivx.toy import world as toy_world
+from ivx.toy.train import accuracy
 
 
 def _write(path: Path, records: list[dict[str, str]]) -> None:
@@ -23,8 +24,6 @@ def export(out: Path, seed: int = 0, model: Any = None, tokenizer: Any = None) -
         for s in world.subjects
     ]
     if model is not None:
-        from ivx.toy.train import accuracy
-
         facts = [r for r in facts if accuracy(model, tokenizer, [r]) == 1.0]
     counts = {"facts.jsonl": len(facts[:200])}
     _write(out / "facts.jsonl", facts[:200])

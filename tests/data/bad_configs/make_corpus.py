@@ -1,7 +1,7 @@
 """Regenerate the malformed/malicious config corpus: `python tests/data/bad_configs/make_corpus.py`.
 
 Each `NN_name.yaml` starts with `# expect: <text>`: `ivx validate` must exit 2 with one clear
-line containing that text (tests/integration/test_bad_configs.py). Binary inputs and the
+line containing that text (tests/config/test_bad_configs.py). Binary inputs and the
 tampered bundles under `files/` are written here too, so the corpus is reproducible.
 """
 

@@ -1,0 +1,273 @@
+"""The exact shortcuts of one run: which are on (config, then a probe on the model), and their state.
+
+`shortcuts` holds the forwards; this module decides per run and per cell: the config's reasons to
+keep a shortcut off, the probe that recomputes the first prompt's corrupted baseline through the
+enabled shortcuts (`verify`), the baseline's KV caches and block outputs the cells continue from,
+and per cell the reusable prefix, the block it enters at and whether it is a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ivx.engine import shortcuts, stagger, trim
+from ivx.engine.baselines import Baselines
+from ivx.engine.cellpatches import PatchBuilder
+from ivx.engine.workload import Workload
+from ivx.model import hooks, kvcache, memory
+from ivx.plan import schedule
+from ivx.plan.grid import Cell
+
+if TYPE_CHECKING:
+    import torch
+
+NAMES = ("prefix_reuse", "layer_reuse", "skip_noop", "defer_head", "trim_final")
+PROBED = ("prefix_reuse", "layer_reuse", "defer_head", "trim_final")
+KV = list[tuple["torch.Tensor", "torch.Tensor"]]
+
+
+def config_reasons(work: Workload) -> dict[str, str | None]:
+    """Why each shortcut is off by the config alone (None: on unless its probe fails)."""
+    if work.scoring.shortcuts_off is not None:
+        return {name: work.scoring.shortcuts_off for name in NAMES}
+    exp = work.exp
+    batch = exp.batch
+    all_logits = "output.logits: all needs every position's logits" if exp.output.logits == "all" else None
+    info = work.lm.info
+    state_bytes = sum(
+        4 * info.n_layers * work.samples * p.length * info.d_model for p in work.prompts.values()
+    )
+    budget = memory.budget_bytes(batch.memory_gb, work.lm) / 2
+    return {
+        "prefix_reuse": "off in config (batch.prefix_reuse)" if not batch.prefix_reuse else all_logits,
+        "layer_reuse": (
+            "off in config (batch.layer_reuse)"
+            if not batch.layer_reuse
+            else "needs prefix reuse"
+            if not batch.prefix_reuse or all_logits
+            else f"baseline block outputs ({state_bytes / 2**20:.0f} MiB) exceed half of batch.memory_gb"
+            if state_bytes >= budget
+            else None
+        ),
+        "skip_noop": "off in config (batch.skip_noop)" if not batch.skip_noop else all_logits,
+        "defer_head": "off in config (batch.defer_head)" if not batch.defer_head else all_logits,
+        "trim_final": (
+            "off in config (batch.trim_final)"
+            if not batch.trim_final
+            else all_logits
+            if all_logits
+            else "off in config (batch.defer_head: trimming needs the deferred head)"
+            if not batch.defer_head
+            else f"no module layout for {info.model_type} (only known layouts are trimmed)"
+            if trim.regions(work.lm.model) is None
+            else None
+        ),
+    }
+
+
+class ShortcutState:
+    """Which shortcuts are on, the baseline state they reuse, and the record of what ran."""
+
+    def __init__(self, work: Workload, base: Baselines) -> None:
+        self.work = work
+        self.base = base
+        self.why_off = config_reasons(work)
+        self.tuple_blocks = False  # skipped blocks return (states,) instead of states
+        self.caches: dict[int, KV] = {}  # per prompt, per layer: the corrupted baseline's KV cache
+        self.states: dict[int, torch.Tensor] = {}  # per prompt: baseline block outputs [layers, S, seq, d]
+        self.report: dict[str, Any] = {"groups": []}  # what ran, for the manifest and the terminal
+        self.noop_cells = 0  # cells answered by the corrupted baseline without a forward pass
+        self._divergences: dict[tuple[int, str], int] = {}
+
+    def on(self, name: str) -> bool:
+        """Whether a shortcut is on: enabled in the config and proven by its probe on this model."""
+        return self.why_off[name] is None
+
+    def cost(self) -> schedule.Cost:
+        """Cost model of forwards on this model and device (see `schedule`), recorded in the report."""
+        cost = shortcuts.estimate(self.work.lm)
+        self.report["cost"] = cost.to_dict()
+        return cost
+
+    # ---- per cell ---------------------------------------------------------------------------
+    def prefix(self, cell: Cell) -> int:
+        """Tokens before the first edited position: their states equal the baseline run's."""
+        if not self.on("prefix_reuse") or cell.index < 0 or not cell.edits or cell.prompt not in self.caches:
+            return 0
+        return min(min(e.positions) for e in cell.edits)
+
+    def entry(self, cell: Cell) -> int:
+        """The cell's entry block: blocks below its first edited layer give the baseline's outputs."""
+        if not self.on("layer_reuse") or cell.index < 0 or not cell.edits or cell.prompt not in self.states:
+            return 0
+        return min(
+            0 if e.component == "embedding" else e.layer + (e.component == "block_output") for e in cell.edits
+        )
+
+    def noop(self, cell: Cell) -> bool:
+        """Whether every edit of a cell copies the value its site already has in the cell's run.
+
+        Then (by induction over the forward pass) the cell's run is the corrupted baseline run
+        itself, and its outputs are that run's logits: exact, and not recomputed.
+        """
+        if not self.on("skip_noop") or cell.index < 0 or not cell.edits:
+            return False
+        for e in cell.edits:
+            if e.kind != "vanilla" or e.source_positions != e.positions or e.vector is not None:
+                return False
+            if e.source == "corrupted":
+                continue
+            if e.source not in ("base", "source") or max(e.positions) >= self._divergence(
+                cell.prompt, e.source
+            ):
+                return False
+        return cell.prompt in self.base.corrupt_logits
+
+    def _divergence(self, prompt: int, source: str) -> int:
+        """First position where the cells' input run can differ from the `source` run.
+
+        Cells run the corrupted base input; in a causal model every activation at an earlier
+        position is computed from identical tokens in both runs, so it is identical.
+        """
+        key = (prompt, source)
+        if key not in self._divergences:
+            p = self.work.prompts[prompt]
+            run_ids = self.base.run_ids(self.work, prompt)
+            other = p.base_ids if source == "base" else p.source_ids
+            if other is None or len(other) != len(run_ids):
+                self._divergences[key] = 0
+                return 0
+            differ = [i for i, (a, b) in enumerate(zip(run_ids, other, strict=True)) if a != b]
+            if self.base.noise:
+                differ += list(self.work.plan.corrupt_positions[prompt])
+            self._divergences[key] = min(differ, default=len(run_ids))
+        return self._divergences[key]
+
+    # ---- baseline state -----------------------------------------------------------------------
+    def keep(self, cells: list[Cell], cache: Any, store: dict, state_sites: list) -> None:
+        """Keep the corrupted baseline's KV cache and block outputs of each prompt of a batch."""
+        import torch
+
+        S = self.work.samples
+        stacked = torch.stack([store[site] for site in state_sites]) if state_sites else None
+        for i, cell in enumerate(cells):
+            rows = slice(i * S, (i + 1) * S)
+            if self.on("prefix_reuse"):
+                self.caches[cell.prompt] = [
+                    (k[rows].clone(), v[rows].clone()) for k, v in kvcache.layers(cache)
+                ]
+            if stacked is not None:
+                self.states[cell.prompt] = stacked[:, rows].clone()  # [layers, rows, seq, d]
+
+    def past(self, cells: list[Cell], prefix: int, entries: list[int]) -> Any:
+        """The baseline KV cache of the first `prefix` tokens, as one batch; per layer only the rows
+        that run it (`entries`: each row's entry block, ascending; see `stagger`)."""
+        import torch
+
+        S = self.work.samples
+        pairs = []
+        for layer in range(len(self.caches[cells[0].prompt])):
+            rows = stagger.active_rows(entries, layer) or len(entries)  # a skipped layer's cache is unused
+            caches = [self.caches[c.prompt][layer] for c in cells[: -(-rows // S)]]
+            pairs.append(
+                (
+                    torch.cat([keys[:, :, :prefix] for keys, _ in caches])[:rows],
+                    torch.cat([values[:, :, :prefix] for _, values in caches])[:rows],
+                )
+            )
+        return kvcache.build(self.work.lm.model.config, pairs)
+
+    def entering(self, cells: list[Cell], prefix: int, entries: list[int]) -> Any:
+        """Context: each row enters the blocks at its entry block, the rest from the baseline's states."""
+        import torch
+
+        S = self.work.samples
+
+        def states(block: int, start: int, out: torch.Tensor | None) -> torch.Tensor:
+            first = start // S  # rows of one cell share an entry, so `start` is a multiple of S
+            parts = [self.states[c.prompt][block][:, prefix:] for c in cells[first:]]
+            if out is None:
+                return torch.cat(parts)
+            torch.cat(parts, out=out)
+            return out
+
+        return stagger.staggered(self.work.lm, entries, states, self.tuple_blocks)
+
+    # ---- the probe ------------------------------------------------------------------------------
+    def verify(self, builder: PatchBuilder) -> None:
+        """Recompute the first prompt's corrupted baseline through every enabled shortcut at once.
+
+        It must reproduce the baseline's plain-forward logits; if it does not, each shortcut is
+        checked alone and the failing ones are switched off with the reason (see `shortcuts`).
+        """
+        import transformers
+
+        wanted = [n for n in PROBED if self.why_off[n] is None]
+        if wanted and self.base.corrupt_logits:
+            prompt = min(self.base.corrupt_logits)
+            if not self._replays(builder, prompt, set(wanted)):
+                self._probe_alone(builder, prompt, wanted, transformers.__version__)
+        if not self.on("prefix_reuse"):
+            self.caches.clear()
+        if not self.on("layer_reuse"):
+            self.states.clear()
+        self.report["transformers"] = transformers.__version__
+        self.report["cache_argument"] = kvcache.argument(self.work.lm.model.forward)
+        self.report["tuple_blocks"] = self.tuple_blocks
+        self.report["shortcuts"] = {
+            name: {"on": why is None, **({"why": why} if why else {})} for name, why in self.why_off.items()
+        }
+
+    def _probe_alone(self, builder: PatchBuilder, prompt: int, wanted: list[str], version: str) -> None:
+        """Check each shortcut alone, switch off those that fail, then the survivors together."""
+        for name in wanted:
+            if name == "layer_reuse" and not self._replays(builder, prompt, {name}):
+                self.tuple_blocks = True  # blocks of transformers 4.x return tuples
+            if not self._replays(builder, prompt, {name}):
+                self.tuple_blocks = self.tuple_blocks and name != "layer_reuse"
+                self.why_off[name] = (
+                    f"{self._replay_error or 'results differ from the plain forward'} "
+                    f"(transformers {version}); switched off"
+                )
+        if self.why_off["prefix_reuse"] is not None and self.why_off["layer_reuse"] is None:
+            self.why_off["layer_reuse"] = "needs prefix reuse"
+        if self.why_off["defer_head"] is not None and self.why_off["trim_final"] is None:
+            self.why_off["trim_final"] = "needs the deferred head"
+        alive = {n for n in PROBED if self.why_off[n] is None}
+        if alive and not self._replays(builder, prompt, alive):  # each works alone, not together
+            for name in alive:
+                self.why_off[name] = "results differ when combined with the other shortcuts"
+
+    def _replays(self, builder: PatchBuilder, prompt: int, use: set[str]) -> bool:
+        """Whether the corrupted baseline of `prompt`, recomputed with the shortcuts `use`, is unchanged."""
+        import torch
+
+        work = self.work
+        prefix = work.prompts[prompt].length // 2 if "prefix_reuse" in use else 0
+        # layer reuse: two copies of the run, one entering at a late block (every block below it
+        # returns the stored states, as most cells' do), one after the last block (staggered; cheap).
+        # Even a 2-layer model skips a block, so how skipped blocks must return is always checked.
+        top = work.lm.info.n_layers
+        entries = [min(top - 1, max(1, top - 2)), top] if "layer_reuse" in use else [0]
+        cells = [Cell(-1 - prompt, prompt, (), ())] * len(entries)
+        entries = [e for e in entries for _ in range(work.samples)]
+        ids = torch.tensor([self.base.run_ids(work, prompt)] * len(cells))
+        ids = ids.repeat_interleave(work.samples, dim=0)[:, prefix:]
+        self._replay_error: str | None = None
+        try:
+            patches = builder.build(cells, offset=prefix).patches
+            past = self.past(cells, prefix, entries) if prefix else None
+            entering = self.entering(cells, prefix, entries)
+            trimming = trim.trimmed(work.lm, "trim_final" in use)
+            with torch.inference_mode(), hooks.patching(work.lm.model, patches), entering, trimming:
+                if use & {"defer_head", "trim_final"}:
+                    logits = shortcuts.unembed(work.lm, shortcuts.final_hidden(work.lm, ids, past))
+                else:
+                    logits, _ = work.forward(ids, past=past)
+        except Exception as exc:  # a changed API: the shortcut stays off
+            self._replay_error = f"check failed with {type(exc).__name__}: {str(exc)[:100]}"
+            return False
+        expected = self.base.corrupt_logits[prompt].repeat(len(cells), 1)
+        return logits.shape == expected.shape and bool(
+            torch.allclose(logits.cpu(), expected, rtol=1e-4, atol=1e-4)
+        )

@@ -1,0 +1,130 @@
+"""The forward passes ivx's exact shortcuts run, and the probes that prove each one on the loaded model.
+
+- **prefix reuse**: a cell's positions before its first edit equal the baseline run's, so the
+  cell continues from the baseline's KV cache;
+- **layer reuse**: blocks below a cell's first edited layer return the baseline's outputs;
+- **deferred unembedding**: cells run the backbone, the LM head runs once for many cells;
+- **final-block trimming**: with the head deferred, the last block's output projection and MLP
+  run on the last position only (`ivx.trim`).
+
+Each relies on an API of transformers (the cache argument, how blocks are called, what the head
+computes). A release that changes one must not silently change numbers or speed, so every run
+checks them on its first prompt before any cell runs (`shortcut_state.ShortcutState.verify`): the
+corrupted baseline recomputed through all enabled shortcuts at once (half the prompt from its KV
+cache, block 0 skipped, the head deferred) must reproduce its plain-forward logits; on a
+mismatch each shortcut is checked alone and the failing ones are switched off, with the reason
+recorded (manifest `shortcuts`) and printed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ivx.model import components, kvcache
+from ivx.plan import schedule
+
+if TYPE_CHECKING:
+    import torch
+
+    from ivx.model.loading import LoadedModel
+
+
+def forward(
+    lm: LoadedModel, ids: torch.Tensor, all_logits: bool = False, past: Any = None, keep_cache: bool = False
+) -> tuple[torch.Tensor, Any]:
+    """Logits of equal-length rows, [b, vocab] (last position) or [b, s, vocab], and the new cache.
+
+    With `past`, `ids` continue a cached prefix; with `keep_cache`, the returned cache is kept.
+    """
+    model = lm.model
+    kwargs: dict[str, Any] = {"input_ids": ids.to(lm.device), "use_cache": keep_cache or past is not None}
+    if past is not None:
+        kwargs[kvcache.argument(model.forward)] = past
+    if not all_logits and _accepts(model.forward, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1
+    out = model(**kwargs)
+    logits = out.logits.float() if all_logits else out.logits[:, -1].float()
+    return logits, (kvcache.returned(out) if keep_cache else None)
+
+
+def final_hidden(lm: LoadedModel, ids: torch.Tensor, past: Any = None) -> torch.Tensor:
+    """The backbone's last-position output (after the final norm): [b, d]."""
+    backbone = lm.model.base_model
+    kwargs: dict[str, Any] = {"input_ids": ids.to(lm.device), "use_cache": past is not None}
+    if past is not None:
+        kwargs[kvcache.argument(backbone.forward)] = past
+    out = backbone(**kwargs)
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden[:, -1]
+
+
+def unembed(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits of backbone outputs: [b, vocab]."""
+    return lm.model.get_output_embeddings()(hidden).float()
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# Device constants of the cost model (measured on a 2-core x86 CPU and taken from typical GPUs):
+# per-block overhead (module calls, kernel launches), weight bandwidth, arithmetic rate. The CPU's
+# arithmetic rate is what one thread sustains through whole blocks (a plain GPT-2-small-shaped
+# forward of 2,048 tokens: ~1e11 FLOP/s on one thread). 4e10 packed too few cells per forward:
+# with 8e10, the benchmark's workloads ran 5-13% faster in one process, interleaved (T=12 and T=32,
+# 1 and 2 threads); across fresh processes the gain is within the machine's noise.
+DEVICE_COST = {
+    "cpu": {"overhead_s": 3e-4, "bytes_per_s": 5e9, "flops_per_s": 8e10},
+    "cuda": {"overhead_s": 1e-4, "bytes_per_s": 1e12, "flops_per_s": 2e13},
+}
+
+
+def estimate(lm: LoadedModel) -> schedule.Cost:
+    """The cost model of this model on its device: seconds per block run and per token-block.
+
+    Computed from the first block's parameter count and device constants, not timed: the
+    packing it chooses decides which rows share a forward, and a choice that followed the
+    machine's load would make results differ in their last bits from run to run and on resume.
+    """
+
+    block = components.blocks(lm.model)[0]
+    params = sum(p.numel() for p in block.parameters())
+    width = next(block.parameters()).element_size()
+    device = DEVICE_COST.get(lm.device.type, DEVICE_COST["cuda"])
+    return schedule.Cost(
+        block=device["overhead_s"] + params * width / device["bytes_per_s"],
+        token=2 * params / device["flops_per_s"],
+        call=2 * device["overhead_s"],
+    )
+
+
+NAMES = {
+    "prefix_reuse": "prefix reuse",
+    "layer_reuse": "layer reuse",
+    "skip_noop": "no-op cells",
+    "defer_head": "deferred head",
+    "trim_final": "final-block trimming",
+}
+
+
+def describe(report: dict[str, Any]) -> list[str]:
+    """Terminal lines: which shortcuts ran per prompt length, and a warning for each that could not."""
+    state = report.get("shortcuts", {})
+    flags = ", ".join(f"{NAMES[k]} {'on' if v['on'] else 'off'}" for k, v in state.items())
+    lines = [f"shortcuts (transformers {report.get('transformers', '?')}): {flags}"]
+    for g in report.get("groups", []):
+        lines.append(
+            f"  {g['length']} tokens: {g['cells']} cells, {g['noop_cells']} no-op, "
+            f"{g['forwards']} forwards ({g.get('packing', '-')}); {g.get('cells_after_prefix', 0)} after a "
+            f"reused prefix, {g.get('cells_skipping_blocks', 0)} skipping blocks"
+        )
+    for name, value in state.items():
+        why = value.get("why", "")
+        if not value["on"] and not why.startswith("off in config"):
+            lines.append(f"warning: {NAMES[name]} is off: {why}")
+    return lines

@@ -1,0 +1,403 @@
+"""Resolve pyvene component names to (module, hook, slice) sites for any decoder-only HF model.
+
+Resolution is data: one row per module layout in `LAYOUTS`, plus a structural fallback that
+finds the block list and its attention/MLP children, so an unknown architecture still gets
+block-level components. A `Site` says which module to hook, whether to read its input or its
+output, and which slice of that tensor is the component:
+
+    component = raw.view(*lead, groups, width)[..., lo:hi].reshape(*lead, groups * (hi - lo))
+
+which covers plain tensors (groups=1, the whole width), fused [q|k|v] projections (GPT-2,
+Phi-3) and per-head interleaved projections (GPT-NeoX).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from ivx.config.fields import COMPONENT_NAMES
+from ivx.core.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+COMPONENTS: tuple[str, ...] = COMPONENT_NAMES
+HEAD_COMPONENTS: frozenset[str] = frozenset(c for c in COMPONENTS if c.startswith("head_"))
+
+
+class ComponentError(UserError, ValueError):
+    """An unknown component, one this architecture lacks, or a layer out of range."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ivx needs to know about a model's shape and layout."""
+
+    model_type: str
+    layout: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_mlp: int | None
+    vocab_size: int
+    components: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a component lives: module, hook side, and the slice of the hooked tensor."""
+
+    component: str
+    layer: int
+    module: str
+    hook: Literal["input", "output"]
+    groups: int
+    width: int
+    lo: int
+    hi: int
+    n_heads: int
+
+    @property
+    def dim(self) -> int:
+        """Width of the component vector."""
+        return self.groups * (self.hi - self.lo)
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one head (dim for non-head components)."""
+        return self.dim // self.n_heads
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Module names of one family of decoder blocks, relative to the block."""
+
+    blocks: str  # path of the ModuleList of blocks
+    attn: str
+    o_proj: str  # attention output projection (its input = per-head values)
+    q: str | None  # separate projections ...
+    k: str | None
+    v: str | None
+    qkv: Literal["gpt2", "neox", "phi3"] | None  # ... or a fused one: (path in `fused`)
+    fused: str | None
+    mlp: str | None  # None: MLP layers live directly on the block (OPT)
+    mlp_in: str  # module whose input is mlp_input
+    mlp_out: str  # module whose output is mlp_output
+    mlp_down: str  # MLP output projection (its input = mlp_activation)
+    mid: str | None  # module whose input is residual_mid (None: parallel residual)
+
+
+_LLAMA = Layout(
+    "model.layers",
+    "self_attn",
+    "self_attn.o_proj",
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    None,
+    None,
+    "mlp",
+    "mlp",
+    "mlp",
+    "mlp.down_proj",
+    "post_attention_layernorm",
+)
+LAYOUTS: dict[str, Layout] = {
+    "gpt2": Layout(
+        "transformer.h",
+        "attn",
+        "attn.c_proj",
+        None,
+        None,
+        None,
+        "gpt2",
+        "attn.c_attn",
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.c_proj",
+        "ln_2",
+    ),
+    "gpt_neox": Layout(
+        "gpt_neox.layers",
+        "attention",
+        "attention.dense",
+        None,
+        None,
+        None,
+        "neox",
+        "attention.query_key_value",
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.dense_4h_to_h",
+        "post_attention_layernorm",
+    ),
+    "gptj": Layout(
+        "transformer.h",
+        "attn",
+        "attn.out_proj",
+        "attn.q_proj",
+        "attn.k_proj",
+        "attn.v_proj",
+        None,
+        None,
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.fc_out",
+        None,
+    ),
+    "opt": Layout(
+        "model.decoder.layers",
+        "self_attn",
+        "self_attn.out_proj",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        None,
+        None,
+        None,
+        "fc1",
+        "fc2",
+        "fc2",
+        "final_layer_norm",
+    ),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "mixtral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gemma": _LLAMA,
+    "olmo": _LLAMA,
+    "gemma2": replace(_LLAMA, mid="pre_feedforward_layernorm"),
+    "gemma3_text": replace(_LLAMA, mid="pre_feedforward_layernorm"),
+    "olmo2": replace(_LLAMA, mid=None),
+    "phi3": Layout(
+        "model.layers",
+        "self_attn",
+        "self_attn.o_proj",
+        None,
+        None,
+        None,
+        "phi3",
+        "self_attn.qkv_proj",
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.down_proj",
+        "post_attention_layernorm",
+    ),
+    "phi": Layout(
+        "model.layers",
+        "self_attn",
+        "self_attn.dense",
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        None,
+        None,
+        "mlp",
+        "mlp",
+        "mlp",
+        "mlp.fc2",
+        None,
+    ),
+}
+
+
+def _cfg(config: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _has(model: Any, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def layout(model: Any) -> tuple[str, Layout | None, str]:
+    """(layout name, table row or None for fallback, blocks path)."""
+    config = model.config
+    model_type = getattr(config, "model_type", "unknown")
+    row = LAYOUTS.get(model_type)
+    if row is not None and _has(model, f"{row.blocks}.0.{row.attn}"):
+        if model_type == "gpt_neox" and getattr(config, "use_parallel_residual", True):
+            row = replace(row, mid=None)
+        return model_type, row, row.blocks
+    import torch
+
+    n_layers = _cfg(config, "num_hidden_layers", "n_layer", "num_layers")
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            return "fallback", None, name
+    raise ComponentError(f"could not find the list of decoder blocks in {type(model).__name__}")
+
+
+def _child(model: Any, block: str, names: tuple[str, ...]) -> str | None:
+    for name in names:
+        if _has(model, f"{block}.{name}"):
+            return name
+    return None
+
+
+def describe(model: Any) -> ModelInfo:
+    """Shape and layout of a loaded causal LM."""
+    config = getattr(model.config, "text_config", None) or model.config
+    name, row, blocks = layout(model)
+    n_layers = len(model.get_submodule(blocks))
+    d_model = _cfg(config, "hidden_size", "n_embd", "d_model")
+    n_heads = _cfg(config, "num_attention_heads", "n_head")
+    n_kv = _cfg(config, "num_key_value_heads", default=n_heads)
+    head_dim = _cfg(config, "head_dim", default=d_model // n_heads)
+    d_mlp = _cfg(config, "intermediate_size", "n_inner", "ffn_dim")
+    if d_mlp is None and name in ("gpt2", "gptj"):
+        d_mlp = 4 * d_model
+    if row is None:
+        comps = ["embedding", "block_input", "block_output"]
+        if _child(model, f"{blocks}.0", ("self_attn", "attn", "attention", "self_attention")):
+            comps += ["attention_input", "attention_output"]
+        if _child(model, f"{blocks}.0", ("mlp", "feed_forward", "ffn")):
+            comps += ["mlp_input", "mlp_output"]
+        components = tuple(c for c in COMPONENTS if c in comps)
+    else:
+        components = tuple(c for c in COMPONENTS if c != "residual_mid" or row.mid is not None)
+    return ModelInfo(
+        model_type=getattr(config, "model_type", "unknown"),
+        layout=name,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        d_mlp=d_mlp,
+        vocab_size=_cfg(config, "vocab_size"),
+        components=components,
+    )
+
+
+def _qkv(info: ModelInfo, kind: str, part: str) -> tuple[int, int, int, int, int]:
+    """(groups, width, lo, hi, heads) of q/k/v inside a fused projection output."""
+    hd, nh, nkv = info.head_dim, info.n_heads, info.n_kv_heads
+    heads = nh if part == "q" else nkv
+    if kind == "neox":
+        index = "qkv".index(part)
+        return nh, 3 * hd, index * hd, (index + 1) * hd, nh
+    sizes = {"q": nh * hd, "k": nkv * hd, "v": nkv * hd}
+    if kind == "gpt2":
+        sizes = {"q": info.d_model, "k": info.d_model, "v": info.d_model}
+    width = sum(sizes.values())
+    lo = {"q": 0, "k": sizes["q"], "v": sizes["q"] + sizes["k"]}[part]
+    return 1, width, lo, lo + sizes[part], heads
+
+
+def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
+    """The Site of `component` at `layer`; ComponentError with the valid choices otherwise."""
+    if component not in COMPONENTS:
+        near = difflib.get_close_matches(component, COMPONENTS, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ComponentError(f"unknown component {component!r}; {hint}valid: {', '.join(COMPONENTS)}")
+    if component not in info.components:
+        raise ComponentError(
+            f"component {component!r} does not exist in {info.model_type} (layout {info.layout}); "
+            f"available: {', '.join(info.components)}"
+        )
+    if component == "embedding":
+        path = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+        d = info.d_model
+        return Site(component, 0, path, "output", 1, d, 0, d, 1)
+    if not 0 <= layer < info.n_layers:
+        raise ComponentError(
+            f"layer {layer} is out of range: the model has {info.n_layers} layers (0..{info.n_layers - 1})"
+        )
+    _, row, blocks = layout(model)
+    block = f"{blocks}.{layer}"
+    d = info.d_model
+
+    def whole(path: str, hook: Literal["input", "output"], width: int = d, heads: int = 1) -> Site:
+        return Site(component, layer, path, hook, 1, width, 0, width, heads)
+
+    if component in ("block_input", "block_output"):
+        return whole(block, "input" if component == "block_input" else "output")
+    if row is None:  # structural fallback: attention / MLP modules only
+        attn = _child(model, block, ("self_attn", "attn", "attention", "self_attention"))
+        mlp = _child(model, block, ("mlp", "feed_forward", "ffn"))
+        name = attn if component.startswith("attention") else mlp
+        return whole(f"{block}.{name}", "input" if component.endswith("input") else "output")
+    nh, nkv, hd = info.n_heads, info.n_kv_heads, info.head_dim
+    if component == "attention_input":
+        return whole(f"{block}.{row.attn}", "input")
+    if component == "attention_output":
+        return whole(f"{block}.{row.attn}", "output")
+    if component in ("attention_value_output", "head_attention_value_output"):
+        heads = nh if component.startswith("head_") else 1
+        return whole(f"{block}.{row.o_proj}", "input", nh * hd, heads)
+    if component in ("mlp_input", "mlp_output"):
+        path = row.mlp_in if component == "mlp_input" else row.mlp_out
+        return whole(f"{block}.{path}", "input" if component == "mlp_input" else "output")
+    if component == "mlp_activation":
+        return whole(f"{block}.{row.mlp_down}", "input", int(info.d_mlp or 4 * d))
+    if component == "residual_mid":
+        assert row.mid is not None
+        return whole(f"{block}.{row.mid}", "input")
+    part = component.removeprefix("head_")[0]  # q / k / v
+    head_unit = component.startswith("head_")
+    if row.qkv is not None:
+        assert row.fused is not None
+        groups, width, lo, hi, heads = _qkv(info, row.qkv, part)
+        return Site(
+            component,
+            layer,
+            f"{block}.{row.fused}",
+            "output",
+            groups,
+            width,
+            lo,
+            hi,
+            heads if head_unit else 1,
+        )
+    path = {"q": row.q, "k": row.k, "v": row.v}[part]
+    heads = nh if part == "q" else nkv
+    return whole(f"{block}.{path}", "output", heads * hd, heads if head_unit else 1)
+
+
+def blocks(model: Any) -> list[Any]:
+    """The decoder blocks, in order."""
+    return list(model.get_submodule(layout(model)[2]))
+
+
+def read(site: Site, raw: torch.Tensor) -> torch.Tensor:
+    """The component `[..., dim]` inside a raw hook tensor."""
+    part = raw.reshape(*raw.shape[:-1], site.groups, site.width)[..., site.lo : site.hi]
+    return part.reshape(*raw.shape[:-1], site.dim)
+
+
+def write(site: Site, raw: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """A copy of `raw` with the component replaced by `new` `[..., dim]`."""
+    out = raw.clone()
+    view = out.view(*raw.shape[:-1], site.groups, site.width)
+    view[..., site.lo : site.hi] = new.reshape(*raw.shape[:-1], site.groups, site.hi - site.lo).to(out.dtype)
+    return out
+
+
+def table(model: Any, info: ModelInfo) -> list[dict[str, Any]]:
+    """One row per available component: module at layer N, hook side, shape (for `ivx components`)."""
+    rows = []
+    for component in info.components:
+        site = resolve(model, info, component, 0)
+        module = site.module if component == "embedding" else site.module.replace(".0", ".N", 1)
+        shape = (
+            f"[b, s, {site.n_heads} heads × {site.head_dim}]" if site.n_heads > 1 else f"[b, s, {site.dim}]"
+        )
+        rows.append({"name": component, "module": module, "hook": site.hook, "shape": shape})
+    return rows

@@ -1,0 +1,143 @@
+"""One `prepare` for every command: load → schema → method checks → model-aware checks → plan.
+
+`ivx validate --for X` and `ivx X` (run, generate, train) and the Ray workers all prepare a config
+here, so what validate accepts the command accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ivx.config import loader as config_mod
+from ivx.config.loader import LoadedConfig
+from ivx.core.errors import ConfigError
+from ivx.methods import registry
+from ivx.model import loading as models
+from ivx.plan import checks, tokenization
+from ivx.plan import grid as plan
+from ivx.plan.grid import Mode
+from ivx.plan.prepared import Prepared, variants
+
+
+def prepare(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -> Prepared:
+    """Validate the config, load the model, tokenize prompts and expand the plan.
+
+    `lm` reuses an already loaded `models.LoadedModel` (library use: many configs, one model).
+    Raises ConfigError (schema and model-aware problems) or models.ModelLoadError.
+    """
+    return prepare_all(path, overrides, lm)[0]
+
+
+def prepare_all(
+    path: str | Path,
+    overrides: tuple[str, ...] = (),
+    lm: Any = None,
+    weights: bool = True,
+    max_cells: int | None = None,
+    mode: Mode = "run",
+) -> list[Prepared]:
+    """`prepare` for every corruption variant (one item unless `corrupt` is a list).
+
+    `weights=False` checks against the model's structure only (meta device, nothing downloaded
+    but its config and tokenizer); fact selection, which needs forward passes, is then skipped.
+    `max_cells` refuses larger plans before they are built (their cells alone fill memory).
+    """
+
+    cfg = config_mod.load(path, overrides, (registry.config_checks,))
+    spec = cfg.experiment.model
+    load = (spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, spec.device_map)
+    if lm is None:
+        # the structure first (meta device): a bad layer or position is reported before minutes
+        # of loading a large model's weights
+        try:
+            lm = models.load(*load, weights=False)
+        except models.MetaUnsupported:
+            if not weights:
+                raise
+            lm = models.load(*load)  # its init needs real tensors: check after loading
+    prompts = tokenization.for_config(cfg, lm.tokenizer)
+    _check_files(cfg)
+    checks.model_limits(cfg, lm, prompts, max_cells)
+    registry.check_model(cfg, lm)
+    out = _expand(cfg, lm, prompts, None, mode)  # raises ConfigError with every model-aware problem
+    if weights and lm.device.type == "meta":
+        lm = models.load(*load)
+        out = [dataclasses.replace(prep, lm=lm) for prep in out]
+    trace = cfg.experiment.trace
+    if trace is not None and trace.select_correct and weights:
+        prompts, dropped = select_correct(lm, prompts)
+        if not prompts:
+            raise ConfigError(
+                [cfg.problem(("trace", "select_correct"), "the model predicts none of the targets")]
+            )
+        out = _expand(cfg, lm, prompts, dropped)
+    problems = checks.replacement(cfg, lm.tokenizer, prompts)
+    if problems:
+        raise ConfigError(problems)  # before the run directory and any cell
+    return out
+
+
+def _expand(
+    cfg: LoadedConfig, lm: Any, prompts: list, dropped: list | None, mode: Mode = "run"
+) -> list[Prepared]:
+    """One Prepared per corruption variant, cell indices unique across variants."""
+
+    out = []
+    offset = 0
+    for label, variant in variants(cfg):
+        expanded = plan.expand(variant, lm.info, prompts, mode)
+        cells = tuple(dataclasses.replace(c, index=c.index + offset) for c in expanded.cells)
+        offset += len(cells)
+        out.append(Prepared(variant, lm, prompts, dataclasses.replace(expanded, cells=cells), dropped, label))
+    return out
+
+
+def _check_files(cfg: LoadedConfig) -> None:
+    """Vector and bundle references must exist before anything runs (hf:// is checked on load)."""
+
+    problems = []
+    for i, iv in enumerate(cfg.experiment.interventions):
+        for field in ("vector", "bundle"):
+            ref = getattr(iv, field)
+            if isinstance(ref, str) and ref.startswith("hf://"):
+                problems.extend(checks.hub_reference(cfg, ("interventions", i, field), ref))
+            if not isinstance(ref, str) or ref.startswith("hf://") or ref.startswith("$"):
+                continue
+            path = Path(ref) if Path(ref).is_absolute() else cfg.path.parent / ref
+            if not path.exists():
+                problems.append(
+                    cfg.problem(("interventions", i, field), f"{ref!r} not found (looked at {path})")
+                )
+            else:
+                problems.extend(checks.reference(cfg, ("interventions", i, field), path))
+    if problems:
+        raise ConfigError(problems)
+
+
+def select_correct(lm: Any, prompts: list) -> tuple[list, list[dict[str, Any]]]:
+    """Keep prompts whose greedy next token is the target's first token; report the others."""
+    import torch
+
+    kept, dropped = [], []
+    with torch.inference_mode():
+        for p in prompts:
+            logits = lm.model(input_ids=torch.tensor([p.base_ids], device=lm.device)).logits[0, -1]
+            top = int(logits.argmax())
+            if p.target_id is None:
+                dropped.append({"prompt_index": p.index, "base": p.record.base, "reason": "no target"})
+            elif top != p.target_id:
+                predicted = lm.tokenizer.decode([top])
+                dropped.append(
+                    {
+                        "prompt_index": p.index,
+                        "base": p.record.base,
+                        "target": p.record.target,
+                        "predicted": predicted,
+                        "reason": f"greedy prediction {predicted!r} is not the target",
+                    }
+                )
+            else:
+                kept.append(p)
+    return kept, dropped
