@@ -30,8 +30,10 @@ def test_every_shipped_config_validates(path: Path, monkeypatch: pytest.MonkeyPa
     assert cfg.records
     if needs_hub(path):
         return  # model-aware checks need the model; covered by the offline configs
-    # a training config is checked for `ivx train` (for `ivx run` its kind needs a trained bundle)
-    command = ["--for", "train"] if "train" in yaml.safe_load(path.read_text()) else []
+    # a training config is checked for `ivx train` (for `ivx run` its kind needs a trained bundle),
+    # a generation config (`generate:`) for `ivx generate`
+    sections = yaml.safe_load(path.read_text())
+    command = next((["--for", c] for c in ("train", "generate") if c in sections), [])
     result = runner.invoke(app, ["validate", str(path), *command])
     assert result.exit_code == 0, result.output
     assert "cells" in result.output

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ivx.config import docs
 from ivx.config import loader as config
-from ivx.config import reference
 from ivx.core import errors, interventions, metrics
 from ivx.core.errors import ConfigError, Problem
 
@@ -81,7 +81,7 @@ def test_every_fixed_kind_computes_its_documented_formula() -> None:
 
 
 def test_reference_docs_list_every_kind_and_metric() -> None:
-    text = reference.markdown().split("## Intervention kinds", 1)[1]
+    text = docs.markdown().split("## Intervention kinds", 1)[1]
     for name, spec in interventions.KINDS.items():
         row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
         assert all(field in row for field in spec.fields) and spec.description in row

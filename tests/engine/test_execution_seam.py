@@ -131,3 +131,35 @@ def test_a_fake_backend_plugs_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert manifest["status"] == "complete"
     groups = json.loads((local / "manifest.json").read_text())["shortcuts"]["groups"]
     assert manifest["shortcuts"]["groups"] == groups
+    _check_against_plain_forwards(remote)
+
+
+def _check_against_plain_forwards(run_dir: Path) -> None:
+    """Numbers no backend computed: the clean run is a plain forward, and restoring the last block's
+    output at the last position gives back the clean answer (nothing after the last block mixes
+    positions), whatever the noise."""
+    lm = models.load("ivx-toy")
+    last_layer = lm.info.n_layers - 1
+    rows = [json.loads(line) for line in _results(run_dir)[0]]
+    tensors = load_file(str(run_dir / "tensors.safetensors"))
+    prompts = json.loads((run_dir / "summary.json").read_text())["prompts"]
+    restored = 0
+    for prompt in prompts:
+        ids = lm.tokenizer(prompt["base"], add_special_tokens=False)["input_ids"]
+        assert len(ids) == len(prompt["tokens"])
+        with torch.no_grad():
+            clean_logits = lm.model(torch.tensor([ids])).logits[0, -1]
+        target = prompt["target_ids"][0]
+        p_clean = float(torch.softmax(clean_logits, -1)[target])
+        mine = [r for r in rows if r["prompt_index"] == prompt["prompt_index"]]
+        assert mine and all(r["p_clean"] == pytest.approx(p_clean, abs=1e-5) for r in mine)
+        for row in mine:
+            if row["component"] == "block_output" and (row["layer"], row["position"]) == (
+                last_layer,
+                len(ids) - 1,
+            ):
+                restored += 1
+                assert row["target_prob"] == pytest.approx(p_clean, abs=1e-5)
+                assert row["indirect_effect"] == pytest.approx(p_clean - row["p_corrupted"], abs=1e-5)
+                torch.testing.assert_close(tensors[f"cell{row['cell']}"], clean_logits, atol=1e-4, rtol=1e-4)
+    assert restored == len(prompts) == 2

@@ -10,6 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
+from ivx.core import interventions
 from ivx.model import loading as models
 from ivx.recipes import run as experiment
 
@@ -35,8 +36,13 @@ def run(tmp_path: Path, model_dir: Path, iv: dict, **extra) -> Path:
 
 def hand(lm, edit) -> torch.Tensor:
     """Base-run logits with `edit(h_slice, source_slice) -> new` applied to block LAYER at POS."""
+    return hand_at(lm, LAYER, edit)
+
+
+def hand_at(lm, layer: int, edit) -> torch.Tensor:
+    """Base-run logits with `edit(h_slice, source_slice) -> new` applied to block `layer` at POS."""
     ids = lambda t: torch.tensor([lm.tokenizer(t, add_special_tokens=False)["input_ids"]])  # noqa: E731
-    block = lm.model.transformer.h[LAYER]
+    block = lm.model.transformer.h[layer]
     store = {}
     handle = block.register_forward_hook(lambda m, a, o: store.__setitem__("src", o.clone()))
     with torch.no_grad():
@@ -137,10 +143,19 @@ def test_noise_kind_is_seeded_and_scaled(gpt2, tmp_path: Path) -> None:
     assert not torch.allclose(a, c)
     clean = hand(lm, lambda b, s: b)
     assert not torch.allclose(a, clean)
+    # scaled: `value` × the embedding matrix's std, drawn by the documented reproducible generator
+    # (seed + 1 + the intervention's index, prompt 0, cell 0), added by a hand-written hook
+    emb_std = float(lm.model.get_input_embeddings().weight.detach().float().std())
+    for seed, got in ((0, a), (1, c)):
+        draw = interventions.noise(seed + 1, 0, 0, len(POS), lm.info.d_model, 1.0 * emb_std)
+        torch.testing.assert_close(got, hand(lm, lambda b, s, d=draw: b + d), atol=1e-5, rtol=1e-5)
+    doubled = cell0(run(tmp_path, path, {"kind": "noise", "value": 2.0}))
+    draw = interventions.noise(1, 0, 0, len(POS), lm.info.d_model, 2.0 * emb_std)
+    torch.testing.assert_close(doubled, hand(lm, lambda b, s: b + draw), atol=1e-5, rtol=1e-5)
 
 
 def test_results_rows_are_flat_and_complete(gpt2, tmp_path: Path) -> None:
-    path, _ = gpt2
+    path, lm = gpt2
     run_dir = run(tmp_path, path, {"kind": "vanilla", "layer": "$layer"}, sweep={"layer": [0, 1]})
     rows = [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
     assert [r["layer"] for r in rows] == [0, 1]
@@ -149,3 +164,17 @@ def test_results_rows_are_flat_and_complete(gpt2, tmp_path: Path) -> None:
     assert csv_header[:3] == ["cell", "prompt_index", "layer"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [g["layer"] for g in summary["grid"]] == [0, 1] and summary["grid"][0]["n"] == 1
+    # the values, from plain forwards: "clean" is the run copied from (SOURCE), "corrupted" the base
+    ids = lambda t: torch.tensor([lm.tokenizer(t, add_special_tokens=False)["input_ids"]])  # noqa: E731
+    mary = lm.tokenizer(" Mary", add_special_tokens=False)["input_ids"][0]
+    with torch.no_grad():
+        source_logits, base_logits = (lm.model(ids(t)).logits[0, -1] for t in (SOURCE, BASE))
+    log_clean = torch.log_softmax(source_logits, -1)
+    for row, entry in zip(rows, summary["grid"], strict=True):
+        assert row["p_clean"] == pytest.approx(float(log_clean[mary].exp()), abs=1e-6)
+        assert row["p_corrupted"] == pytest.approx(float(torch.softmax(base_logits, -1)[mary]), abs=1e-6)
+        patched = hand_at(lm, row["layer"], lambda b, s: s)
+        assert row["target_prob"] == pytest.approx(float(torch.softmax(patched, -1)[mary]), abs=1e-6)
+        kl = float((log_clean.exp() * (log_clean - torch.log_softmax(patched, -1))).sum())
+        assert row["kl"] == pytest.approx(kl, abs=1e-5)
+        assert entry["target_prob"] == row["target_prob"] and entry["kl"] == row["kl"]  # n = 1

@@ -326,9 +326,21 @@ def test_shipped_config_runs_and_verifies(tmp_path: Path) -> None:
     assert report["cells"] == 10 and len(report["verified"]) == 10
     top = sorted(rows, key=lambda r: -abs(r["indirect_effect"]))[:5]
     assert [v["cell"] for v in report["verified"][:5]] == [r["cell"] for r in top]
-    exact = CliRunner().invoke(
-        app, [*args, "--set", "method=exact", "--set", "output.plots=false", "--quiet"]
+    data = yaml.safe_load(path.read_text())  # the same experiment with method: exact (no `attribution:`)
+    del data["attribution"]
+    data.update(
+        method="exact", prompts={**data["prompts"], "file": str(ROOT / "configs" / "data" / "facts.jsonl")}
     )
+    exact_path = tmp_path / "exact.yaml"
+    exact_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    exact_args = [
+        "run",
+        str(exact_path),
+        "--out",
+        str(tmp_path),
+        *[x for s in sets[:4] for x in ("--set", s)],
+    ]
+    exact = CliRunner().invoke(app, [*exact_args, "--set", "output.plots=false", "--quiet"])
     assert exact.exit_code == 0, exact.output
     exact_dir = Path(exact.output.strip().splitlines()[-1])
     truth = {r["cell"]: r for r in map(json.loads, (exact_dir / "results.jsonl").read_text().splitlines())}

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from ivx.cli.app import app
 from ivx.config.inputs import PromptRecord
-from ivx.engine import answers
 from ivx.model import loading as models
 from ivx.plan import tokenization
+from ivx.results.summary import scoring_warnings
 from tests.tokenizers import STYLES, build
 
 runner = CliRunner()
@@ -72,7 +72,7 @@ def test_answer_ids_are_the_tokens_that_follow_the_prompt(styled, style: str) ->
         # a bare space token (GPT-2 gives 'Ġ' + 'Tallahassee' when the word only appeared unspaced) is
         # what the model must produce next, so it is scored, and the run warns about it
         [p] = tokenization.tokenize(tok, [_record(base=base, target=answer)])
-        warned = answers.scoring_warnings([p])
+        warned = scoring_warnings([p])
         assert any("bare space" in w for w in warned) == bare
         assert any("multi-token" in w for w in warned) == (len(ids) > 1)
 

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 import ivx
 from ivx.cli.app import app
+from ivx.model import loading as models
 
 ROOT = Path(__file__).resolve().parents[2]
 HEADS = ROOT / "configs" / "activation_patching_heads.yaml"
@@ -104,18 +105,77 @@ def test_python_api_runs_a_dict_and_loads_tensors(tmp_path: Path, monkeypatch: p
     assert logits.shape[-1] == 832
     again = ivx.load_run(run.path)
     assert again.summary == run.summary
+    # the numbers, from plain forwards of the two prompts: the source run, the base run, and two
+    # identities — patching position 0 (the same token in both prompts) changes nothing; patching the
+    # last block's output at the last position gives the source run's answer
+    lm = models.load("ivx-toy")
+    records = [
+        json.loads(line) for line in (ROOT / "configs" / "data" / "ioi.jsonl").read_text().splitlines()
+    ]
+    n_layers, rows = lm.info.n_layers, run.results
+    for i, record in enumerate(records[:2]):
+        base, source = (
+            lm.tokenizer(record[k], add_special_tokens=False)["input_ids"] for k in ("base", "source")
+        )
+        assert base[0] == source[0] and len(base) == len(source)
+        with torch.no_grad():
+            base_logits, source_logits = (
+                lm.model(torch.tensor([ids])).logits[0, -1] for ids in (base, source)
+            )
+        torch.testing.assert_close(run.tensors[f"source.prompt{i}"], source_logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(run.tensors[f"corrupted.prompt{i}"][0], base_logits, atol=1e-4, rtol=1e-4)
+        mine = rows[rows["prompt_index"] == i]
+        first = int(mine[(mine["layer"] == 0) & (mine["position"] == 0)]["cell"].iloc[0])
+        last = int(
+            mine[(mine["layer"] == n_layers - 1) & (mine["position"] == len(base) - 1)]["cell"].iloc[0]
+        )
+        torch.testing.assert_close(run.tensors[f"cell{first}"], base_logits, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(run.tensors[f"cell{last}"], source_logits, atol=1e-4, rtol=1e-4)
+        target, foil = (
+            lm.tokenizer(record[k], add_special_tokens=False)["input_ids"][0] for k in ("target", "foil")
+        )
+        row = mine[mine["cell"] == last].iloc[0]
+        assert row["logit_diff"] == pytest.approx(
+            float(source_logits[target] - source_logits[foil]), abs=1e-4
+        )
+        assert row["logit_diff_norm"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_ls_show_compare(head_run: tuple[Path, str]) -> None:
+def test_ls_show_compare(head_run: tuple[Path, str], tmp_path: Path) -> None:
+    import shutil
+
     run_dir, output = head_run
     listed = runner.invoke(app, ["ls", str(run_dir.parent)])
     assert listed.exit_code == 0 and run_dir.name in listed.output and "complete" in listed.output
+    line = next(x for x in listed.output.splitlines() if x.startswith(run_dir.name))
+    assert line.split()[4] == str(4 * 4 * 4)  # cells: layers × heads × prompts
     shown = runner.invoke(app, ["show", str(run_dir)])
     assert shown.exit_code == 0 and "logit_diff_norm by layer × head" in shown.output
     compared = runner.invoke(app, ["compare", str(run_dir), str(run_dir)])
     assert compared.exit_code == 0
     deltas = [line.split()[4] for line in compared.output.splitlines()[1:] if line.strip()]
     assert len(deltas) == 16 and set(deltas) == {"+0.000"}
+    # B: a copy whose grid means are shifted by known amounts; A's column is recomputed from
+    # results.jsonl (mean over prompts), not read back from summary.json
+    other = tmp_path / "shifted"
+    shutil.copytree(run_dir, other)
+    summary = json.loads((other / "summary.json").read_text())
+    for entry in summary["grid"]:
+        entry["logit_diff_norm"] += 0.25 * entry["head"] - 0.5
+    (other / "summary.json").write_text(json.dumps(summary))
+    rows = [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
+    compared = runner.invoke(app, ["compare", str(run_dir), str(other)])
+    assert compared.exit_code == 0, compared.output
+    lines = [x.split() for x in compared.output.splitlines()[1:] if x.strip()]
+    assert len(lines) == 16
+    for layer, head, a, b, delta, ld_a, ld_b, ld_delta in lines:  # logit_diff_norm, then logit_diff
+        mine = [r for r in rows if (r["layer"], r["head"]) == (int(layer), int(head))]
+        mean = sum(r["logit_diff_norm"] for r in mine) / len(mine)
+        assert len(mine) == 4 and float(a) == pytest.approx(mean, abs=6e-4)
+        assert float(delta) == pytest.approx(0.25 * int(head) - 0.5, abs=1e-3)
+        assert float(b) == pytest.approx(mean + 0.25 * int(head) - 0.5, abs=1e-3)
+        assert ld_a == ld_b and ld_delta == "+0.000"  # an unshifted metric
+        assert float(ld_a) == pytest.approx(sum(r["logit_diff"] for r in mine) / 4, abs=6e-4)
     missing = runner.invoke(app, ["show", str(run_dir.parent / "nope")])
     assert missing.exit_code == 2 and "not an ivx run directory" in missing.output
 
@@ -136,6 +196,13 @@ def test_push_and_pull_validate_repo_ids_alike() -> None:
         assert result.exit_code == 2 and "is not a Hub repository id" in result.output
     ok = runner.invoke(app, ["push", str(bundle), "--repo", "user/name", "--dry-run"])
     assert ok.exit_code == 0
+    files = sorted(f for f in bundle.iterdir() if f.is_file())
+    listed = {line.split()[1]: int(line.split()[0].replace(",", "")) for line in ok.output.splitlines()[:-1]}
+    assert listed == {f.name: f.stat().st_size for f in files}  # each file with its size on disk
+    total = sum(f.stat().st_size for f in files)
+    assert ok.output.splitlines()[-1].startswith(
+        f"{len(files)} files, {total:,} bytes would be uploaded to user/name"
+    )
 
 
 def test_ctrl_c_names_the_run_directory_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

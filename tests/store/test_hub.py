@@ -131,3 +131,56 @@ def test_run_save_push_pull_reuse_gives_identical_generations(fake_hub, tmp_path
         r["intervened"]["token_ids"] for r in rows(second)
     ]
     assert [r["intervened"]["probs"] for r in rows(first)] == [r["intervened"]["probs"] for r in rows(second)]
+    _check_steering_by_hand(root, rows(first))
+
+
+def _check_steering_by_hand(root: Path, rows: list[dict]) -> None:
+    """The pulled vector is ActAdd's mean difference of last-token block outputs, and its effect on
+    each prompt's first new token is a hand-written hook's: + 3 × vector at layer 2, last token."""
+    from ivx.model import loading as models
+
+    lm = models.load("ivx-toy")
+    block = lm.model.transformer.h[2]
+    ids = lambda text: torch.tensor([lm.tokenizer(text, add_special_tokens=False)["input_ids"]])  # noqa: E731
+
+    def last_state(text: str) -> torch.Tensor:
+        seen = {}
+        handle = block.register_forward_hook(
+            lambda m, a, o: seen.__setitem__("h", o[0] if isinstance(o, tuple) else o)
+        )
+        try:
+            with torch.no_grad():
+                lm.model(ids(text))
+        finally:
+            handle.remove()
+        return seen["h"][0, -1]
+
+    pairs = [
+        json.loads(x)
+        for x in (root / "configs" / "data" / "steer_city.jsonl").read_text().splitlines()
+        if x.strip()
+    ]
+    vector = torch.stack([last_state(p["positive"]) - last_state(p["negative"]) for p in pairs]).mean(0)
+    pulled = bundle.load("hf://user/steer-city").tensors
+    assert len(pulled) == 1
+    torch.testing.assert_close(next(iter(pulled.values())), vector, atol=1e-5, rtol=1e-5)
+
+    def steer(m, a, o):  # noqa: ANN001, ANN202
+        h = (o[0] if isinstance(o, tuple) else o).clone()
+        h[0, -1] += 3.0 * vector
+        return (h, *o[1:]) if isinstance(o, tuple) else h
+
+    moved = 0
+    for row in rows:
+        with torch.no_grad():
+            plain = torch.softmax(lm.model(ids(row["prompt"])).logits[0, -1], -1)
+            handle = block.register_forward_hook(steer)
+            try:
+                steered = torch.softmax(lm.model(ids(row["prompt"])).logits[0, -1], -1)
+            finally:
+                handle.remove()
+        for probs, out in ((plain, row["unintervened"]), (steered, row["intervened"])):
+            assert out["token_ids"][0] == int(probs.argmax())
+            assert out["probs"][0] == pytest.approx(float(probs.max()), abs=2e-6)
+        moved += row["intervened"]["token_ids"][0] != row["unintervened"]["token_ids"][0]
+    assert moved > 0  # the steering does something

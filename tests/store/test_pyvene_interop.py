@@ -65,7 +65,7 @@ def test_pyvene_directory_maps_to_the_same_intervention(tiny_model_dir, tmp_path
         }
         with torch.no_grad():
             _, out = wrapped({"input_ids": ids[BASE]}, [{"input_ids": ids[SOURCE]}], {"sources->base": 9})
-        pyvene_logits = out.logits[0, -1]
+        pyvene_logits = out.logits[0]  # every position: the edit is in the last block
     except ImportError:
         write_fixture(tmp_path / "pv", q)
         expected, pyvene_logits = q, None
@@ -91,10 +91,32 @@ def test_pyvene_directory_maps_to_the_same_intervention(tiny_model_dir, tmp_path
     with torch.no_grad():
         ivx_logits = lm.model(
             torch.tensor([lm.tokenizer(BASE, add_special_tokens=False)["input_ids"]])
-        ).logits[0, -1]
+        ).logits[0]
     handle.remove()
     if pyvene_logits is not None:
         torch.testing.assert_close(ivx_logits, pyvene_logits, atol=1e-5, rtol=1e-5)
+    # with or without pyvene: its LowRankRotatedSpaceIntervention written out, base + ((source − base) R) Rᵀ
+    basis = tensors["pv0.basis"]
+
+    def by_hand(m, a, o):
+        o = o.clone()
+        o[0, 9] = o[0, 9] + ((store["src"][0, 9] - o[0, 9]) @ basis) @ basis.T
+        return o
+
+    base_ids = torch.tensor([lm.tokenizer(BASE, add_special_tokens=False)["input_ids"]])
+    handle = block.register_forward_hook(by_hand)
+    try:
+        with torch.no_grad():
+            hand_logits = lm.model(base_ids).logits[0]
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        plain_logits = lm.model(base_ids).logits[0]
+    torch.testing.assert_close(ivx_logits, hand_logits, atol=1e-5, rtol=1e-5)
+    # the edit does something, at its own position only: block 1 is the last block, so no later
+    # position sees it (comparing last-position logits alone would compare nothing)
+    moved = (ivx_logits - plain_logits).abs().amax(-1)  # [pos]
+    assert moved[9] > 1e-3 and float(moved[torch.arange(len(moved)) != 9].max()) < 1e-6
     # and it round-trips into an ivx bundle
     bundle.save(tmp_path / "b", interventions, tensors, {"name": "tiny", "d_model": d, "n_layers": 2})
     assert torch.equal(bundle.load(tmp_path / "b").tensors["pv0.basis"], tensors["pv0.basis"])

@@ -134,3 +134,22 @@ def test_noise_and_token_replacement_side_by_side(tmp_path: Path) -> None:
         assert (run_dir / "plots" / f"average_by_category_{label}.png").is_file()
     # replacing the subject with another subject: the other subject's city wins, clean p drops to ~0
     assert summary["traces"]["replace"]["p_corrupted"] < summary["traces"]["noise"]["p_corrupted"]
+    # from plain forwards, for both corruptions: p_clean is the uncorrupted prompt's, and restoring the
+    # last block's output at the last token gives it back exactly (nothing after it mixes positions)
+    import torch
+
+    lm = models.load("ivx-toy")
+    last_layer, restored = lm.info.n_layers - 1, 0
+    for prompt in summary["prompts"]:
+        ids = lm.tokenizer(prompt["base"], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            probs = torch.softmax(lm.model(torch.tensor([ids])).logits[0, -1], -1)
+        p_clean = float(probs[prompt["target_ids"][0]])
+        mine = [r for r in rows if r["prompt_index"] == prompt["prompt_index"]]
+        assert {r["corruption"] for r in mine} == {"noise", "replace"}
+        assert all(r["p_clean"] == pytest.approx(p_clean, abs=1e-5) for r in mine)
+        for r in mine:
+            if (r["layer"], r["position"]) == (last_layer, len(ids) - 1):
+                restored += 1
+                assert r["target_prob"] == pytest.approx(p_clean, abs=1e-5), r
+    assert restored == 2 * len(summary["prompts"]) == 80

@@ -10,6 +10,7 @@ from typing import Annotated, Any, cast
 import typer
 
 from ivx.cli.errors import USER_ERRORS, guard
+from ivx.cli.options import DEFAULT_MAX_CELLS, ConfigArg, ForceOpt, MaxCellsOpt, SetOpt, cap
 from ivx.core.version import VERSION as __version__
 
 app = typer.Typer(
@@ -90,27 +91,6 @@ class Command(str, Enum):
     train = "train"
 
 
-DEFAULT_MAX_CELLS = 2_000_000
-MaxCellsOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-cells", min=1, help="Refuse plans with more cells than this (their plan alone fills memory)."
-    ),
-]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Accept a plan above --max-cells.")]
-
-
-def _cap(max_cells: int, force: bool) -> int | None:
-    return None if force else max_cells
-
-
-ConfigArg = Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a config field, e.g. --set seed=3 --set corrupt.samples=2."),
-]
-
-
 @app.command()
 @guard
 def validate(
@@ -130,22 +110,30 @@ def validate(
         Command,
         typer.Option(
             "--for",
-            help="The command the config is checked for: what `ivx run`, `ivx generate` or `ivx train` "
-            "would reject (a trainable kind needs `bundle` to run, `on:` applies to generate, ...).",
+            help="The command the config is checked for: exactly what `ivx run`, `ivx generate` or "
+            "`ivx train` would reject, including the fields and controls that command ignores "
+            "(`train:` under run, `on:` outside generate, shuffled_labels outside train, ...).",
         ),
     ] = Command.run,
 ) -> None:
-    """Check a config (schema, files, model-aware checks) and print the plan size and estimates."""
+    """Check a config for a command (schema, ignored fields, files, model-aware checks) and print the
+    plan size and estimates: what `ivx run|generate|train` would reject, validate rejects."""
 
-    from ivx.engine import answers
-    from ivx.plan import estimate
     from ivx.plan.edits import Mode
     from ivx.recipes import prepare
 
     mode = cast(Mode, command.value)
     preps = prepare.prepare_all(
-        config, tuple(set_ or ()), weights=weights, max_cells=_cap(max_cells, force), mode=mode
+        config, tuple(set_ or ()), weights=weights, max_cells=cap(max_cells, force), mode=mode
     )
+    _print_plan(config, preps, weights)
+
+
+def _print_plan(config: Path, preps: list[Any], weights: bool) -> None:
+    """`ivx validate`'s report: model, prompts, sweep, cells, tensors and estimates, warnings."""
+    from ivx.plan import estimate
+    from ivx.results import summary
+
     prep = preps[0]
     exp = prep.cfg.experiment
     info = prep.lm.info
@@ -171,7 +159,7 @@ def validate(
     typer.echo(f"  tensors    ~{estimate.human_size(size)} of logits (output.logits: {exp.output.logits})")
     typer.echo(f"  estimate   {estimate.describe(preps, size)}")
     warning = estimate.size_warning(preps)
-    for text in ([warning] if warning else []) + answers.scoring_warnings(prep.prompts, exp.answer):
+    for text in ([warning] if warning else []) + summary.scoring_warnings(prep.prompts, exp.answer):
         _err(f"warning: {text}")
     trace = exp.trace
     if trace is not None and trace.select_correct and not weights:
@@ -209,21 +197,8 @@ def run(
     from ivx.recipes import run as experiment
     from ivx.results import rundir
 
-    if config is None and resume is None:
-        _err("error: give a CONFIG file, or --resume RUN_DIR")
-        raise typer.Exit(2)
-    if resume is not None and (config is not None or set_):
-        given = "CONFIG argument" if config is not None else "--set"
-        _err(
-            f"error: --resume takes no {given}: a resumed run uses the config and --set overrides "
-            f"recorded in {resume / 'manifest.json'}; start a new run to change them"
-        )
-        raise typer.Exit(2)
-    if resume is not None:
-        if rundir.Manifest.read(resume).data["status"] == "complete":
-            _err(f"{resume} is already complete; nothing to resume")
-            typer.echo(str(resume))
-            return
+    if _nothing_to_run(config, set_, resume):
+        return
     started: list[Path] = []
     try:
         with rundir.signals_interrupt():
@@ -234,7 +209,7 @@ def run(
                 resume,
                 progress=not quiet,
                 on_start=started.append,
-                max_cells=_cap(max_cells, force),
+                max_cells=cap(max_cells, force),
                 backend=backend,
                 address=address,
             )
@@ -249,17 +224,38 @@ def run(
     typer.echo(str(run_dir))
 
 
+def _nothing_to_run(config: Path | None, set_: list[str] | None, resume: Path | None) -> bool:
+    """`ivx run`'s arguments: exit 2 unless CONFIG or --resume alone; True for a complete run."""
+    from ivx.results import rundir
+
+    if config is None and resume is None:
+        _err("error: give a CONFIG file, or --resume RUN_DIR")
+        raise typer.Exit(2)
+    if resume is not None and (config is not None or set_):
+        given = "CONFIG argument" if config is not None else "--set"
+        _err(
+            f"error: --resume takes no {given}: a resumed run uses the config and --set overrides "
+            f"recorded in {resume / 'manifest.json'}; start a new run to change them"
+        )
+        raise typer.Exit(2)
+    if resume is not None and rundir.Manifest.read(resume).data["status"] == "complete":
+        _err(f"{resume} is already complete; nothing to resume")
+        typer.echo(str(resume))
+        return True
+    return False
+
+
 def _print_summary(run_dir: Path) -> None:
     """The run's terminal tables, scored tokens, attribution checks, warnings and shortcuts, on stderr."""
 
     from ivx.api import Run
-    from ivx.engine import answers, shortcuts
+    from ivx.engine import shortcuts
     from ivx.methods import verification
-    from ivx.results import controls
+    from ivx.results import controls, summary
 
     run = Run(run_dir)
     _err(run.table())
-    scored = answers.scored_text(run.summary.get("prompts") or [])
+    scored = summary.scored_text(run.summary.get("prompts") or [])
     if scored:
         _err(scored)
     checks = run.summary.get("attribution_verification")
@@ -340,12 +336,12 @@ def schema(
     from rich.markup import escape
     from rich.table import Table
 
-    from ivx.config import reference
+    from ivx.config import docs
 
     if markdown:
-        typer.echo(reference.markdown())
+        typer.echo(docs.markdown())
         return
-    known = reference.sections()
+    known = docs.sections()
     if section is not None and section not in known:
         import difflib
 
@@ -360,7 +356,7 @@ def schema(
         )
         for column in table.columns:
             column.overflow = "fold"
-        for row in reference.rows(name):
+        for row in docs.rows(name):
             table.add_row(*(escape(row[k]) for k in ("field", "type", "default", "description")))
         out.print(table)
 

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ivx.cli.errors import guard
+from ivx.cli.options import DEFAULT_MAX_CELLS, ForceOpt, MaxCellsOpt, cap
 
 
 def register(app: typer.Typer) -> None:
@@ -27,6 +28,8 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: Annotated[int, typer.Option(help="Quick mode: tokens to generate.")] = 20,
         set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config field.")] = None,
         out: Annotated[Path | None, typer.Option("--out", help="Root directory for the run.")] = None,
+        max_cells: MaxCellsOpt = DEFAULT_MAX_CELLS,
+        force: ForceOpt = False,
     ) -> None:
         """Generate text with and without the intervention; print both side by side."""
         from ivx.recipes.generate import generate_run
@@ -42,5 +45,6 @@ def register(app: typer.Typer) -> None:
                 "intervention": intervention,
                 "max_new_tokens": max_new_tokens,
             }
-        run_dir = generate_run(config, tuple(set_ or ()), str(out) if out else None, quick, typer.echo)
+        where = str(out) if out else None
+        run_dir = generate_run(config, tuple(set_ or ()), where, quick, typer.echo, cap(max_cells, force))
         typer.echo(str(run_dir))

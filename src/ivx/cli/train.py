@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ivx.cli.errors import guard
+from ivx.cli.options import DEFAULT_MAX_CELLS, ForceOpt, MaxCellsOpt, cap
 
 
 def register(app: typer.Typer) -> None:
@@ -25,6 +26,8 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[
             Path | None, typer.Option("--resume", help="Continue an interrupted training run.")
         ] = None,
+        max_cells: MaxCellsOpt = DEFAULT_MAX_CELLS,
+        force: ForceOpt = False,
     ) -> None:
         """Train a DAS intervention (IIT); writes metrics, plots and an intervention bundle."""
         from ivx.recipes.train import train_run
@@ -37,7 +40,8 @@ def register(app: typer.Typer) -> None:
         def log(message: str) -> None:
             typer.echo(message, err=True)
 
-        run_dir = train_run(config or Path(), tuple(set_ or ()), str(out) if out else None, resume, log)
+        where = str(out) if out else None
+        run_dir = train_run(config or Path(), tuple(set_ or ()), where, resume, log, cap(max_cells, force))
 
         summary = json.loads((run_dir / "summary.json").read_text())
         typer.echo(train_report.iia_table(summary), err=True)

@@ -8,7 +8,6 @@ structured `ConfigError.problems`.
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,28 @@ _Loader.add_implicit_resolver(
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
 )
+
+
+MAX_KEY = 200  # characters of a `--set` key path
+MAX_INT_DIGITS = 100  # far beyond any count, index or seed; Python refuses str↔int past 4,300 digits
+
+
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    """YAML integers, refusing absurdly long ones as a YAML problem at their line."""
+    digits = sum(
+        c.isalnum() for c in str(node.value).removeprefix("0x").removeprefix("0b").removeprefix("0o")
+    )
+    if digits > MAX_INT_DIGITS:
+        raise yaml.constructor.ConstructorError(
+            None,
+            None,
+            f"an integer of {digits:,} digits is out of range (at most {MAX_INT_DIGITS})",
+            node.start_mark,
+        )
+    return loader.construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def parse(text: str) -> Any:
@@ -121,16 +142,33 @@ def _line_map(node: yaml.Node, path: tuple, lines: dict[tuple, int], dupes: list
             _line_map(item, path + (i,), lines, dupes)
 
 
+def _index(part: str) -> str | int:
+    """A `--set` key part: a list index when it is a (reasonably sized) integer, else a key."""
+    return int(part) if re.fullmatch(rf"-?[0-9]{{1,{MAX_INT_DIGITS}}}", part) else part
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """`text` quoted, shortened for a one-line message."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text):,} characters)"
+
+
 def _apply_override(raw: dict, assignment: str) -> tuple[tuple, str | None]:
     """Apply one `--set a.b.c=value` (value parsed as YAML); return the path and any error."""
     if "=" not in assignment:
         return (), f"--set {assignment!r} must look like key.path=value"
     key, _, text = assignment.partition("=")
-    parts: list[str | int] = [int(p) if p.lstrip("-").isdigit() else p for p in key.split(".")]
+    if len(key) > MAX_KEY:
+        return (
+            (),
+            f"--set {_short(key)}: a key path of {len(key):,} characters is too long (at most {MAX_KEY})",
+        )
+    parts: list[str | int] = [_index(p) for p in key.split(".")]
     try:
         value = parse(text) if text else ""
     except yaml.YAMLError as exc:
-        return tuple(parts), f"--set value {text!r} is not valid YAML: {exc}"
+        return tuple(parts), f"--set value {_short(text)} is not valid YAML: {' '.join(str(exc).split())}"
+    except RecursionError:
+        return tuple(parts), f"--set value {_short(text)} is not valid YAML: nested too deeply"
     node: Any = raw
     for part in parts[:-1]:
         if isinstance(node, dict):
@@ -212,7 +250,7 @@ def _load_records(cfg: LoadedConfig) -> list[Problem]:
         for row in sources.rows(spec, cfg.path.parent):
             if spec.limit is not None and len(records) >= spec.limit:
                 break
-            record = _record(row, spec, problems)
+            record = sources.record(row, spec, problems)
             if record is not None:
                 records.append(record)
                 cfg.record_origins.append((row.where, row.line, ""))
@@ -228,31 +266,6 @@ def _load_records(cfg: LoadedConfig) -> list[Problem]:
         problems.append(cfg.problem(("prompts", key), f"prompt {key} {getattr(spec, key)!r} has no records"))
     cfg.records = records
     return problems
-
-
-def _record(row: Any, spec: PromptFile, problems: list[Problem]) -> PromptRecord | None:
-    """Validate one raw row as a record; append its problems (located at the row)."""
-
-    if isinstance(row.data, json.JSONDecodeError | RecursionError):
-        why = row.data.msg if isinstance(row.data, json.JSONDecodeError) else "nested too deeply"
-        problems.append(Problem(row.where, row.line, "", f"invalid JSON: {why}"))
-        return None
-    if not isinstance(row.data, dict):
-        problems.append(Problem(row.where, row.line, "", f"a record must be a JSON object, got {row.data!r}"))
-        return None
-    try:
-        return PromptRecord.model_validate(sources.to_record(row.data, spec))
-    except KeyError as exc:
-        problems.append(
-            Problem(row.where, row.line, "", f"column {exc.args[0]!r} is missing; has {sorted(row.data)}")
-        )
-    except ValidationError as exc:
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = f"unknown key {err['loc'][-1]!r}; allowed: {', '.join(PromptRecord.model_fields)}"
-            problems.append(Problem(row.where, row.line, dotted(tuple(err["loc"])), msg))
-    return None
 
 
 def record_problem(cfg: LoadedConfig, index: int, field: str, message: str) -> Problem:

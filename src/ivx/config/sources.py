@@ -1,7 +1,8 @@
 """Prompt sources: JSONL files, JSON arrays (ROME's known_1000.json, CounterFact) and `datasets`.
 
 Every reader yields raw rows one at a time, so `limit` stops reading early (a 200 MB file is
-not read whole); a layout function then maps a row onto ivx's record fields.
+not read whole); a layout function then maps a row onto ivx's record fields, and `record`
+validates it, reporting what is wrong at the row's line.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ivx.config.inputs import PromptFile
-from ivx.core.errors import UserError
+from pydantic import ValidationError
+
+from ivx.config.inputs import PromptFile, PromptRecord
+from ivx.core.errors import Problem, UserError, dotted
 
 CHUNK = 1 << 16
+TOO_LONG = "a number too long to read (over 4,300 digits)"
 
 
 class SourceError(UserError, ValueError):
@@ -37,7 +41,7 @@ def _jsonl(path: Path) -> Iterator[Row]:
             if line.strip():
                 try:
                     yield Row(str(path), number, json.loads(line))
-                except (json.JSONDecodeError, RecursionError) as exc:
+                except (ValueError, RecursionError) as exc:  # ValueError: bad JSON, or a huge integer
                     yield Row(str(path), number, exc)
 
 
@@ -65,6 +69,8 @@ def _json_array(path: Path) -> Iterator[Row]:
                 eof = not more
                 buf, at = buf[at:] + more, 0
                 continue
+            except ValueError:  # an integer beyond Python's str→int limit
+                raise SourceError(f"{path}: invalid JSON in record {index}: {TOO_LONG}") from None
             yield Row(f"{path} record {index}", None, item)
             index += 1
             at = end
@@ -152,3 +158,43 @@ def rows(spec: PromptFile, base_dir: Path) -> Iterator[Row]:
     with path.open(encoding="utf-8") as handle:
         head = handle.read(CHUNK).lstrip()
     yield from (_json_array(path) if head.startswith("[") else _jsonl(path))
+
+
+def record(row: Row, spec: PromptFile, problems: list[Problem]) -> PromptRecord | None:
+    """Validate one raw row as a record; append its problems (located at the row)."""
+
+    if isinstance(row.data, ValueError | RecursionError):
+        why = (
+            row.data.msg
+            if isinstance(row.data, json.JSONDecodeError)
+            else TOO_LONG
+            if isinstance(row.data, ValueError)
+            else "nested too deeply"
+        )
+        problems.append(Problem(row.where, row.line, "", f"invalid JSON: {why}"))
+        return None
+    if not isinstance(row.data, dict):
+        got = json.dumps(row.data) if _shallow(row.data) else type(row.data).__name__
+        got = got if len(got) <= 60 else got[:60] + f"… ({len(got):,} characters)"
+        problems.append(Problem(row.where, row.line, "", f"a record must be a JSON object, got {got}"))
+        return None
+    try:
+        return PromptRecord.model_validate(to_record(row.data, spec))
+    except KeyError as exc:
+        problems.append(
+            Problem(row.where, row.line, "", f"column {exc.args[0]!r} is missing; has {sorted(row.data)}")
+        )
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key {err['loc'][-1]!r}; allowed: {', '.join(PromptRecord.model_fields)}"
+            problems.append(Problem(row.where, row.line, dotted(tuple(err["loc"])), msg))
+    return None
+
+
+def _shallow(value: Any) -> bool:
+    """Whether a JSON value is small enough to quote in a message."""
+    return not isinstance(value, list) or all(
+        isinstance(v, str | int | float | bool) or v is None for v in value
+    )

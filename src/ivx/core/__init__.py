@@ -1,5 +1,5 @@
 """The bottom layer: the user-error base class and config problems, the intervention-kind and metric
 tables, the version.
 
-Imports no other ivx layer.
+May import: nothing (no other ivx layer).
 """

@@ -15,7 +15,7 @@ no-op skipping, deferred unembedding) off: they assume the last position is the 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ivx.config.loader import LoadedConfig
 from ivx.engine.executor import Executor
@@ -109,65 +109,6 @@ def answer_prob(logits: torch.Tensor, start: int, answer: tuple[int, ...]) -> to
     logp = torch.log_softmax(logits[:, start : start + len(answer)].float(), dim=-1)
     index = torch.tensor(answer, device=logp.device).expand(logits.shape[0], -1).unsqueeze(-1)
     return logp.gather(-1, index).squeeze(-1).sum(-1).exp().cpu()  # [b]
-
-
-def _bare(token: str) -> bool:
-    """A token that is only a space marker (GPT-2 'Ġ', SentencePiece '▁') or whitespace."""
-    return not token.replace("Ġ", "").replace("▁", "").strip()
-
-
-def scoring_warnings(prompts: list[TokenizedPrompt], answer: str = "first_token") -> list[str]:
-    """What the scored tokens cannot tell: shared first tokens, bare space tokens, multi-token answers
-    (the last only under `answer: first_token`)."""
-    full = answer == "full"
-    shared, bare, multi = [], [], []
-    for p in prompts:
-        for name, toks in (("target", p.target_tokens), ("foil", p.foil_tokens)):
-            if toks and _bare(toks[0]):
-                bare.append(f"prompt {p.index} {name} {toks[0]!r}")
-            if toks and len(toks) > 1 and not full:
-                multi.append(p)
-        if p.target_ids and p.foil_ids and p.target_ids[0] == p.foil_ids[0]:
-            shared.append(p)
-    out = []
-    if shared:
-        p = shared[0]
-        out.append(
-            f"{len(shared)} prompts: target and foil share their first token (e.g. prompt {p.index}: "
-            f"{p.record.target!r} / {p.record.foil!r} both start with {(p.target_tokens or ('',))[0]!r}), so "
-            "they cannot be told apart by it"
-        )
-    if bare:
-        out.append(
-            f"{len(bare)} answers start with a bare space token ({bare[0]}): the scored token carries no "
-            "word; check the tokenizer's leading-space convention"
-        )
-    if multi:
-        p = multi[0]
-        ids = p.target_tokens if p.target_tokens and len(p.target_tokens) > 1 else p.foil_tokens
-        out.append(
-            f"{len(set(q.index for q in multi))} prompts have multi-token answers (e.g. prompt {p.index}: "
-            f"{list(ids or ())}); only the first token is scored (summary.json: prompts)"
-        )
-    return out
-
-
-def scored_text(prompts: list[dict[str, Any]], limit: int = 3) -> str:
-    """One line per prompt (the first few) naming the token ids that were scored."""
-    lines = []
-    for p in prompts[:limit]:
-        parts = []
-        for name in ("target", "foil"):
-            ids, toks = p.get(f"{name}_ids"), p.get(f"{name}_tokens") or ["?"]
-            if ids:
-                parts.append(
-                    f"{name} {toks[0]!r} (id {ids[0]}" + (f" of {len(ids)} tokens)" if len(ids) > 1 else ")")
-                )
-        if parts:
-            lines.append(f"scored, prompt {p['prompt_index']}: " + ", ".join(parts))
-    if len(prompts) > limit and lines:
-        lines.append(f"(every prompt's scored tokens: summary.json → prompts, {len(prompts)} prompts)")
-    return "\n".join(lines)
 
 
 def executor(cfg: LoadedConfig, lm: LoadedModel, prompts: list[TokenizedPrompt], plan: Plan) -> Executor:

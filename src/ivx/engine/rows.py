@@ -2,7 +2,9 @@
 
 Per-row values (`metrics.row_values`) are averaged over a cell's noise samples, then combined with
 the prompt's reference values — the corrupted baseline and the clean (or source) run — into the
-requested metrics (`metrics.cell_values`). Reference values are computed once per prompt.
+requested metrics (`metrics.cell_values`). Reference values are computed once per prompt. `row` is
+the one row builder of every method (exact and path patching from logits, attribution from its
+estimates), so a row has the same keys, order and meaning whichever method made it.
 """
 
 from __future__ import annotations
@@ -68,20 +70,37 @@ class Rows:
         rank = "target_rank" in exp.metrics
         return metrics.row_values(last.cpu(), ids_of("target_id"), ids_of("foil_id"), ref, rank=rank)
 
-    def row(self, cell: Cell, patched: Values, last: torch.Tensor) -> dict[str, Any]:
-        """The results row of a cell from its sample-averaged values and its [samples, vocab] logits."""
+    def row(
+        self,
+        cell: Cell,
+        patched: Values,
+        last: torch.Tensor | None = None,
+        run: Values | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The results row of a cell, whichever method computed it (the one row builder).
+
+        `patched` holds the cell's sample-averaged metric values: from its `[samples, vocab]`
+        logits `last` (exact and path patching) or estimated (attribution). The requested metrics
+        compare them with the prompt's corrupted and clean reference values; `run` supplies the
+        value of an estimated quantity the references lack. Keys, in order: cell, prompt_index,
+        the grid point, the metrics, p_clean/p_corrupted, top_k (with logits), then `extra`.
+        """
         exp = self.work.exp
         patched = self.work.scoring.patched(cell, patched)
         corrupted, clean = self.reference_values(cell.prompt)
+        if run is not None:
+            corrupted = {**corrupted, **{k: v for k, v in run.items() if k not in corrupted}}
         names = [m for m in exp.metrics if m != "top_k"]
         row: dict[str, Any] = {"cell": cell.index, "prompt_index": cell.prompt, **dict(cell.point)}
         row.update(metrics.cell_values(names, patched, corrupted, clean))
-        if "target_prob" in patched and self.work.prompts[cell.prompt].target_id is not None:
+        if "target_prob" in clean and self.work.prompts[cell.prompt].target_id is not None:
             row["p_clean"] = clean["target_prob"]
             row["p_corrupted"] = corrupted["target_prob"]
-        if "top_k" in exp.metrics:
+        if "top_k" in exp.metrics and last is not None:
             import torch
 
             probs = torch.softmax(last.float(), dim=-1).mean(0)
             row["top_k"] = metrics.top_k(probs, exp.output.top_k, self.work.lm.tokenizer)
+        row.update(extra or {})
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}

@@ -72,35 +72,19 @@ def _accepts(fn: Any, name: str) -> bool:
         return False
 
 
-# Device constants of the cost model (measured on a 2-core x86 CPU and taken from typical GPUs):
-# per-block overhead (module calls, kernel launches), weight bandwidth, arithmetic rate. The CPU's
-# arithmetic rate is what one thread sustains through whole blocks (a plain GPT-2-small-shaped
-# forward of 2,048 tokens: ~1e11 FLOP/s on one thread). 4e10 packed too few cells per forward:
-# with 8e10, the benchmark's workloads ran 5-13% faster in one process, interleaved (T=12 and T=32,
-# 1 and 2 threads); across fresh processes the gain is within the machine's noise.
-DEVICE_COST = {
-    "cpu": {"overhead_s": 3e-4, "bytes_per_s": 5e9, "flops_per_s": 8e10},
-    "cuda": {"overhead_s": 1e-4, "bytes_per_s": 1e12, "flops_per_s": 2e13},
-}
-
-
 def estimate(lm: LoadedModel) -> schedule.Cost:
     """The cost model of this model on its device: seconds per block run and per token-block.
 
-    Computed from the first block's parameter count and device constants, not timed: the
-    packing it chooses decides which rows share a forward, and a choice that followed the
-    machine's load would make results differ in their last bits from run to run and on resume.
+    Computed from the first block's parameter count and device constants (`schedule.device_cost`),
+    not timed: the packing it chooses decides which rows share a forward, and a choice that
+    followed the machine's load would make results differ in their last bits from run to run and
+    on resume.
     """
 
     block = components.blocks(lm.model)[0]
     params = sum(p.numel() for p in block.parameters())
     width = next(block.parameters()).element_size()
-    device = DEVICE_COST.get(lm.device.type, DEVICE_COST["cuda"])
-    return schedule.Cost(
-        block=device["overhead_s"] + params * width / device["bytes_per_s"],
-        token=2 * params / device["flops_per_s"],
-        call=2 * device["overhead_s"],
-    )
+    return schedule.device_cost(params, width, lm.device.type)
 
 
 NAMES = {

@@ -56,8 +56,6 @@ def check(cfg: LoadedConfig) -> list[Problem]:
     """Config problems of `method: attribution` (vanilla patches, estimable metrics)."""
     exp = cfg.experiment
     problems: list[Problem] = []
-    if exp.method != "attribution":
-        return problems
     for i, iv in enumerate(exp.interventions):
         kinds = exp.sweep.get(iv.kind[1:], []) if is_ref(iv.kind) else [iv.kind]
         for kind in kinds if isinstance(kinds, list) else []:
@@ -93,7 +91,7 @@ def check_model(cfg: LoadedConfig, lm: Any) -> None:
     """Model-aware problems of `method: attribution` (the QK fix's architectures): ConfigError."""
 
     reason = qkfix.unsupported(lm)
-    if cfg.experiment.method == "attribution" and cfg.experiment.attribution.qk_fix and reason:
+    if cfg.experiment.attribution.qk_fix and reason:
         raise ConfigError([cfg.problem(("attribution", "qk_fix"), f"{reason}; set it to false")])
 
 
@@ -280,32 +278,31 @@ class Estimates:
 
 
 def execute(executor: Executor, cells: list[Cell]) -> Iterator[list[CellOutput]]:
-    """Estimate cells prompt by prompt (after `executor.prepare()`); yield rows like the exact path."""
+    """Estimate cells prompt by prompt (after `executor.prepare()`); rows from the one row builder.
+
+    Each prompt's gradients track the sites of all its cells in the plan, not only of those asked
+    for, so a resumed run or a backend task estimates every cell from the same tracked forward.
+    """
 
     check_model(executor.cfg, executor.lm)
     by_prompt: dict[int, list[Cell]] = defaultdict(list)
     for cell in cells:
         by_prompt[cell.prompt].append(cell)
+    planned: dict[int, list[Cell]] = defaultdict(list)
+    for cell in executor.plan.cells:
+        if cell.prompt in by_prompt:
+            planned[cell.prompt].append(cell)
     for prompt, mine in by_prompt.items():
-        est = Estimates(executor, prompt, mine)
+        est = Estimates(executor, prompt, planned[prompt] or mine)
         yield [CellOutput(cell, _row(executor, est, cell), None, {}) for cell in mine]
 
 
 def _row(executor: Executor, est: Estimates, cell: Cell) -> dict[str, Any]:
-    """A results row with the same keys as the exact path's, plus `approximate` (and `grad_drop`)."""
-    import math
-
-    corrupted, clean = executor.reference_values(cell.prompt)
+    """A row like the exact path's (`engine.rows`), plus `grad_drop` (if on) and `approximate`."""
     change = est.cell(cell)
     patched = {q: est.grads.values[q] + change[q] for q in change}
-    run_values = {**corrupted, **{q: v for q, v in est.grads.values.items() if q not in corrupted}}
-    names = list(executor.exp.metrics)
-    row: dict[str, Any] = {"cell": cell.index, "prompt_index": cell.prompt, **dict(cell.point)}
-    row.update(metrics.cell_values(names, patched, run_values, clean))
-    if executor.prompts[cell.prompt].target_id is not None:
-        row["p_clean"] = clean["target_prob"]
-        row["p_corrupted"] = corrupted["target_prob"]
+    extra: dict[str, Any] = {}
     if executor.exp.attribution.grad_drop:
-        row["grad_drop"] = est.grad_drop(cell)
-    row["approximate"] = True
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        extra["grad_drop"] = est.grad_drop(cell)
+    extra["approximate"] = True
+    return executor.engine.rows.row(cell, patched, run=est.grads.values, extra=extra)

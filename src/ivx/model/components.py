@@ -1,6 +1,6 @@
 """Resolve pyvene component names to (module, hook, slice) sites for any decoder-only HF model.
 
-Resolution is data: one row per module layout in `LAYOUTS`, plus a structural fallback that
+Resolution is data: one row per module layout in `layouts.LAYOUTS`, plus a structural fallback that
 finds the block list and its attention/MLP children, so an unknown architecture still gets
 block-level components. A `Site` says which module to hook, whether to read its input or its
 output, and which slice of that tensor is the component:
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ivx.config.fields import COMPONENT_NAMES
 from ivx.core.errors import UserError
+from ivx.model.layouts import LAYOUTS, Layout
 
 if TYPE_CHECKING:
     import torch
@@ -70,144 +71,6 @@ class Site:
     def head_dim(self) -> int:
         """Width of one head (dim for non-head components)."""
         return self.dim // self.n_heads
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Module names of one family of decoder blocks, relative to the block."""
-
-    blocks: str  # path of the ModuleList of blocks
-    attn: str
-    o_proj: str  # attention output projection (its input = per-head values)
-    q: str | None  # separate projections ...
-    k: str | None
-    v: str | None
-    qkv: Literal["gpt2", "neox", "phi3"] | None  # ... or a fused one: (path in `fused`)
-    fused: str | None
-    mlp: str | None  # None: MLP layers live directly on the block (OPT)
-    mlp_in: str  # module whose input is mlp_input
-    mlp_out: str  # module whose output is mlp_output
-    mlp_down: str  # MLP output projection (its input = mlp_activation)
-    mid: str | None  # module whose input is residual_mid (None: parallel residual)
-
-
-_LLAMA = Layout(
-    "model.layers",
-    "self_attn",
-    "self_attn.o_proj",
-    "self_attn.q_proj",
-    "self_attn.k_proj",
-    "self_attn.v_proj",
-    None,
-    None,
-    "mlp",
-    "mlp",
-    "mlp",
-    "mlp.down_proj",
-    "post_attention_layernorm",
-)
-LAYOUTS: dict[str, Layout] = {
-    "gpt2": Layout(
-        "transformer.h",
-        "attn",
-        "attn.c_proj",
-        None,
-        None,
-        None,
-        "gpt2",
-        "attn.c_attn",
-        "mlp",
-        "mlp",
-        "mlp",
-        "mlp.c_proj",
-        "ln_2",
-    ),
-    "gpt_neox": Layout(
-        "gpt_neox.layers",
-        "attention",
-        "attention.dense",
-        None,
-        None,
-        None,
-        "neox",
-        "attention.query_key_value",
-        "mlp",
-        "mlp",
-        "mlp",
-        "mlp.dense_4h_to_h",
-        "post_attention_layernorm",
-    ),
-    "gptj": Layout(
-        "transformer.h",
-        "attn",
-        "attn.out_proj",
-        "attn.q_proj",
-        "attn.k_proj",
-        "attn.v_proj",
-        None,
-        None,
-        "mlp",
-        "mlp",
-        "mlp",
-        "mlp.fc_out",
-        None,
-    ),
-    "opt": Layout(
-        "model.decoder.layers",
-        "self_attn",
-        "self_attn.out_proj",
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        None,
-        None,
-        None,
-        "fc1",
-        "fc2",
-        "fc2",
-        "final_layer_norm",
-    ),
-    "llama": _LLAMA,
-    "mistral": _LLAMA,
-    "mixtral": _LLAMA,
-    "qwen2": _LLAMA,
-    "qwen3": _LLAMA,
-    "gemma": _LLAMA,
-    "olmo": _LLAMA,
-    "gemma2": replace(_LLAMA, mid="pre_feedforward_layernorm"),
-    "gemma3_text": replace(_LLAMA, mid="pre_feedforward_layernorm"),
-    "olmo2": replace(_LLAMA, mid=None),
-    "phi3": Layout(
-        "model.layers",
-        "self_attn",
-        "self_attn.o_proj",
-        None,
-        None,
-        None,
-        "phi3",
-        "self_attn.qkv_proj",
-        "mlp",
-        "mlp",
-        "mlp",
-        "mlp.down_proj",
-        "post_attention_layernorm",
-    ),
-    "phi": Layout(
-        "model.layers",
-        "self_attn",
-        "self_attn.dense",
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        None,
-        None,
-        "mlp",
-        "mlp",
-        "mlp",
-        "mlp.fc2",
-        None,
-    ),
-}
 
 
 def _cfg(config: Any, *names: str, default: Any = None) -> Any:
@@ -301,8 +164,8 @@ def _qkv(info: ModelInfo, kind: str, part: str) -> tuple[int, int, int, int, int
     return 1, width, lo, lo + sizes[part], heads
 
 
-def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
-    """The Site of `component` at `layer`; ComponentError with the valid choices otherwise."""
+def _check(info: ModelInfo, component: str, layer: int) -> None:
+    """ComponentError unless `component` exists in this model and `layer` is in range."""
     if component not in COMPONENTS:
         near = difflib.get_close_matches(component, COMPONENTS, n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
@@ -312,28 +175,40 @@ def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
             f"component {component!r} does not exist in {info.model_type} (layout {info.layout}); "
             f"available: {', '.join(info.components)}"
         )
-    if component == "embedding":
-        path = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
-        d = info.d_model
-        return Site(component, 0, path, "output", 1, d, 0, d, 1)
-    if not 0 <= layer < info.n_layers:
+    if component != "embedding" and not 0 <= layer < info.n_layers:
         raise ComponentError(
             f"layer {layer} is out of range: the model has {info.n_layers} layers (0..{info.n_layers - 1})"
         )
+
+
+def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
+    """The Site of `component` at `layer`; ComponentError with the valid choices otherwise."""
+    _check(info, component, layer)
+    d = info.d_model
+    if component == "embedding":
+        path = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
+        return Site(component, 0, path, "output", 1, d, 0, d, 1)
     _, row, blocks = layout(model)
     block = f"{blocks}.{layer}"
+    if component in ("block_input", "block_output"):
+        hook: Literal["input", "output"] = "input" if component == "block_input" else "output"
+        return Site(component, layer, block, hook, 1, d, 0, d, 1)
+    if row is None:  # structural fallback: attention / MLP modules only
+        attn = _child(model, block, ("self_attn", "attn", "attention", "self_attention"))
+        mlp = _child(model, block, ("mlp", "feed_forward", "ffn"))
+        name = attn if component.startswith("attention") else mlp
+        hook = "input" if component.endswith("input") else "output"
+        return Site(component, layer, f"{block}.{name}", hook, 1, d, 0, d, 1)
+    return _row_site(info, row, component, layer, block)
+
+
+def _row_site(info: ModelInfo, row: Layout, component: str, layer: int, block: str) -> Site:
+    """The Site of a component inside block `block` of a model whose layout has a table row."""
     d = info.d_model
 
     def whole(path: str, hook: Literal["input", "output"], width: int = d, heads: int = 1) -> Site:
         return Site(component, layer, path, hook, 1, width, 0, width, heads)
 
-    if component in ("block_input", "block_output"):
-        return whole(block, "input" if component == "block_input" else "output")
-    if row is None:  # structural fallback: attention / MLP modules only
-        attn = _child(model, block, ("self_attn", "attn", "attention", "self_attention"))
-        mlp = _child(model, block, ("mlp", "feed_forward", "ffn"))
-        name = attn if component.startswith("attention") else mlp
-        return whole(f"{block}.{name}", "input" if component.endswith("input") else "output")
     nh, nkv, hd = info.n_heads, info.n_kv_heads, info.head_dim
     if component == "attention_input":
         return whole(f"{block}.{row.attn}", "input")
@@ -355,20 +230,11 @@ def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
     if row.qkv is not None:
         assert row.fused is not None
         groups, width, lo, hi, heads = _qkv(info, row.qkv, part)
-        return Site(
-            component,
-            layer,
-            f"{block}.{row.fused}",
-            "output",
-            groups,
-            width,
-            lo,
-            hi,
-            heads if head_unit else 1,
-        )
-    path = {"q": row.q, "k": row.k, "v": row.v}[part]
+        fused = f"{block}.{row.fused}"
+        return Site(component, layer, fused, "output", groups, width, lo, hi, heads if head_unit else 1)
+    projection = {"q": row.q, "k": row.k, "v": row.v}[part]
     heads = nh if part == "q" else nkv
-    return whole(f"{block}.{path}", "output", heads * hd, heads if head_unit else 1)
+    return whole(f"{block}.{projection}", "output", heads * hd, heads if head_unit else 1)
 
 
 def blocks(model: Any) -> list[Any]:

@@ -240,20 +240,7 @@ def load(
             model.to(dev)
         model.eval()
     else:
-        import torch
-        from transformers import AutoConfig
-
-        config = _from_pretrained(AutoConfig, path, **kwargs)
-        dev = torch.device("meta")
-        try:
-            with dev:
-                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-        except Exception as exc:  # noqa: BLE001 - some custom inits touch tensor data
-            raise MetaUnsupported(
-                f"cannot build {name!r} from its config alone ({type(exc).__name__}: {exc}); "
-                "check it with its weights (`ivx validate --weights`)"
-            ) from None
-        model.eval()
+        model, dev = _meta_model(name, path, revision, trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -267,6 +254,27 @@ def load(
         device=dev,
         dtype=next(model.parameters()).dtype,
     )
+
+
+def _meta_model(
+    name: str, path: str, revision: str | None, trust_remote_code: bool
+) -> tuple[Any, torch.device]:
+    """The model's modules on the meta device, built from its config alone (eval mode)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = _from_pretrained(AutoConfig, path, revision=revision, trust_remote_code=trust_remote_code)
+    dev = torch.device("meta")
+    try:
+        with dev:
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - some custom inits touch tensor data
+        raise MetaUnsupported(
+            f"cannot build {name!r} from its config alone ({type(exc).__name__}: {exc}); "
+            "check it with its weights (`ivx validate --weights`)"
+        ) from None
+    model.eval()
+    return model, dev
 
 
 def load_spec(spec: Any, weights: bool = True) -> LoadedModel:

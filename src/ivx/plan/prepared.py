@@ -1,4 +1,8 @@
-"""A config checked against its model, ready to execute: one `Prepared` per corruption variant."""
+"""A config checked against its model, ready to execute: one `Prepared` per corruption variant.
+
+`ivx.recipes.prepare` makes them for every command; `ivx run` executes them, `ivx generate` and
+`ivx train` build their own runtime records (bound items, training points) from them.
+"""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ rows that entered at or below that block: `block` is the fixed price of running 
 price of one token through one block. Cells of one prefix always share a forward (their rows
 only pay for their own blocks); cells of neighbouring prefixes share one when a block's fixed
 price outweighs recomputing the few positions between them. ivx estimates `block` and `token`
-for the loaded model and device (`shortcuts.estimate`). Every choice is exact: a recomputed
-position or block gives the baseline's states.
+for the loaded model and device (`device_cost`), and `ivx.plan.estimate` prices a whole run with
+the same model. Every choice is exact: a recomputed position or block gives the baseline's states.
 """
 
 from __future__ import annotations
@@ -30,6 +30,29 @@ class Cost:
     def to_dict(self) -> dict[str, float | int]:
         """For the manifest."""
         return {"block_s": self.block, "token_s": self.token, "call_s": self.call}
+
+
+# Device constants of the cost model (measured on a 2-core x86 CPU and taken from typical GPUs):
+# per-block overhead (module calls, kernel launches), weight bandwidth, arithmetic rate. The CPU's
+# arithmetic rate is what one thread sustains through whole blocks (a plain GPT-2-small-shaped
+# forward of 2,048 tokens: ~1e11 FLOP/s on one thread). 4e10 packed too few cells per forward:
+# with 8e10, the benchmark's workloads ran 5-13% faster in one process, interleaved (T=12 and T=32,
+# 1 and 2 threads); across fresh processes the gain is within the machine's noise.
+DEVICE_COST = {
+    "cpu": {"overhead_s": 3e-4, "bytes_per_s": 5e9, "flops_per_s": 8e10},
+    "cuda": {"overhead_s": 1e-4, "bytes_per_s": 1e12, "flops_per_s": 2e13},
+}
+
+
+def device_cost(block_params: int, element_bytes: int, device: str) -> Cost:
+    """The cost model of blocks of `block_params` parameters of `element_bytes` each on `device`
+    (a torch device type; unknown ones are priced as a GPU)."""
+    rates = DEVICE_COST.get(device, DEVICE_COST["cuda"])
+    return Cost(
+        block=rates["overhead_s"] + block_params * element_bytes / rates["bytes_per_s"],
+        token=2 * block_params / rates["flops_per_s"],
+        call=2 * rates["overhead_s"],
+    )
 
 
 # ---- staggered entry (rows join the block stack at their own layer; see `ivx.stagger`) -------

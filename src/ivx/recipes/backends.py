@@ -2,14 +2,16 @@
 
 The driver (`ivx.recipes.run`) prepares the baselines, asks a backend for the outputs of the cells
 still to do, and stays the only writer of the run directory. A backend receives batches of cells
-and yields lists of `execution.CellOutput` as they finish, in any order.
+and yields lists of `loop.CellOutput` as they finish, in any order; every method of the table
+(`ivx.methods.registry`) runs on every backend.
 
 Ray results are byte-identical to local ones because an actor runs exactly the forwards the
-local loop would: every actor builds the same `Executor` from the same config (same plan, same
-noise, same baselines, packing costed over the whole plan), and the driver cuts the local
-loop's batches (`Executor.steps`) into tasks only where the loop holds no pending work (no
-deferred unembedding waiting for more rows, `execution.segments`), so no forward or
-unembedding gets different rows.
+local run would: every actor builds the same `Executor` from the same config (same plan, same
+noise, same baselines, packing costed over the whole plan) and runs the experiment's method on
+its tasks, and the driver cuts the cells into tasks the method's way (`registry.tasks`): exact
+patching's batches (`Executor.steps`) only where the loop holds no pending work (no deferred
+unembedding waiting for more rows, `loop.segments`), whole prompts for path patching and
+attribution (which run prompt by prompt) — so no forward or unembedding gets different rows.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ivx.core.errors import ConfigError
 from ivx.engine import answers
-from ivx.engine import loop as execution
 from ivx.methods import registry
 from ivx.recipes import prepare
 
@@ -61,12 +62,7 @@ def resolve(
     if name not in BACKENDS:
         valid = ", ".join(BACKENDS)
         problems.append(prep.cfg.problem(("backend",), f"unknown backend {name!r}; valid: {valid}"))
-    method = registry.of(prep.cfg).name
-    if name == "ray" and method != "exact":
-        where, what = (
-            (("method",), f"method: {exp.method}") if exp.method != "exact" else (("backend",), method)
-        )
-        problems.append(prep.cfg.problem(where, f"{what} runs on the local backend only, not ray"))
+    problems += registry.backend_problems(prep.cfg, name)
     if name == "ray" and importlib.util.find_spec("ray") is None:
         problems.append(
             prep.cfg.problem(("backend",), f"backend 'ray' needs Ray, which is not installed: {EXTRA}")
@@ -100,28 +96,12 @@ def _local(
 
 
 def tasks(executor: Executor, todo: list[Cell], task_cells: int) -> list[list[Cell]]:
-    """`todo` cut into tasks of about `task_cells` cells that reproduce the local loop's forwards.
+    """`todo` cut into tasks of about `task_cells` cells that reproduce the local run's forwards.
 
-    The executor's own batches (`Executor.steps`, counted in its report as the local loop would)
-    cut where no deferred-head rows are pending (`execution.segments`), then joined into tasks.
+    The method's own cut (`registry.tasks`): the exact loop's batches where no deferred-head rows
+    are pending, whole prompts for the methods that run prompt by prompt.
     """
-
-    return _merge(execution.segments(executor.steps(todo), executor.samples), task_cells)
-
-
-def _merge(segments: list[list[Cell]], task_cells: int) -> list[list[Cell]]:
-    """Consecutive segments joined into tasks of at least `task_cells` cells.
-
-    Any run of consecutive segments re-chunks as the local loop did: no-op chunks are cut from
-    the start at the same step, and scheduled batches start with nothing pending.
-    """
-    out: list[list[Cell]] = []
-    for segment in segments:
-        if out and len(out[-1]) < task_cells:
-            out[-1] = out[-1] + segment
-        else:
-            out.append(list(segment))
-    return out
+    return registry.tasks(executor, todo, task_cells)
 
 
 def fingerprint(prep: Prepared) -> str:
@@ -161,7 +141,7 @@ class Worker:
 
         with torch.inference_mode():
             cells = [self.cells[i] for i in indices]
-            return [out for batch in self.executor.execute(cells) for out in batch]
+            return [out for batch in registry.execute(self.executor, cells) for out in batch]
 
     def pid(self) -> int:
         """The actor's process id (tests kill it)."""

@@ -11,18 +11,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ivx.config import loader as config_mod
 from ivx.config.loader import LoadedConfig, parse
 from ivx.config.settings import Generate
 from ivx.engine.binding import Binder, multi_site
 from ivx.engine.decoding import Bound, run_generation
-from ivx.model import loading as models
 from ivx.plan import grid as plan
 from ivx.plan import tokenization
+from ivx.plan.prepared import Prepared
+from ivx.recipes.prepare import prepare_all
 from ivx.results import rundir
 
 if TYPE_CHECKING:
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from ivx.config.schema import Experiment
     from ivx.model.loading import LoadedModel
     from ivx.plan.grid import Cell
-    from ivx.plan.tokenization import TokenizedPrompt
 
 __all__ = ["generate_run", "resolve"]
 
@@ -51,28 +49,6 @@ def resolve(
     return items, binder.saved
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """A generate experiment ready to decode: config, model, prompts and planned cells."""
-
-    cfg: LoadedConfig
-    lm: LoadedModel
-    prompts: list[TokenizedPrompt]
-    cells: tuple[Cell, ...]
-    bos: bool
-
-
-def prepare(config: Path, overrides: tuple[str, ...]) -> Prepared:
-    """Load and plan a generate config; ConfigError (file:line) with every problem found."""
-
-    cfg = config_mod.load(config, overrides)
-    spec = cfg.experiment.model
-    lm = models.load_spec(spec)
-    prompts = tokenization.for_config(cfg, lm.tokenizer)
-    cells = plan.expand(cfg, lm.info, prompts, mode="generate").cells
-    return Prepared(cfg, lm, prompts, cells, tokenization.use_bos(lm.tokenizer, spec.bos))
-
-
 def _by_point(cells: Sequence[Cell]) -> list[list[Cell]]:
     """Cells grouped by grid point, in plan order."""
     groups: dict[tuple[tuple[str, Any], ...], list[Cell]] = {}
@@ -81,11 +57,12 @@ def _by_point(cells: Sequence[Cell]) -> list[list[Cell]]:
     return list(groups.values())
 
 
-def _bind_all(prep: Prepared) -> tuple[list[tuple[list[Cell], list[Bound]]], dict[str, Any]]:
+def _bind_all(prep: Prepared, bos: bool) -> tuple[list[tuple[list[Cell], list[Bound]]], dict[str, Any]]:
     """Every grid point's cells with their bound items (vectors, sources), and the computed vectors."""
-    binder = Binder(prep.lm, prep.cfg, prep.bos, multi_site(prep.cells))
+    cells = prep.plan.cells
+    binder = Binder(prep.lm, prep.cfg, bos, multi_site(cells))
     groups = []
-    for group in _by_point(prep.cells):
+    for group in _by_point(cells):
         items = [b for i, c in enumerate(group) for b in binder.bind(i, prep.prompts[c.prompt], c.edits)]
         groups.append((group, items))
     return groups, binder.saved
@@ -96,18 +73,19 @@ def _generations(
     groups: list[tuple[list[Cell], list[Bound]]],
     seed: int,
     stream: Callable[[str], object] | None,
+    bos: bool,
 ) -> list[dict[str, Any]]:
     """Both continuations of every prompt at every grid point."""
 
     settings = prep.cfg.experiment.generate or Generate.model_validate({})
     texts = [r.base for r in prep.cfg.records]
     plain_of: dict[int, list[dict[str, Any]]] = {}
-    for row in run_generation(prep.lm, texts, [], settings, seed, bos=prep.bos):
+    for row in run_generation(prep.lm, texts, [], settings, seed, bos=bos):
         plain_of.setdefault(row["prompt_index"], []).append(row)
     pairs = []
     for group, items in groups:
         steered = run_generation(
-            prep.lm, [texts[c.prompt] for c in group], items, settings, seed, stream, prep.bos
+            prep.lm, [texts[c.prompt] for c in group], items, settings, seed, stream, bos
         )
         seen: dict[int, int] = {}
         for row in steered:
@@ -152,20 +130,23 @@ def generate_run(
     out_root: str | None,
     quick: dict[str, Any] | None = None,
     echo: Callable[..., object] | None = None,
+    max_cells: int | None = None,
 ) -> Path:
-    """The `ivx generate` recipe: config → plan → model → both generations → run directory."""
+    """The `ivx generate` recipe: prepare (as `ivx validate --for generate` does) → bind → both
+    generations → run directory."""
     import torch
     import yaml
 
     config = _quick_config(quick) if quick is not None else config
     if config is None:
         raise ValueError("give CONFIG, or --model and --prompt (and --intervention)")
-    prep = prepare(config, overrides)
+    (prep,) = prepare_all(config, overrides, max_cells=max_cells, mode="generate")
     exp, spec, lm = prep.cfg.experiment, prep.cfg.experiment.model, prep.lm
+    bos = tokenization.use_bos(lm.tokenizer, spec.bos)
     settings = exp.generate or Generate.model_validate({})
     seed = settings.seed if settings.seed is not None else exp.seed
     torch.manual_seed(seed)
-    groups, vectors = _bind_all(prep)  # user errors (vectors, bundles) before the run directory
+    groups, vectors = _bind_all(prep, bos)  # user errors (vectors, bundles) before the run directory
     run_dir = rundir.create(out_root or exp.output.root, exp.name)
     rundir.write_text(run_dir / "config.yaml", prep.cfg.text)
     rundir.write_text(run_dir / "resolved.yaml", yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
@@ -181,7 +162,7 @@ def generate_run(
     try:
         started = time.perf_counter()
         stream = (lambda s: echo(s, nl=False, err=True)) if settings.stream and echo else None
-        pairs = _generations(prep, groups, seed, stream)
+        pairs = _generations(prep, groups, seed, stream, bos)
         if stream and echo is not None:
             echo("", err=True)
         rundir.write_text(run_dir / "generations.jsonl", "".join(_line(prep, p, seed) + "\n" for p in pairs))

@@ -1,18 +1,21 @@
-"""One `prepare` for every command: load → schema → method checks → model-aware checks → plan.
+"""One `prepare` for every command: load → schema → per-command checks → model-aware checks → plan.
 
 `ivx validate --for X` and `ivx X` (run, generate, train) and the Ray workers all prepare a config
-here, so what validate accepts the command accepts.
+here, so what validate accepts the command accepts and what it rejects the command rejects, line
+for line: the fields a command would ignore (`plan.checks.ignored`), the run's method rules, the
+training checks (subspace widths, records left to train on after `max_records` and the split).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 from ivx.config import loader as config_mod
 from ivx.config.loader import LoadedConfig
-from ivx.core.errors import ConfigError
+from ivx.core.errors import ConfigError, Problem
 from ivx.methods import registry
 from ivx.model import loading as models
 from ivx.plan import checks, tokenization
@@ -22,7 +25,7 @@ from ivx.plan.prepared import Prepared, variants
 
 
 def prepare(path: str | Path, overrides: tuple[str, ...] = (), lm: Any = None) -> Prepared:
-    """Validate the config, load the model, tokenize prompts and expand the plan.
+    """Validate the config, load the model, tokenize prompts and expand the plan (for `ivx run`).
 
     `lm` reuses an already loaded `models.LoadedModel` (library use: many configs, one model).
     Raises ConfigError (schema and model-aware problems) or models.ModelLoadError.
@@ -38,50 +41,76 @@ def prepare_all(
     max_cells: int | None = None,
     mode: Mode = "run",
 ) -> list[Prepared]:
-    """`prepare` for every corruption variant (one item unless `corrupt` is a list).
+    """Prepare a config for `ivx <mode>`: one Prepared per corruption variant (one unless `corrupt`
+    is a list). `ivx validate --for <mode>` calls this with `weights=False`, the commands with True.
 
+    Load → schema (and the run's method rules) → fields the command ignores → model structure →
+    model-aware and command checks → plan; every problem found up to the plan is raised at once.
     `weights=False` checks against the model's structure only (meta device, nothing downloaded
     but its config and tokenizer); fact selection, which needs forward passes, is then skipped.
     `max_cells` refuses larger plans before they are built (their cells alone fill memory).
     """
 
-    cfg = config_mod.load(path, overrides, (registry.config_checks,))
+    cfg = config_mod.load(path, overrides, (registry.config_checks,) if mode == "run" else ())
+    ignored = checks.ignored(cfg, mode)
     spec = cfg.experiment.model
-    load = (spec.name, spec.revision, spec.dtype, spec.device, spec.trust_remote_code, spec.device_map)
     if lm is None:
         # the structure first (meta device): a bad layer or position is reported before minutes
         # of loading a large model's weights
         try:
-            lm = models.load(*load, weights=False)
+            lm = models.load_spec(spec, weights=False)
         except models.MetaUnsupported:
             if not weights:
                 raise
-            lm = models.load(*load)  # its init needs real tensors: check after loading
-    prompts = tokenization.for_config(cfg, lm.tokenizer)
-    _check_files(cfg)
-    checks.model_limits(cfg, lm, prompts, max_cells)
-    registry.check_model(cfg, lm)
-    out = _expand(cfg, lm, prompts, None, mode)  # raises ConfigError with every model-aware problem
+            lm = models.load_spec(spec)  # its init needs real tensors: check after loading
+    try:
+        out = _checked(cfg, lm, max_cells, mode)
+    except ConfigError as exc:
+        raise ConfigError(list(dict.fromkeys(exc.problems + ignored))) from None
+    if ignored:
+        raise ConfigError(ignored)
     if weights and lm.device.type == "meta":
-        lm = models.load(*load)
+        lm = models.load_spec(spec)
         out = [dataclasses.replace(prep, lm=lm) for prep in out]
+    if mode != "run":
+        return out
     trace = cfg.experiment.trace
+    prompts = out[0].prompts
     if trace is not None and trace.select_correct and weights:
         prompts, dropped = select_correct(lm, prompts)
         if not prompts:
             raise ConfigError(
                 [cfg.problem(("trace", "select_correct"), "the model predicts none of the targets")]
             )
-        out = _expand(cfg, lm, prompts, dropped)
+        out = _expand(cfg, lm, prompts, dropped, mode)
     problems = checks.replacement(cfg, lm.tokenizer, prompts)
     if problems:
         raise ConfigError(problems)  # before the run directory and any cell
     return out
 
 
-def _expand(
-    cfg: LoadedConfig, lm: Any, prompts: list, dropped: list | None, mode: Mode = "run"
-) -> list[Prepared]:
+def _checked(cfg: LoadedConfig, lm: Any, max_cells: int | None, mode: Mode) -> list[Prepared]:
+    """Tokens, files, model limits, the method's and the command's checks, then the plan."""
+
+    records = cfg.records
+    train = cfg.experiment.train
+    if mode == "train" and train is not None and train.max_records:
+        records = records[: train.max_records]  # `ivx train` trains on the first max_records
+    prompts = tokenization.for_config(cfg, lm.tokenizer, records)
+    _check_files(cfg)
+    checks.model_limits(cfg, lm, prompts, max_cells)
+    if mode == "run":
+        registry.check_model(cfg, lm)
+    out = _expand(cfg, lm, prompts, None, mode)  # raises ConfigError with every model-aware problem
+    if mode == "train":
+        problems = checks.subspace_widths(cfg, lm, out[0].plan.cells)
+        problems += checks.training_records(cfg, len(prompts))
+        if problems:
+            raise ConfigError(problems)
+    return out
+
+
+def _expand(cfg: LoadedConfig, lm: Any, prompts: list, dropped: list | None, mode: Mode) -> list[Prepared]:
     """One Prepared per corruption variant, cell indices unique across variants."""
 
     out = []
@@ -112,8 +141,36 @@ def _check_files(cfg: LoadedConfig) -> None:
                 )
             else:
                 problems.extend(checks.reference(cfg, ("interventions", i, field), path))
+        if iv.contrast is not None and iv.contrast.file is not None:
+            problems.extend(_contrast_pairs(cfg, ("interventions", i, "contrast", "file"), iv.contrast.file))
     if problems:
         raise ConfigError(problems)
+
+
+def _contrast_pairs(cfg: LoadedConfig, loc: tuple, ref: str) -> list[Problem]:
+    """A `contrast.file` must be JSONL of {positive, negative} prompt pairs (read when binding)."""
+
+    path = Path(ref) if Path(ref).is_absolute() else cfg.path.parent / ref
+    if not path.is_file():
+        return [cfg.problem(loc, f"{ref!r} not found (looked at {path})")]
+    try:
+        lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        return [cfg.problem(loc, f"{ref!r} is not readable UTF-8 text ({exc})")]
+    for n, line in lines:
+        try:
+            pair = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            pair = None
+        if not (
+            isinstance(pair, dict) and all(isinstance(pair.get(k), str) for k in ("positive", "negative"))
+        ):
+            return [
+                cfg.problem(
+                    loc, f"{ref!r} line {n} must be a JSON object with `positive` and `negative` text"
+                )
+            ]
+    return [] if lines else [cfg.problem(loc, f"{ref!r} has no pairs")]
 
 
 def select_correct(lm: Any, prompts: list) -> tuple[list, list[dict[str, Any]]]:

@@ -18,23 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ivx.config import loader as config_mod
+from ivx.config.settings import Train
 from ivx.core.errors import ConfigError
 from ivx.methods import das_controls
 from ivx.methods.iit import Example, examples_of, train_point
 from ivx.model import components
-from ivx.model import loading as models
 from ivx.plan import grid as plan
-from ivx.plan import tokenization
 from ivx.plan.edits import resolve_edits
+from ivx.recipes.prepare import prepare_all
 from ivx.results import controls as result_controls
 from ivx.results import rundir, train_report
 from ivx.results.session import recorded_config
 from ivx.store import bundle
 
-__all__ = ["plan_training", "split", "train_run"]
-
-from ivx.config.settings import Train
+__all__ = ["Training", "plan_training", "split", "train_run"]
 
 if TYPE_CHECKING:
     from ivx.config.loader import LoadedConfig
@@ -72,8 +69,8 @@ def split(n: int, eval_split: float, seed: int) -> tuple[set[int], list[int]]:
 
 
 @dataclass
-class Session:
-    """A planned training run: config, frozen model, prompts, cells per grid point, run directory."""
+class Training:
+    """A prepared training run: config, frozen model, prompts, cells per grid point, the split."""
 
     cfg: LoadedConfig
     config: Path
@@ -99,93 +96,69 @@ class Session:
         }
 
 
-def plan_training(config: Path, overrides: tuple[str, ...]) -> Session:
-    """Load, plan (train mode: every record, every point) and freeze the model; ConfigError otherwise."""
+def plan_training(config: Path, overrides: tuple[str, ...], max_cells: int | None = None) -> Training:
+    """Prepare the config for `ivx train` (as `ivx validate --for train` does: every record up to
+    `max_records`, every point, the subspace widths, the split) and freeze the model."""
 
-    cfg = config_mod.load(config, overrides)
-    exp = cfg.experiment
-    settings = exp.train or Train.model_validate({})
-    spec = exp.model
-    lm = models.load_spec(spec)
-    for param in lm.model.parameters():  # the model is frozen: only the intervention trains
+    (prep,) = prepare_all(config, overrides, max_cells=max_cells, mode="train")
+    for param in prep.lm.model.parameters():  # the model is frozen: only the intervention trains
         param.requires_grad_(False)
-    records = cfg.records[: settings.max_records] if settings.max_records else cfg.records
-    prompts = tokenization.for_config(cfg, lm.tokenizer, records)
-    cells = plan.expand(cfg, lm.info, prompts, mode="train").cells
     points: dict[tuple[tuple[str, Any], ...], list[Cell]] = {}
-    for cell in cells:
+    for cell in prep.plan.cells:
         points.setdefault(cell.point, []).append(cell)
-    _check_widths(cfg, lm, [group[0] for group in points.values()])
-    held, train = split(len(prompts), settings.eval_split, exp.seed)
-    return Session(cfg, config, overrides, lm, prompts, list(points.values()), held, train)
+    settings = prep.cfg.experiment.train or Train.model_validate({})
+    held, train = split(len(prep.prompts), settings.eval_split, prep.cfg.experiment.seed)
+    return Training(prep.cfg, config, overrides, prep.lm, prep.prompts, list(points.values()), held, train)
 
 
-def _check_widths(cfg: LoadedConfig, lm: LoadedModel, cells: list[Cell]) -> None:
-    """The learned subspace must fit the site: k ≤ the component's width, at every point."""
+def _open(training: Training, out_root: str | None, resume: Path | None) -> tuple[Path, Manifest]:
 
-    problems = []
-    for cell in cells:
-        edit = cell.edits[0]
-        iv = plan.substitute(cfg.experiment.interventions[0], dict(cell.point))
-        k = iv.low_rank_dimension or iv.interchange_dim or 1
-        width = components.resolve(lm.model, lm.info, edit.component, edit.layer).dim
-        if k > width:
-            field = "low_rank_dimension" if iv.low_rank_dimension else "interchange_dim"
-            raw = getattr(cfg.experiment.interventions[0], field)
-            path = ("sweep", raw[1:]) if isinstance(raw, str) else ("interventions", 0, field)
-            problems.append(cfg.problem(path, f"{field} {k} exceeds the width of {edit.component} ({width})"))
-    if problems:
-        raise ConfigError(list(dict.fromkeys(problems)))
-
-
-def _open(session: Session, out_root: str | None, resume: Path | None) -> tuple[Path, Manifest]:
-
-    exp = session.cfg.experiment
+    exp = training.cfg.experiment
     if resume is not None:
         manifest = rundir.Manifest.read(resume)
         manifest.update(status="running")
         return resume, manifest
     run_dir = rundir.create(out_root or exp.output.root, exp.name)
-    rundir.write_text(run_dir / "config.yaml", session.cfg.text)
+    rundir.write_text(run_dir / "config.yaml", training.cfg.text)
     manifest = rundir.Manifest.start(
         run_dir,
         name=exp.name,
         kind="train",
-        config=str(Path(session.config).resolve()),
-        overrides=list(session.overrides),
+        config=str(Path(training.config).resolve()),
+        overrides=list(training.overrides),
         seed=exp.seed,
-        device=str(session.lm.device),
-        model=session.model_info(),
+        device=str(training.lm.device),
+        model=training.model_info(),
     )
     return run_dir, manifest
 
 
 def _train_one(
-    session: Session, index: int, cells: list[Cell], run_dir: Path, log: Callable[[str], object]
+    training: Training, index: int, cells: list[Cell], run_dir: Path, log: Callable[[str], object]
 ) -> tuple[dict[str, Any], dict[str, Any], Intervention, Edit]:
     """Train grid point `index`: its result row, trained module output, concrete intervention, site edit."""
 
     point = dict(cells[0].point)
     edit = cells[0].edits[0]
-    iv = plan.substitute(session.cfg.experiment.interventions[0], point)
-    site = components.resolve(session.lm.model, session.lm.info, edit.component, edit.layer)
-    by_prompt = {c.prompt: (session.prompts[c.prompt], c.edits[0]) for c in cells}
+    iv = plan.substitute(training.cfg.experiment.interventions[0], point)
+    site = components.resolve(training.lm.model, training.lm.info, edit.component, edit.layer)
+    by_prompt = {c.prompt: (training.prompts[c.prompt], c.edits[0]) for c in cells}
 
     def examples(lm: LoadedModel) -> tuple[list[Example], list[Example]]:
         return (
-            examples_of(lm, site, [by_prompt[i] for i in session.train if i in by_prompt]),
-            examples_of(lm, site, [by_prompt[i] for i in sorted(session.held) if i in by_prompt]),
+            examples_of(lm, site, [by_prompt[i] for i in training.train if i in by_prompt]),
+            examples_of(lm, site, [by_prompt[i] for i in sorted(training.held) if i in by_prompt]),
         )
 
-    train, held = examples(session.lm)
+    train, held = examples(training.lm)
     log(
-        f"[{index + 1}/{len(session.points)}] {point or 'single site'}: {iv.kind} at "
+        f"[{index + 1}/{len(training.points)}] {point or 'single site'}: {iv.kind} at "
         f"{iv.component}[{edit.layer}] position {iv.position}, "
         f"{len(train)} train / {len(held)} held-out records"
     )
-    seed = session.cfg.experiment.seed + index
+    seed = training.cfg.experiment.seed + index
     checkpoint = run_dir / "checkpoints" / f"point{index}.pt"
-    out = train_point(session.lm, site, iv, session.settings, train, held, seed, log, checkpoint)
+    out = train_point(training.lm, site, iv, training.settings, train, held, seed, log, checkpoint)
     row = {
         "point": index,
         **point,
@@ -194,9 +167,9 @@ def _train_one(
         "control_iia": out["control_iia"],
         "epochs": len(out["history"]),
     }
-    if session.cfg.experiment.controls:
+    if training.cfg.experiment.controls:
         row.update(
-            das_controls.das_point(session.lm, session.cfg, iv, site, examples, session.settings, seed)
+            das_controls.das_point(training.lm, training.cfg, iv, site, examples, training.settings, seed)
         )
     return row, out, iv, edit
 
@@ -221,7 +194,7 @@ def _done_points(run_dir: Path) -> set[str]:
     return {str(json.loads(line)["point"]) for line in results.read_text().splitlines()}
 
 
-def _train_grid(session: Session, run_dir: Path, log: Callable[[str], object]) -> dict[str, Any]:
+def _train_grid(training: Training, run_dir: Path, log: Callable[[str], object]) -> dict[str, Any]:
     """Train every grid point; write interventions.safetensors; the best point for the bundle."""
     from safetensors.torch import save_file
 
@@ -229,8 +202,8 @@ def _train_grid(session: Session, run_dir: Path, log: Callable[[str], object]) -
     done = _done_points(run_dir)
     results, tensors = [], {}
     best: dict[str, Any] | None = None
-    for index, cells in enumerate(session.points):
-        row, out, iv, edit = _train_one(session, index, cells, run_dir, log)
+    for index, cells in enumerate(training.points):
+        row, out, iv, edit = _train_one(training, index, cells, run_dir, log)
         results.append(row)
         _append(run_dir, index, row, out["history"], done)
         params = out["module"].params()
@@ -247,22 +220,22 @@ def _train_grid(session: Session, run_dir: Path, log: Callable[[str], object]) -
     return {"results": results, **best}
 
 
-def _write_bundle(session: Session, run_dir: Path, trained: dict[str, Any]) -> None:
+def _write_bundle(training: Training, run_dir: Path, trained: dict[str, Any]) -> None:
     """The best point as a bundle, interventions.yaml, summary.json and the training report."""
     import yaml
 
-    bundle.save(run_dir / "bundle", [trained["intervention"]], trained["params"], session.model_info())
+    bundle.save(run_dir / "bundle", [trained["intervention"]], trained["params"], training.model_info())
     rundir.write_text(
         run_dir / "interventions.yaml", yaml.safe_dump({"interventions": [trained["intervention"]]})
     )
-    axes = list(session.cfg.experiment.sweep)
+    axes = list(training.cfg.experiment.sweep)
     summary = {
         "points": trained["results"],
         "best_point": trained["point"],
         "best_iia": trained["iia"],
         "axes": axes,
     }
-    controlled = bool(session.cfg.experiment.controls)
+    controlled = bool(training.cfg.experiment.controls)
     if controlled:
         summary["warnings"] = das_controls.das_warnings(trained["results"])
     rundir.write_json(run_dir / "summary.json", summary)
@@ -280,16 +253,17 @@ def train_run(
     out_root: str | None,
     resume: Path | None,
     log: Callable[[str], object],
+    max_cells: int | None = None,
 ) -> Path:
-    """The `ivx train` recipe: plan, then every grid point trained, evaluated and bundled."""
+    """The `ivx train` recipe: prepare, then every grid point trained, evaluated and bundled."""
     if resume is not None:
         config, overrides = recorded_config(resume)  # the same resume path as `ivx run`
-    session = plan_training(config, overrides)
-    run_dir, manifest = _open(session, out_root, resume)
+    training = plan_training(config, overrides, max_cells)
+    run_dir, manifest = _open(training, out_root, resume)
     started = time.perf_counter()
     try:
-        trained = _train_grid(session, run_dir, log)
-        _write_bundle(session, run_dir, trained)
+        trained = _train_grid(training, run_dir, log)
+        _write_bundle(training, run_dir, trained)
     except BaseException as exc:
         manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise

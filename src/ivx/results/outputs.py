@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ivx.config.schema import Corrupt
-from ivx.engine import answers
-from ivx.methods import verification
+from ivx.methods import registry
 from ivx.results import controls, gridplot, plots, rundir, tracing
-from ivx.results.summary import contrast_warnings, summarize
+from ivx.results.summary import contrast_warnings, scoring_warnings, summarize
 
 if TYPE_CHECKING:
     import torch
@@ -81,7 +80,7 @@ def _summary(
     axes: tuple[str, ...],
     metric_names: list[str],
 ) -> tuple[dict[str, Any], dict[str | None, dict[str, Any]]]:
-    """summary.json's content (grid statistics, prompts, warnings, traces, attribution checks)."""
+    """summary.json's content (grid statistics, prompts, warnings, traces, the method's own part)."""
 
     prep = preps[0]
     exp = prep.cfg.experiment
@@ -95,7 +94,7 @@ def _summary(
     }
     if prep.dropped:
         summary["dropped"] = prep.dropped
-    warnings = answers.scoring_warnings(prep.prompts, exp.answer)
+    warnings = scoring_warnings(prep.prompts, exp.answer)
     warnings += contrast_warnings(summary["prompts"], metric_names)
     if warnings:
         summary["warnings"] = warnings
@@ -112,10 +111,7 @@ def _summary(
         summary["trace"] = next(iter(traces.values()))
         if labelled:
             summary["traces"] = traces
-    if exp.method == "attribution":
-        checks = verification.for_run(executors, [p.label for p in preps], rows)
-        if checks:
-            summary["attribution_verification"] = checks
+    summary.update(registry.summary(executors, [p.label for p in preps], rows))  # the method's own part
     return summary, traces
 
 

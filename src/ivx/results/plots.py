@@ -160,11 +160,16 @@ def write_all(
         return []
     out_dir = run_dir / "plots"
     out_dir.mkdir(exist_ok=True)
+    name = prep.cfg.experiment.name + (f" ({suffix.lstrip('_')} corruption)" if suffix else "")
+    return _averages(out_dir, trace, name, suffix) + _per_fact(out_dir, prep, rows, trace, suffix)
+
+
+def _averages(out_dir: Path, trace: dict[str, Any], name: str, suffix: str) -> list[Path]:
+    """The dataset-average figures: by token category, by position, severed paths."""
     written: list[Path] = []
     metric = trace["metric"]
     n_layers = trace["n_layers"]
     comps = list(trace["components"])
-    name = prep.cfg.experiment.name + (f" ({suffix.lstrip('_')} corruption)" if suffix else "")
     # dataset average by token category
     cats = [c for c in CATEGORY_LABELS if any(c in trace["components"][k]["by_category"] for k in comps)]
     matrices = {
@@ -204,7 +209,17 @@ def write_all(
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    # per fact
+    return written
+
+
+def _per_fact(
+    out_dir: Path, prep: Any, rows: list[dict[str, Any]], trace: dict[str, Any], suffix: str
+) -> list[Path]:
+    """One layer × position figure per prompt (the first `trace.plots_per_fact`)."""
+    written: list[Path] = []
+    metric = trace["metric"]
+    n_layers = trace["n_layers"]
+    comps = list(trace["components"])
     limit = prep.cfg.experiment.trace.plots_per_fact if prep.cfg.experiment.trace else 3
     for p in prep.prompts[:limit]:
         grid: dict[str, list[list[float]]] = {

@@ -4,6 +4,7 @@
 and count of every metric over prompts; `contrast_warnings` flags runs whose clean and corrupted
 baselines barely differ, where every effect measured against them is noise-dominated. Which
 metrics are contrasts, and of which quantity, comes from the metric table (`metrics.METRICS`).
+`scoring_warnings` says what the scored tokens cannot tell, `scored_text` which tokens were scored.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import defaultdict
 from typing import Any
 
 from ivx.core import metrics
+from ivx.plan.tokenization import TokenizedPrompt
 
 # below these gaps between the clean and the corrupted run, effects are noise-dominated
 MIN_GAP: dict[str, float] = {"target_prob": 0.05, "logit_diff": 1.0}
@@ -77,3 +79,62 @@ def contrast_warnings(prompts: list[dict[str, Any]], metric_names: list[str]) ->
                 f"effects measured against it are noise-dominated (summary.json: prompts)"
             )
     return out
+
+
+def _bare(token: str) -> bool:
+    """A token that is only a space marker (GPT-2 'Ġ', SentencePiece '▁') or whitespace."""
+    return not token.replace("Ġ", "").replace("▁", "").strip()
+
+
+def scoring_warnings(prompts: list[TokenizedPrompt], answer: str = "first_token") -> list[str]:
+    """What the scored tokens cannot tell: shared first tokens, bare space tokens, multi-token answers
+    (the last only under `answer: first_token`)."""
+    full = answer == "full"
+    shared, bare, multi = [], [], []
+    for p in prompts:
+        for name, toks in (("target", p.target_tokens), ("foil", p.foil_tokens)):
+            if toks and _bare(toks[0]):
+                bare.append(f"prompt {p.index} {name} {toks[0]!r}")
+            if toks and len(toks) > 1 and not full:
+                multi.append(p)
+        if p.target_ids and p.foil_ids and p.target_ids[0] == p.foil_ids[0]:
+            shared.append(p)
+    out = []
+    if shared:
+        p = shared[0]
+        out.append(
+            f"{len(shared)} prompts: target and foil share their first token (e.g. prompt {p.index}: "
+            f"{p.record.target!r} / {p.record.foil!r} both start with {(p.target_tokens or ('',))[0]!r}), so "
+            "they cannot be told apart by it"
+        )
+    if bare:
+        out.append(
+            f"{len(bare)} answers start with a bare space token ({bare[0]}): the scored token carries no "
+            "word; check the tokenizer's leading-space convention"
+        )
+    if multi:
+        p = multi[0]
+        ids = p.target_tokens if p.target_tokens and len(p.target_tokens) > 1 else p.foil_tokens
+        out.append(
+            f"{len(set(q.index for q in multi))} prompts have multi-token answers (e.g. prompt {p.index}: "
+            f"{list(ids or ())}); only the first token is scored (summary.json: prompts)"
+        )
+    return out
+
+
+def scored_text(prompts: list[dict[str, Any]], limit: int = 3) -> str:
+    """One line per prompt (the first few) naming the token ids that were scored."""
+    lines = []
+    for p in prompts[:limit]:
+        parts = []
+        for name in ("target", "foil"):
+            ids, toks = p.get(f"{name}_ids"), p.get(f"{name}_tokens") or ["?"]
+            if ids:
+                parts.append(
+                    f"{name} {toks[0]!r} (id {ids[0]}" + (f" of {len(ids)} tokens)" if len(ids) > 1 else ")")
+                )
+        if parts:
+            lines.append(f"scored, prompt {p['prompt_index']}: " + ", ".join(parts))
+    if len(prompts) > limit and lines:
+        lines.append(f"(every prompt's scored tokens: summary.json → prompts, {len(prompts)} prompts)")
+    return "\n".join(lines)

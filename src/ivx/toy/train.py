@@ -88,12 +88,37 @@ def evaluate(model: Any, tok: Any, world: toy_world.World) -> dict[str, float]:
 def train(out: Path, settings: Settings = Settings(), log: Any = print) -> dict[str, Any]:
     """Train, evaluate, and save model + tokenizer + model card into `out`; raise if below bar."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     world = toy_world.build(settings.seed)
     tok = toy_tokenizer.build(toy_world.vocabulary(world))
+    model = _model(settings, tok)
+    seconds = _fit(model, tok, world, settings, log)
+    scores = evaluate(model, tok, world)
+    log("held-out accuracy: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    toy_tokenizer.save(tok, out)
+    report = {
+        "settings": asdict(settings),
+        "accuracy": scores,
+        "seconds": round(seconds, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(report, world))
+    failed = {k: v for k, v in scores.items() if k in BAR and v < BAR[k]}
+    if failed:
+        raise RuntimeError(f"ivx-toy is below the accuracy bar {BAR}: {failed}")
+    return report
+
+
+def _model(settings: Settings, tok: Any) -> Any:
+    """A freshly initialised GPT-2 of the settings' shape over the toy vocabulary (no dropout)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     config = GPT2Config(
         vocab_size=len(tok),
         n_positions=64,
@@ -107,7 +132,13 @@ def train(out: Path, settings: Settings = Settings(), log: Any = print) -> dict[
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    model = GPT2LMHeadModel(config)
+    return GPT2LMHeadModel(config)
+
+
+def _fit(model: Any, tok: Any, world: toy_world.World, settings: Settings, log: Any) -> float:
+    """Train `model` on IOI prompts and fact passages (AdamW, warm-up then cosine); seconds taken."""
+    import torch
+
     optim = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -138,25 +169,7 @@ def train(out: Path, settings: Settings = Settings(), log: Any = print) -> dict[
         if step % 500 == 0 or step == settings.steps - 1:
             log(f"step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - start:6.1f}s")
     model.eval()
-    seconds = time.perf_counter() - start
-    scores = evaluate(model, tok, world)
-    log("held-out accuracy: " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    toy_tokenizer.save(tok, out)
-    report = {
-        "settings": asdict(settings),
-        "accuracy": scores,
-        "seconds": round(seconds, 1),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    (out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(report, world))
-    failed = {k: v for k, v in scores.items() if k in BAR and v < BAR[k]}
-    if failed:
-        raise RuntimeError(f"ivx-toy is below the accuracy bar {BAR}: {failed}")
-    return report
+    return time.perf_counter() - start
 
 
 def model_card(report: dict[str, Any], world: toy_world.World) -> str:

@@ -211,6 +211,18 @@ CASES: dict[str, tuple[str, str]] = {
         valid(sweep="{}", iv=SET_IV.format(ref="files/narrow.safetensors")),
     ),
     "corrupt_empty_list": ("corrupt is an empty list", valid(corrupt="[]")),
+    "shuffled_labels_under_run": (
+        "controls: shuffled_labels applies to `ivx train` only",
+        valid(extra="controls: [shuffled_labels]\n"),
+    ),
+    "generate_section_under_run": (
+        "`generate:` holds the settings of `ivx generate`",
+        valid(extra="generate: {max_new_tokens: 5}\n"),
+    ),
+    "attribution_settings_with_exact": (
+        "this run uses method: exact",
+        valid(extra="attribution: {grad_drop: true}\n"),
+    ),
 }
 
 

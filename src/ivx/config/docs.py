@@ -1,4 +1,4 @@
-"""The experiment-file reference, generated from the schema itself (`ivx schema`).
+"""The experiment-file documentation, generated from the schema itself (`ivx schema`).
 
 Every field of every section with its type, default and description, so the documentation can
 never drift from what the validator accepts.
