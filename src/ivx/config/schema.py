@@ -144,7 +144,8 @@ class Intervention(Strict):
     receivers: list[Receiver] | None = Field(
         None,
         description="Path patching: this (vanilla) intervention is the sender; only its direct effect "
-        "on these receivers' inputs is patched, everything else frozen at the base run (see README).",
+        "on these receivers' inputs is patched, every other head and MLP output frozen at the run patched "
+        "into (the base run, or the corrupted run with `corrupt:`; see README).",
     )
 
     @field_validator("window")
@@ -256,8 +257,10 @@ class Experiment(Strict):
     controls: list[Literal["random_init", "placebo", "shuffled_labels"]] = Field(
         default_factory=list,
         description="Controls run beside the real result (summary.json → controls, plots in controls/): "
-        "random_init (ivx run: a seeded re-initialised model), placebo (ivx run: norm-matched random "
-        "activations/vectors), shuffled_labels (ivx train: DAS on permuted counterfactual labels).",
+        "random_init (run and train: a seeded re-initialised model), placebo (ivx run: norm-matched random "
+        "activations/vectors; ivx train: the untrained random basis, always reported as control_iia, listed "
+        "to draw it beside the others), shuffled_labels (ivx train only: DAS on permuted counterfactual "
+        "labels). ivx generate takes none.",
     )
     generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
     train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")

@@ -165,7 +165,7 @@ class Attribution(Strict):
 
 
 class Ray(Strict):
-    """`backend: ray`: cells run on Ray actors, each holding one model replica (see `ivx.recipes.backends`)."""
+    """`backend: ray`: cells run on Ray actors, each with one model replica (see `ivx.recipes.backends`)."""
 
     address: str | None = Field(
         None, description="Cluster to join: auto, HOST:PORT, or null to start a local Ray on this machine."

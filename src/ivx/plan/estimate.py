@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 CELL_BYTES = 1200  # measured: a 1.35M-cell plan held ~1.6 GB before any cell ran
 
-# Measured on the 2-core CPU (OMP_NUM_THREADS=1, ivx-toy, shipped configs): what the cost model
-# does not price. Start-up is importing torch and transformers and loading the model.
+# What the cost model does not price, set from the shipped configs' runs on the 2-core x86 CPU
+# (ivx-toy, OMP_NUM_THREADS=1, load ~1). Start-up is importing torch and transformers and loading
+# the model; on a busy machine every part takes longer.
 START_S = 5.0
 READ_BYTES_PER_S = 2e8  # weights read at start-up
 CELL_S = 4e-4  # per cell: planning, its patches, metrics and result row (also for no-op cells)
