@@ -19,6 +19,13 @@ if "IVX_CACHE_DIR" not in os.environ:  # ivx's digest store: never the user's ~/
 from tests.tiny import build  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _fresh_ivx_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts with an empty ivx cache: what one test's validate learned about a model
+    (model/skeleton.py) must not answer for another test's."""
+    monkeypatch.setenv("IVX_CACHE_DIR", str(tmp_path_factory.mktemp("ivx-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """tiny_model_dir("llama") → a saved 2-layer, width-32 random model (built once)."""

@@ -1,7 +1,8 @@
 """ivx: causal interventions on Hugging Face causal language models, from one YAML file.
 
-Library use: `ivx.run(config_or_path_or_dict, **overrides) -> Run` and `ivx.load_run(path) -> Run`
-(see ivx.api); both are imported on first use so `import ivx` stays instant.
+Library use: `ivx.run(config_or_path_or_dict, **overrides) -> Run`, `ivx.load_run(path) -> Run`,
+`ivx.Model(name)` (load once, run many) and `ivx.cache(model, prompts, sites)` (see ivx.api); all
+are imported on first use so `import ivx` stays instant.
 """
 
 from __future__ import annotations
@@ -9,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Run", "load_run", "run", "__version__"]
+__all__ = ["Model", "Run", "cache", "load_run", "run", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     """Lazy exports of the Python API (no torch or pandas at import time)."""
-    if name in ("run", "load_run", "Run"):
+    if name in ("run", "load_run", "Run", "Model", "cache"):
         from ivx import api
 
         return getattr(api, name)

@@ -45,6 +45,10 @@ OFFLINE_RUNS = {
     "das_eval.yaml": ["prompts.limit=10"],
     "activation_patching_heads.yaml": ["prompts.limit=2"],
     "path_patching.yaml": ["prompts.limit=2"],
+    "mean_ablation_heads.yaml": ["prompts.limit=3"],
+    "attention_pattern.yaml": ["prompts.limit=2"],
+    "logit_lens.yaml": ["prompts.limit=3"],
+    "dla.yaml": ["prompts.limit=3"],
     "causal_trace_severed.yaml": ["prompts.limit=3", "corrupt.samples=2", "sweep.layer=[0,2]"],
     "causal_trace_corruptions.yaml": [
         "prompts.limit=30",

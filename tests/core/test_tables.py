@@ -70,6 +70,8 @@ def test_every_fixed_kind_computes_its_documented_formula() -> None:
         "scale": base * 3.0,
         "collect": base,
         "set": 2.0 * source,
+        "mean": source,  # the engine passes the reference mean as `source`
+        "resample": source,  # ... or the other record's activation
     }
     fixed = {k for k, spec in interventions.KINDS.items() if not spec.trainable}
     assert fixed == set(expected)

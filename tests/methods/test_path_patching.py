@@ -112,8 +112,10 @@ def hooked(
             h.remove()
 
 
-def oracle(lm: Any, arch: str, head: int) -> float:
-    """The two-step path patch of layer 0's head `head` (all positions), by hand: logit difference."""
+def oracle(lm: Any, arch: str, head: int, sender_z: torch.Tensor | None = None) -> float:
+    """The two-step path patch of layer 0's head `head` (all positions), by hand: logit difference.
+
+    The sender's value is the source run's, or `sender_z` ([1, seq, d], a mean ablation's)."""
     spec = ARCHS[arch]
     tok = lm.tokenizer
     base = torch.tensor([tok(BASE, add_special_tokens=False)["input_ids"]])
@@ -132,6 +134,8 @@ def oracle(lm: Any, arch: str, head: int) -> float:
         return f
 
     hooked(lm.model, source, {zs[0]: keep("src_z")}, {})
+    if sender_z is not None:
+        seen["src_z"] = sender_z
     hooked(lm.model, base, {z: keep(z) for z in zs}, {m: keep(m) for m in mlps})
     frozen = {k: v for k, v in seen.items() if k != "src_z"}
     sender = slice(head * HD, (head + 1) * HD)

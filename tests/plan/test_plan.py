@@ -112,7 +112,10 @@ def test_trace_section_applies_romes_window_where_none_is_set(tmp_path: Path) ->
           - {kind: vanilla, component: $component, layer: $layer, position: 1}
         """
     info = FakeInfo(n_layers=24)
-    with_trace = plan.expand(load(tmp_path, body + "trace: {}\n"), info, [prompt(0, 5)])
+    # ROME's own window, written out: the default now scales with depth (issue #27, see
+    # tests/plan/test_trace_window.py), and this test pins the window's mechanics
+    rome = "trace: {window: {mlp_output: 10, attention_output: 10}}\n"
+    with_trace = plan.expand(load(tmp_path, body + rome), info, [prompt(0, 5)])
     by_point = {tuple(v for _, v in c.point): c for c in with_trace.cells}
     # ROME: a window of 10 layers centred on the layer for MLP and attention, clipped at the ends
     assert [e.layer for e in by_point[("mlp_output", 12)].edits] == list(range(7, 17))

@@ -41,10 +41,18 @@ def test_two_whole_word_matches_are_ambiguous_unless_an_occurrence_is_given() ->
         subject_span(text, _words(text), "Paris", 3)
 
 
-def test_a_single_occurrence_off_token_boundaries_still_covers_its_tokens() -> None:
+def test_a_single_occurrence_inside_a_longer_word_is_an_error() -> None:
+    # issue #27: this was accepted silently (the token containing it); subjects match whole words
     text = "The Parisian cafes"
-    (start, end), chars = subject_span(text, _words(text), "Paris", None)
-    assert chars == (4, 9) and (start, end) == (1, 2)  # the only match: the token that contains it
+    with pytest.raises(PositionError, match="only part of a word .*'Parisian'.*subject_occurrence: 1"):
+        subject_span(text, _words(text), "Paris", None)
+    assert subject_span(text, _words(text), "Paris", 1) == ((1, 2), (4, 9))  # asked for explicitly
+
+
+def test_a_single_whole_word_off_token_boundaries_still_covers_its_tokens() -> None:
+    text = "In Paris, now"
+    offsets = [(0, 2), (3, 9), (10, 13)]  # 'Paris,' is one token
+    assert subject_span(text, offsets, "Paris", None) == ((1, 2), (3, 8))
 
 
 def test_leading_space_offsets_count_as_a_token_start() -> None:

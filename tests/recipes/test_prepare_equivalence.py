@@ -75,7 +75,6 @@ CASES: list[tuple[str, str, dict, str]] = [
     ("run", "train_section", {"train": {"epochs": 1}}, "`train:` holds the settings"),
     ("run", "attribution_without_method", {"attribution": {"qk_fix": True}}, "this run uses method: exact"),
     ("run", "top_k_without_metric", {"output": {"top_k": 3}}, "metrics has no top_k"),
-    ("run", "contrast", {"iv": {"kind": "addition", "contrast": {"file": str(STEER)}}}, "contrast prompts"),
     ("run", "bad_layer", {"sweep": {}, "iv": {"layer": 99}}, "out of range"),
     ("run", "bad_position", {"iv": {"position": 500}}, "position 500"),
     ("run", "bad_head", {"iv": HEAD}, "head 99 is out of range"),
@@ -209,8 +208,10 @@ def test_the_bad_config_corpus_is_refused_alike_by_validate_and_run(path: Path, 
             {"metrics": ["logit_diff"], "output": {"logits": "none", "plots": True}},
         ),  # a run config
         ("run", {"controls": ["random_init", "placebo"], "ray": {"actors": 1}}),  # --backend ray reads `ray:`
+        # issue #27: ivx run builds contrast vectors (was refused here; tests/recipes/test_contrast_run.py)
+        ("run", {"iv": {"kind": "addition", "contrast": {"file": str(STEER)}}}),
     ],
-    ids=["train-controls", "train-max_records", "generate-run-settings", "run-controls-ray"],
+    ids=["train-controls", "train-max_records", "generate-run-settings", "run-controls-ray", "run-contrast"],
 )
 def test_fields_a_command_honours_are_accepted(command: str, changes: dict, tmp_path: Path) -> None:
     records = [json.loads(x) for x in CITY_SWAP.read_text().splitlines()[:2]] + [{"base": "no source"}]

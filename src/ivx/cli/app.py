@@ -27,6 +27,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "ivx.cli.train",
     "ivx.cli.hub",
     "ivx.cli.runs",
+    "ivx.cli.report",
     "ivx.cli.toy",
 )
 
@@ -312,11 +313,15 @@ def components(
     )
     from rich.markup import escape
 
-    table = Table("component", "module (layer N)", "hook", "shape")
+    from ivx.config import tl_names
+
+    table = Table("component", "module (layer N)", "hook", "shape", "TransformerLens")
     for column in table.columns:
         column.overflow = "fold"  # wrap, never "…"
     for row in comps.table(lm.model, info):
-        table.add_row(str(row["name"]), str(row["module"]), str(row["hook"]), escape(str(row["shape"])))
+        tl = tl_names.tl_name(str(row["name"]))
+        cells = (str(row["name"]), str(row["module"]), str(row["hook"]), escape(str(row["shape"])))
+        table.add_row(*cells, escape(f"blocks.N.{tl}" if tl and tl != "hook_embed" else tl))
     out.print(table)
 
 
@@ -377,4 +382,15 @@ _register_all()
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    from ivx.core import startup, threads
+
+    try:  # before anything imports torch: OpenMP reads its wait policy once, when torch loads it
+        threads.configure()
+    except threads.ThreadsError as exc:
+        _err(f"error: {exc}")
+        raise SystemExit(2) from None
+    try:
+        app()
+    except SystemExit as exc:
+        startup.leave(exc.code)
+    startup.leave(0)

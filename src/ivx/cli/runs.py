@@ -7,6 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
+from ivx.cli.errors import guard
+
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where a bare run name is looked up.")]
+
 
 def register(app: typer.Typer) -> None:
     """Add `ls`, `show` and `compare`."""
@@ -27,31 +31,52 @@ def register(app: typer.Typer) -> None:
         typer.echo(report.wrap(header, [[str(r[h]) for h in header] for r in rows], width=10_000))
 
     @app.command("show")
-    def show_command(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    @guard
+    def show_command(
+        run: Annotated[Path, typer.Argument(help="A run directory, or a run name `ivx ls` prints.")],
+        runs_dir: RunsDir = Path("runs"),
+    ) -> None:
         """Print a run's summary table again (what `ivx run` / `ivx train` printed)."""
-        opened = _open(run)
+        opened = open_run(run, runs_dir)
         manifest = opened.manifest
-        typer.echo(f"{run}  {manifest.get('name', '')}  status {manifest.get('status')}")
+        typer.echo(f"{opened.path}  {manifest.get('name', '')}  status {manifest.get('status')}")
         typer.echo(opened.table())
 
     @app.command("compare")
+    @guard
     def compare_command(
-        run_a: Annotated[Path, typer.Argument(help="Run A.")],
-        run_b: Annotated[Path, typer.Argument(help="Run B.")],
+        run_a: Annotated[Path, typer.Argument(help="Run A (directory or name).")],
+        run_b: Annotated[Path, typer.Argument(help="Run B (directory or name).")],
+        html: Annotated[
+            bool, typer.Option("--html", help="Also write a side-by-side page: A, B and B − A figures.")
+        ] = False,
+        out: Annotated[Path | None, typer.Option("--out", help="The --html page's path.")] = None,
+        runs_dir: RunsDir = Path("runs"),
     ) -> None:
-        """Metric means of two runs at every grid point, and their difference B − A."""
+        """Metric means of two runs at every grid point, and their difference B − A (the grids must match)."""
         from ivx.results import tables as report
-        from ivx.results.runs import compare
+        from ivx.results.report.index import write_compare
+        from ivx.results.runs import check_comparable, compare
 
-        header, rows = compare(_open(run_a).summary, _open(run_b).summary)
+        a, b = open_run(run_a, runs_dir), open_run(run_b, runs_dir)
+        check_comparable(a.summary, b.summary, f"A ({a.path.name})", f"B ({b.path.name})")
+        header, rows = compare(a.summary, b.summary)
         typer.echo(report.wrap(header, rows))
+        if html:
+            page = write_compare(a.path, b.path, out or Path(f"compare_{a.path.name}_vs_{b.path.name}.html"))
+            typer.echo(f"wrote {page}")
 
 
-def _open(path: Path) -> Any:
+def open_run(path: Path, runs_dir: Path = Path("runs")) -> Any:
+    """A run by directory, or by the name `ivx ls` prints (its directory under runs_dir, else the
+    newest run of that experiment name)."""
     from ivx.api import Run
+    from ivx.results.runs import CompareError, resolve
 
-    try:
-        return Run(path)
-    except FileNotFoundError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    found = resolve(path, runs_dir)
+    if found is None:
+        raise CompareError(
+            f"{path} is not an ivx run directory (no manifest.json), nor a run in {runs_dir}/ "
+            f"(list them with: ivx ls {runs_dir})"
+        )
+    return Run(found)

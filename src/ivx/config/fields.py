@@ -9,12 +9,14 @@ axis a field is bound to, so a bad value is reported at the sweep's own line, an
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
+from ivx.config import sweep as sweeps
+from ivx.config import tl_names
+from ivx.config.sweep import is_ref
 from ivx.core import interventions, metrics
 
 COMPONENT_NAMES: tuple[str, ...] = (
@@ -25,6 +27,7 @@ COMPONENT_NAMES: tuple[str, ...] = (
     "attention_output",
     "attention_value_output",
     "head_attention_value_output",
+    "head_attention_pattern",
     "query_output",
     "key_output",
     "value_output",
@@ -46,13 +49,6 @@ KIND_ALIASES: dict[str, str] = dict(interventions.ALIASES)
 POSITION_KEYWORDS: tuple[str, ...] = ("last", "all", "subject", "subject_first", "subject_last")
 
 METRICS: tuple[str, ...] = tuple(metrics.METRICS)
-
-REF = re.compile(r"^\$[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def is_ref(value: Any) -> bool:
-    """True when `value` is a `$axis` reference string."""
-    return isinstance(value, str) and bool(REF.match(value))
 
 
 def _check_position_atom(value: Any) -> None:
@@ -118,6 +114,8 @@ def _check_component(value: Any) -> Any:
         return value
     if not isinstance(value, str):
         raise ValueError(f"component must be a string, got {value!r}")
+    if value not in COMPONENT_NAMES and tl_names.is_tl(value):
+        return tl_names.component(value)  # a TransformerLens hook name: its ivx component
     if value not in COMPONENT_NAMES:
         import difflib
 
@@ -208,6 +206,7 @@ def sweep_value_problems(raw: dict[str, Any]) -> Found:
     ivs = raw.get("interventions")
     if not isinstance(sweep, dict) or not isinstance(ivs, list):
         return []
+    axes = sweeps.axis_values(sweep)
     found: Found = []
     seen: set[tuple[str, str]] = set()
     for iv in ivs:
@@ -215,7 +214,7 @@ def sweep_value_problems(raw: dict[str, Any]) -> Found:
             if not is_ref(value) or field not in BINDABLE:
                 continue
             axis = value[1:]
-            values = sweep.get(axis)
+            values = axes.get(axis)
             if not isinstance(values, list) or (axis, field) in seen:
                 continue
             seen.add((axis, field))
@@ -223,13 +222,13 @@ def sweep_value_problems(raw: dict[str, Any]) -> Found:
                 try:
                     BINDABLE[field](item)
                 except ValueError as exc:
-                    found.append((("sweep", axis, j), f"${axis} is bound to `{field}`: {exc}"))
+                    found.append((sweeps.value_path(sweep, axis, j), f"${axis} is bound to `{field}`: {exc}"))
     return found
 
 
 def _kinds_of(value: Any, sweep: Any) -> list[interventions.KindSpec]:
     """The table rows an intervention's `kind` can take (every value of a swept `$axis`)."""
-    values = sweep.get(value[1:]) if is_ref(value) and isinstance(sweep, dict) else [value]
+    values = sweeps.axis_values(sweep).get(value[1:]) if is_ref(value) else [value]
     specs = []
     for kind in values if isinstance(values, list) else []:
         if isinstance(kind, str) and interventions.ALIASES.get(kind, kind) in interventions.KINDS:

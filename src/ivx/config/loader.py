@@ -7,7 +7,6 @@ structured `ConfigError.problems`.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ivx.config import fields, sources
-from ivx.config.fields import is_ref
+from ivx.config import fields, sources, sweep_checks
+from ivx.config import sweep as sweeps
 from ivx.config.inputs import PromptFile, PromptRecord
 from ivx.config.problems import from_validation
 from ivx.config.schema import Experiment, Intervention
@@ -187,48 +186,13 @@ def _apply_override(raw: dict, assignment: str) -> tuple[tuple, str | None]:
     return tuple(parts), None
 
 
-def _check_refs(cfg: LoadedConfig) -> list[Problem]:
-    """Every `$axis` must name a sweep axis; every sweep axis must be used."""
-    raw_sweep = cfg.raw.get("sweep")
-    sweep: dict[str, Any] = raw_sweep if isinstance(raw_sweep, dict) else {}
-    problems: list[Problem] = []
-    used: set[str] = set()
-    axes = list(sweep)
-
-    def visit(value: Any, path: tuple) -> None:
-        if is_ref(value):
-            name = value[1:]
-            used.add(name)
-            if name not in sweep:
-                near = difflib.get_close_matches(name, axes, n=1)
-                hint = f"did you mean ${near[0]}? " if near else ""
-                problems.append(
-                    cfg.problem(path, f"unknown sweep axis {value!r}; {hint}sweep axes: {axes or 'none'}")
-                )
-        elif isinstance(value, list):
-            for i, item in enumerate(value):
-                visit(item, path + (i,))
-
-    interventions = cfg.raw.get("interventions")
-    for i, iv in enumerate(interventions if isinstance(interventions, list) else []):
-        if isinstance(iv, dict):
-            for key, value in iv.items():
-                visit(value, ("interventions", i, key))
-    for axis in sweep:
-        if axis not in used:
-            problems.append(
-                cfg.problem(("sweep", axis), f"sweep axis {axis!r} is not used by any intervention (${axis})")
-            )
-    return problems
-
-
 def _raw_checks(cfg: LoadedConfig) -> list[Problem]:
     """Checks that read the raw YAML (so they run even when the schema failed): `$axis`
     references, sweep values against the field they bind to, fields the kind ignores."""
     known = frozenset(Intervention.model_fields)
     found = fields.sweep_value_problems(cfg.raw) + fields.kind_field_problems(cfg.raw, known)
     found += fields.bundle_problems(cfg.raw)
-    return _check_refs(cfg) + [cfg.problem(path, message) for path, message in found]
+    return sweep_checks.refs(cfg.raw, cfg.problem) + [cfg.problem(path, message) for path, message in found]
 
 
 def _load_records(cfg: LoadedConfig) -> list[Problem]:
@@ -281,15 +245,7 @@ def record_problem(cfg: LoadedConfig, index: int, field: str, message: str) -> P
 def at_sweep_value(cfg: LoadedConfig, index: int, point: dict[str, Any], problem: Problem) -> Problem:
     """Move a problem of intervention `index`'s field to the sweep value it was bound to (the
     value is what is wrong, not the `$axis` line)."""
-    prefix = f"interventions[{index}]."
-    field = problem.path.removeprefix(prefix)
-    raw = cfg.raw["interventions"][index].get(field) if problem.path.startswith(prefix) else None
-    axis = raw[1:] if isinstance(raw, str) and is_ref(raw) else None
-    values = cfg.experiment.sweep.get(axis) if axis else None
-    if axis is None or axis not in point or not isinstance(values, list) or point[axis] not in values:
-        return problem
-    where = ("sweep", axis, values.index(point[axis]))
-    return cfg.problem(where, f"${axis} = {point[axis]!r} (bound to `{field}`): {problem.message}")
+    return sweep_checks.at_value(cfg.raw, index, point, problem, cfg.problem)
 
 
 def corruption_problems(cfg: LoadedConfig) -> list[Problem]:
@@ -349,13 +305,16 @@ def load(
         where, error = _apply_override(raw, assignment)
         if error:
             problems.append(Problem("--set", None, dotted(where), error))
+    templated, refs = sweeps.templated(raw)  # `$axis` in any field: stand-ins while validating
     try:
-        cfg.experiment = Experiment.model_validate(raw)
+        cfg.experiment = Experiment.model_validate(templated)
     except ValidationError as exc:
-        problems.extend(from_validation(exc, raw, cfg.problem))
-        problems.extend(_raw_checks(cfg))
+        problems.extend(from_validation(exc, templated, cfg.problem))
+        problems.extend(_raw_checks(cfg) + sweep_checks.values(cfg.raw, templated, refs, cfg.problem))
         raise ConfigError(problems) from None
-    problems.extend(_raw_checks(cfg))
+    for iv, found in zip(cfg.experiment.interventions, refs, strict=True):
+        iv._refs = found
+    problems.extend(_raw_checks(cfg) + sweep_checks.values(cfg.raw, templated, refs, cfg.problem))
     problems.extend(_load_records(cfg))
     if not problems:
         problems.extend(corruption_problems(cfg))

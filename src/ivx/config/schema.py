@@ -6,18 +6,20 @@ stage substitutes the axis values and checks the concrete values against the mod
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     Discriminator,
     Field,
     NonNegativeInt,
+    PrivateAttr,
     Tag,
     field_validator,
     model_validator,
 )
 
+from ivx.config import sweep as sweeps
+from ivx.config import tl_names
 from ivx.config.fields import (
     METRICS,
     Component,
@@ -81,6 +83,13 @@ class Contrast(Strict):
         return self
 
 
+class Reference(Strict):
+    """`interventions[].reference:` the prompt set a mean or resample ablation takes its values from."""
+
+    file: str = Field(description="JSONL of records (only `base` is read), relative to the config file.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N records.")
+
+
 class Receiver(Strict):
     """One entry of `interventions[].receivers`: a component whose input a path patch reaches."""
 
@@ -91,9 +100,17 @@ class Receiver(Strict):
     )
     position: Position = Field("all", description="Positions of the receiver patched (base prompt).")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _tl_layer(cls, data: Any) -> Any:
+        return tl_names.with_layer(data)  # component: blocks.3.attn.hook_q sets layer 3
+
 
 class Intervention(Strict):
     """One entry of `interventions:`: what to do at which site."""
+
+    # `$axis` references the loader swapped for stand-ins (config.sweep): (path, axis) pairs
+    _refs: list[tuple[tuple[Any, ...], str]] = PrivateAttr(default_factory=list)
 
     kind: Kind = Field(description="What the intervention does (see the kind table), or a $axis.")
     name: str | None = Field(None, description="Name used for saved tensors; default iv<index>.")
@@ -141,12 +158,27 @@ class Intervention(Strict):
     temperature: list[float] | None = Field(
         None, description="boundless_das: boundary temperature schedule [start, end]."
     )
+    reference: Reference | None = Field(
+        None,
+        description="mean / resample: the prompt set the values come from (default: the base prompts).",
+    )
+    pool: Literal["position", "all"] = Field(
+        "position",
+        description="mean: per position over reference records of the base prompt's token length, "
+        "or pooled over every position of every reference record (all).",
+    )
     receivers: list[Receiver] | None = Field(
         None,
-        description="Path patching: this (vanilla) intervention is the sender; only its direct effect "
-        "on these receivers' inputs is patched, every other head and MLP output frozen at the run patched "
-        "into (the base run, or the corrupted run with `corrupt:`; see README).",
+        description="Path patching: this (vanilla, mean or resample) intervention is the sender; only its "
+        "direct effect on these receivers' inputs is patched, every other head and MLP output frozen at the "
+        "run patched into (the base run, or the corrupted run with `corrupt:`; see "
+        "docs/tutorials/path-patching.md).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tl_layer(cls, data: Any) -> Any:
+        return tl_names.with_layer(data)  # component: blocks.3.attn.hook_z sets layer 3
 
     @field_validator("window")
     @classmethod
@@ -184,11 +216,13 @@ SweepValue = Any
 
 
 def _prompts_tag(value: Any) -> str:
-    return "file" if isinstance(value, dict | PromptFile) else "inline"
+    # capitalised tags: pydantic puts the tag in error locations, and a lower-case one would read
+    # as a YAML key (`prompts.file`) in problems about a typo beside `file`
+    return "PromptFile" if isinstance(value, dict | PromptFile) else "PromptList"
 
 
 Prompts = Annotated[
-    Annotated[list[PromptRecord], Tag("inline")] | Annotated[PromptFile, Tag("file")],
+    Annotated[list[PromptRecord], Tag("PromptList")] | Annotated[PromptFile, Tag("PromptFile")],
     Discriminator(_prompts_tag),
 ]
 
@@ -204,6 +238,11 @@ class Experiment(Strict):
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description=f"Seeds noise draws, sampling and training (0..{MAX_SEED})."
     )
+    threads: Annotated[int, Field(ge=1)] | Literal["auto", "off"] = Field(
+        "auto",
+        description="CPU threads torch uses (auto: every core this process may use; off: leave torch's "
+        "default). OMP_NUM_THREADS or IVX_THREADS in the environment win. Never changes results.",
+    )
     prompts: Prompts = Field(
         description="Inline list of records (section `prompts`) or {file: data.jsonl, limit: N}."
     )
@@ -214,8 +253,10 @@ class Experiment(Strict):
     )
     sweep: dict[str, SweepValue] = Field(
         default_factory=dict,
-        description="Axis name → list of values (or 'all' for layer/position); fields bind with $axis. "
-        "The grid is the product of all axes.",
+        description="Axis name → list of values (or 'all' for layer/position/head); any intervention "
+        "field binds with $axis. `zip: {layer: [3, 5], head: [1, 7]}` takes axes together and "
+        "`points: [{name: top1, layer: 3, head: 1}, ...]` lists named points, each one dimension; the "
+        "grid is the product of the dimensions (see docs/sweeps.md).",
     )
     interventions: list[Intervention] = Field(
         default_factory=list, description="Edits applied together in each cell: see `interventions`."
@@ -254,6 +295,12 @@ class Experiment(Strict):
         description="Ray actors, resources and fault tolerance: see `ray`.",
     )
     trace: Trace | None = Field(None, description="Causal-tracing analysis (ROME protocol): see `trace`.")
+    readout: Literal["logit_lens", "dla"] | None = Field(
+        None,
+        description="Read out each cell's run (the clean run without interventions): logit_lens = every "
+        "layer's residual through the final norm and unembedding, per position; dla = each head's and MLP's "
+        "direct contribution to the target − foil logit (final norm's scale frozen). See docs/readouts.md.",
+    )
     controls: list[Literal["random_init", "placebo", "shuffled_labels"]] = Field(
         default_factory=list,
         description="Controls run beside the real result (summary.json → controls, plots in controls/): "
@@ -310,11 +357,7 @@ class Experiment(Strict):
     @field_validator("sweep")
     @classmethod
     def _sweep(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for axis, values in value.items():
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", axis):
-                raise ValueError(f"sweep axis name {axis!r} must be an identifier")
-            if values == "all":
-                continue
-            if not isinstance(values, list) or not values:
-                raise ValueError(f"sweep.{axis} must be a non-empty list of values or 'all'")
+        problems = sweeps.shape_problems(value)  # product axes, zip groups, named points
+        if problems:
+            raise ValueError("; ".join(problems))
         return value

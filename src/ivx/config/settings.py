@@ -15,6 +15,7 @@ from ivx.config.fields import check_window
 # per-(seed, prompt, sample) noise seeds are seed × ~10^10 + ...: they must stay below 2^64
 MAX_SEED = 2**30 - 1
 MAX_ROWS_PER_BATCH = 1_000_000
+ROME_WINDOW, ROME_LAYERS = 10, 48  # ROME's causal-tracing window on GPT-2-XL
 
 
 class Strict(BaseModel):
@@ -32,6 +33,14 @@ class Output(Strict):
     )
     plots: bool = Field(True, description="Write heatmaps into plots/.")
     top_k: int = Field(5, ge=1, le=100, description="Tokens listed by the top_k metric.")
+    report: bool = Field(
+        True, description="Write report.html: interactive figures, per-prompt drill-down, config, manifest."
+    )
+    trackers: list[Literal["wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Also log the run to these trackers (extras ivx[wandb], ivx[mlflow]): config as "
+        "parameters, summary metrics, figures, the run directory as an artifact; a failure only warns.",
+    )
 
 
 class Batch(Strict):
@@ -94,17 +103,25 @@ class Trace(Strict):
         False, description="Keep only facts whose greedy top-1 prediction is the target."
     )
     plots_per_fact: int = Field(3, ge=0, description="Per-fact heatmaps written (dataset mean always).")
-    window: dict[str, int] = Field(
-        default_factory=lambda: {"mlp_output": 10, "attention_output": 10},
+    window: dict[str, int] | None = Field(
+        None,
         description="Layer window of vanilla restorations that set no `window` of their own, per "
-        "component (ROME: 10 for MLP and attention outputs, hidden states one layer); clipped at "
-        "the ends. {} restores single layers.",
+        "component, clipped at the ends. Default: ROME's 10 of GPT-2-XL's 48 layers scaled to the "
+        "model, round(n_layers × 10/48) (at least 1), for mlp_output and attention_output; hidden "
+        "states one layer. {} restores single layers.",
     )
 
     @field_validator("window")
     @classmethod
-    def _trace_window(cls, value: dict[str, int]) -> dict[str, int]:
-        return check_window(value)
+    def _trace_window(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        return check_window(value) if value is not None else None
+
+    def windows(self, n_layers: int) -> dict[str, int]:
+        """The layer window per component on a model of `n_layers` (as set, or ROME's scaled)."""
+        if self.window is not None:
+            return dict(self.window)
+        size = max(1, int(n_layers * ROME_WINDOW / ROME_LAYERS + 0.5))  # round half up
+        return {"mlp_output": size, "attention_output": size}
 
 
 class Generate(Strict):

@@ -71,6 +71,12 @@ def set_to(coefficient: float) -> EditFn:
     return fn
 
 
+def ablate(base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
+    """The engine's reference value (a mean or another record's activation) replaces the base."""
+    assert source is not None
+    return source.to(base.dtype).expand_as(base).clone()
+
+
 def add_noise(base: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
     """base + noise, where the caller passes pre-drawn, pre-scaled noise as `source`."""
     assert source is not None
@@ -103,6 +109,7 @@ _SOURCE = frozenset({"source", "source_position"})
 _VECTOR = frozenset({"vector", "contrast"})
 _FIXED = frozenset({"subspace", "on"})
 _TRAINED = _SOURCE | {"bundle"}
+_REFERENCE = frozenset({"reference"})  # mean / resample: the prompt set the values come from
 
 
 def _weighted(name: str, make: Callable[[float], EditFn], alias: str, description: str) -> KindSpec:
@@ -145,6 +152,24 @@ KINDS: dict[str, KindSpec] = {
             None,
             "value × base.",
             requires=("value",),
+        ),
+        KindSpec(
+            "mean",
+            lambda value, coefficient: ablate,
+            False,
+            _FIXED | _REFERENCE | {"pool", "receivers"},
+            None,
+            "Mean ablation: the site's mean over a reference prompt set (the base prompts unless "
+            "`reference` names a file), per position or pooled (`pool`).",
+        ),
+        KindSpec(
+            "resample",
+            lambda value, coefficient: ablate,
+            False,
+            _FIXED | _REFERENCE | {"receivers"},
+            None,
+            "Resample ablation: the site's value on another record of the same token length, drawn "
+            "from the seed (the base prompts unless `reference` names a file).",
         ),
         KindSpec(
             "collect",

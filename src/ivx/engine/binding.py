@@ -74,7 +74,7 @@ class Binder:
     bos: bool
     multi_site: set[int]  # interventions with more than one site: vectors saved per site
     saved: dict[str, Any] = field(default_factory=dict)
-    vectors: dict[tuple[int, str, int], Any] = field(default_factory=dict)
+    vectors: dict[tuple[Any, ...], Any] = field(default_factory=dict)
     fns: dict[tuple[object, ...], Any] = field(default_factory=dict)
 
     def site(self, component: str, layer: int) -> Site:
@@ -84,22 +84,22 @@ class Binder:
     def vector(self, edit: Edit, site: Site) -> torch.Tensor | None:
         """The steering vector of an edit (computed or loaded once per site), or None."""
 
-        iv = self.cfg.experiment.interventions[edit.index]
-        key = (edit.index, edit.component, edit.layer)
-        if (iv.contrast is None and iv.vector is None) or key in self.vectors:
+        # the edit's own contrast / vector: a `$axis` in them gives each grid point its own
+        key = (edit.index, edit.component, edit.layer, edit.contrast, edit.vector)
+        if (edit.contrast is None and edit.vector is None) or key in self.vectors:
             return self.vectors.get(key)
         base_dir = self.cfg.path.parent
-        if iv.contrast is not None:
-            vec = contrast_vector(self.lm, site, iv.contrast, base_dir, self.bos).to(self.lm.device)
+        if edit.contrast is not None:
+            vec = contrast_vector(self.lm, site, edit.contrast, base_dir, self.bos).to(self.lm.device)
             label = f"{edit.component}.{edit.layer}." if edit.index in self.multi_site else ""
             self.saved[f"{edit.name}.{label}vector"] = vec.detach().cpu().contiguous()
         else:
-            vec = load_vector(str(iv.vector), edit.name, base_dir).to(self.lm.device)
+            vec = load_vector(str(edit.vector), edit.name, base_dir).to(self.lm.device)
         if vec.dim() != 1 or vec.shape[0] != site.dim:
             raise ConfigError(
                 [
                     self.cfg.problem(
-                        ("interventions", edit.index, "vector" if iv.vector else "contrast"),
+                        ("interventions", edit.index, "vector" if edit.vector else "contrast"),
                         f"the vector has shape {tuple(vec.shape)}, but {edit.component} has {site.dim} dims",
                     )
                 ]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivx.core import interventions
 from ivx.engine import patches
+from ivx.engine.ablation import Ablations
 from ivx.engine.baselines import Baselines
 from ivx.engine.workload import Workload
 from ivx.model import hooks
@@ -73,6 +74,7 @@ class PatchBuilder:
         self.work = work
         self.base = base
         self.fn_of = patches.fixed_or_trained(patches.trained_loader(work.lm, work.cfg.path.parent))
+        self.ablations = Ablations()  # mean / resample values, filled before any cell (`ablation.prepare`)
 
     def build(self, cells: list[Cell], offset: int = 0) -> PatchSet:
         """All patches of a batch of cells (each with `samples` rows), grouped per site + function."""
@@ -149,7 +151,11 @@ class PatchBuilder:
         if edit.source == "corrupted":  # [samples, n, dim] → rows in sample-major order
             acts = self.base.corrupt_acts[key][cell.prompt][:, list(edit.source_positions)]
             return acts.reshape(-1, acts.shape[-1])
+        if edit.kind in ("mean", "resample"):
+            return self.ablations.values(cell, edit, work.length(cell))
         n = len(edit.positions)
+        if edit.contrast is not None:  # ActAdd / mean difference: one vector per site, as ivx generate
+            return work.contrast(edit.contrast, site).to(work.lm.device).expand(n, site.dim)
         if edit.vector is not None:
             vec = work.vector(edit.vector, edit.name).to(work.lm.device)
             if vec.dim() == 1:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ivx.config.loader import LoadedConfig
-from ivx.engine import baselines
+from ivx.engine import ablation, baselines
 from ivx.engine import loop as execution
 from ivx.engine.baselines import Baselines
 from ivx.engine.cellpatches import PatchBuilder
@@ -45,6 +45,9 @@ def prepare(engine: Engine) -> Baselines:
     the enabled shortcuts are probed on the first prompt (`ShortcutState.verify`).
     """
     work, base, state = engine.work, engine.base, engine.state
+    engine.patches.ablations = ablation.prepare(work)
+    if engine.patches.ablations.drawn or engine.patches.ablations.means:
+        state.report["ablations"] = engine.patches.ablations.report(work)
     need_clean, need_corrupt = baselines.needed(work.plan, "base"), baselines.needed(work.plan, "corrupted")
     fused = work.corrupt is None and state.on("prefix_reuse")
     riders = baselines.riders(work, fused)

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ivx.config.loader import LoadedConfig
-from ivx.config.schema import Corrupt, Experiment
-from ivx.engine import shortcuts
+from ivx.config.schema import Contrast, Corrupt, Experiment
+from ivx.engine import binding, shortcuts
 from ivx.model import components, memory
 from ivx.plan.grid import Cell, Plan
 from ivx.plan.tokenization import TokenizedPrompt
@@ -79,6 +79,7 @@ class Workload:
     scoring: Scoring = field(default_factory=Scoring)
     sites: dict[tuple[str, int], Site] = field(default_factory=dict)
     vectors: dict[str, torch.Tensor] = field(default_factory=dict)
+    contrasts: dict[tuple[Contrast, Site], torch.Tensor] = field(default_factory=dict)
 
     @property
     def exp(self) -> Experiment:
@@ -120,6 +121,14 @@ class Workload:
         if ref not in self.vectors:
             self.vectors[ref] = load_vector(ref, name, self.cfg.path.parent)
         return self.vectors[ref]
+
+    def contrast(self, contrast: Contrast, site: Site) -> torch.Tensor:
+        """A steering vector from contrast prompts at a site (as `ivx generate` builds it), computed once."""
+        key = (contrast, site)
+        if key not in self.contrasts:
+            bos = any(p.bos for p in self.prompts.values())  # the prompts' BOS convention
+            self.contrasts[key] = binding.contrast_vector(self.lm, site, contrast, self.cfg.path.parent, bos)
+        return self.contrasts[key]
 
     def length(self, cell: Cell) -> int:
         """Token length of a cell's prompt (as the runs feed it)."""

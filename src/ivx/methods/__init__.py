@@ -1,5 +1,5 @@
 """How a run turns cells into rows, one row per method in `registry` (exact, attribution, path
-patching), and controls, IIT.
+patching, readouts: logit lens and DLA), and controls, IIT.
 
 May import: engine, plan, model, store, config, core.
 """

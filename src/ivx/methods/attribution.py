@@ -12,6 +12,9 @@ so per prompt (all noise samples as batch rows) one forward of the source run (c
 exact executor's `prepare`), one forward of the run with every needed site tracked and one
 backward per metric quantity give the estimate of every cell: site × layer × head × position.
 
+A `mean` or `resample` ablation is estimated the same way, with `a_src` the value it writes (the
+site's mean over the reference set, or another record's activation; `engine.ablation`).
+
 Estimated metrics are the linear estimate of each quantity's change, added to the run's value:
 `target_prob`, `target_logit`, `logit_diff`, `kl`; `indirect_effect` = estimated p_patched −
 p_corrupted; the normalised forms divide as the exact path does. Rows carry `approximate: true`.
@@ -29,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
+from ivx.config import sweep as sweeps
 from ivx.config.fields import is_ref
 from ivx.config.loader import LoadedConfig
 from ivx.core import interventions, metrics
@@ -57,14 +61,14 @@ def check(cfg: LoadedConfig) -> list[Problem]:
     exp = cfg.experiment
     problems: list[Problem] = []
     for i, iv in enumerate(exp.interventions):
-        kinds = exp.sweep.get(iv.kind[1:], []) if is_ref(iv.kind) else [iv.kind]
+        kinds = sweeps.axis_values(exp.sweep).get(iv.kind[1:], []) if is_ref(iv.kind) else [iv.kind]
         for kind in kinds if isinstance(kinds, list) else []:
-            if kind not in ("vanilla", "VanillaIntervention"):
+            if kind not in ("vanilla", "VanillaIntervention", "mean", "resample"):
                 problems.append(
                     cfg.problem(
                         ("interventions", i, "kind"),
-                        f"method: attribution estimates `vanilla` patches of activations only, got "
-                        f"{kind!r} (use method: exact)",
+                        f"method: attribution estimates `vanilla` patches and `mean` / `resample` "
+                        f"ablations only, got {kind!r} (use method: exact)",
                     )
                 )
         for field in ("vector", "sever", "contrast"):
@@ -211,7 +215,12 @@ class Estimates:
         self.tables: dict[tuple, torch.Tensor] = {}
 
     def _source(self, edit: Edit) -> torch.Tensor:
-        """The activation patched in: `[source seq, dim]` of the clean base or source run."""
+        """The activation patched in: `[source seq, dim]` of the clean base or source run, or the
+        value a mean / resample ablation writes (`engine.ablation`)."""
+        if edit.kind in ("mean", "resample"):
+            length = self.executor.prompts[self.prompt].length
+            ablated = self.executor.engine.patches.ablations.sequence(self.prompt, edit, length)
+            return ablated.to(self.executor.lm.device)
         base = self.executor.base
         acts = base.clean_acts if edit.source == "base" else base.source_acts
         return acts[(edit.component, edit.layer)][self.prompt].to(self.executor.lm.device)
@@ -226,7 +235,7 @@ class Estimates:
     def _table(self, edit: Edit, site: Site, quantity: str, drop: int | None) -> torch.Tensor:
         """[S, seq, heads] estimate of patching each position (and head) of a site alone."""
 
-        key = (edit.component, edit.layer, edit.source, quantity, drop)
+        key = (edit.component, edit.layer, edit.source, edit.kind, edit.index, quantity, drop)
         if key not in self.tables:
             if self.qk_fix and edit.component in QK_COMPONENTS:
                 z = self.executor.site("attention_value_output", edit.layer)
@@ -246,13 +255,15 @@ class Estimates:
         """[S] estimated change of `quantity` from one edit."""
         site = self.executor.site(edit.component, edit.layer)
         positions = list(edit.positions)
-        if edit.source_positions == edit.positions and edit.subspace is None:
+        ablation = edit.kind in ("mean", "resample")  # its values sit at the edited positions
+        source_positions = edit.positions if ablation else edit.source_positions
+        if source_positions == edit.positions and edit.subspace is None:
             table = self._table(edit, site, quantity, drop)[:, positions]  # [S, n, heads]
             if edit.heads is not None and site.n_heads > 1:
                 table = table[:, :, list(edit.heads)]
             return table.sum((1, 2))
         act = self._read(site, None, None)[:, positions]  # [S, n, dim]
-        source = self._source(edit)[list(edit.source_positions)].unsqueeze(0)  # [1, n, dim]
+        source = self._source(edit)[list(source_positions)].unsqueeze(0)  # [1, n, dim]
         delta = (source - act) * _mask(site, edit, act.device)
         return (delta * self._read(site, quantity, drop)[:, positions]).sum((1, 2))
 

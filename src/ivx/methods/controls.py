@@ -72,6 +72,14 @@ def placebo(executor: Executor, seed: int) -> None:
         vector = load_vector(ref, name, executor.cfg.path.parent)
         executor.vectors[ref] = _like(vector, seed * 7919 + n)  # read by the executor before any file
         n += 1
+    contrasts = {
+        (e.contrast, e.component, e.layer) for c in executor.plan.cells for e in c.edits if e.contrast
+    }
+    for contrast, component, layer in sorted(contrasts, key=lambda c: (c[1], c[2], repr(c[0]))):
+        site = executor.site(component, layer)  # contrast vectors: computed, then swapped the same way
+        vector = executor.work.contrast(contrast, site)
+        executor.work.contrasts[(contrast, site)] = _like(vector, seed * 7919 + n)
+        n += 1
 
 
 def run(preps: list[Prepared], name: str) -> tuple[list[dict[str, Any]], list[Any]]:

@@ -7,7 +7,8 @@ from a sender to chosen receivers directly, through the residual stream and noth
 
 1. the run patched FROM gives the sender's activation: the records' source run, or with
    `corrupt:` the clean run (or the source run, as exact patching chooses; captured once per
-   prompt by the executor);
+   prompt by the executor) — or, for a `mean` / `resample` sender, the ablation's value (the
+   sender's mean over a reference set, another record's value), which ablates the paths only;
 2. the run patched INTO — the base run, or with `corrupt:` the corrupted run — with the sender
    patched in and every other attention head and MLP output *frozen* at its value in that run
    records the receivers' inputs (queries, keys, values, MLP inputs, the final residual stream,
@@ -24,17 +25,18 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ivx.config import sweep as sweeps
 from ivx.config.fields import COMPONENT_NAMES, is_ref
 from ivx.config.loader import LoadedConfig
 from ivx.core import interventions
-from ivx.core.errors import ConfigError, Problem
+from ivx.core.errors import ConfigError, Problem, dotted
 from ivx.engine import loop
 from ivx.engine.loop import CellOutput
 from ivx.model import components, hooks
-from ivx.plan import positions
+from ivx.plan import grid, positions
 from ivx.plan.grid import Cell
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ SENDERS: tuple[str, ...] = (
 # the components a path can end in: everything that reads the residual stream (not an output)
 RECEIVERS: tuple[str, ...] = tuple(c for c in COMPONENT_NAMES if c not in SENDERS)
 FROZEN: tuple[str, ...] = ("attention_value_output", "mlp_output")  # held at the run patched into
+# what a sender writes: another run's value, or a mean / resample ablation's (`engine.ablation`)
+SENDER_KINDS: tuple[str, ...] = ("vanilla", "VanillaIntervention", "mean", "resample")
 
 
 def applies(cfg: LoadedConfig) -> bool:
@@ -63,7 +67,7 @@ def applies(cfg: LoadedConfig) -> bool:
 def _values(cfg: LoadedConfig, value: Any) -> list[Any]:
     """A field's concrete values: the sweep axis it binds to, or itself."""
     if is_ref(value):
-        axis = cfg.experiment.sweep.get(value[1:], [])
+        axis = sweeps.axis_values(cfg.experiment.sweep).get(value[1:], [])
         return axis if isinstance(axis, list) else []
     return [value]
 
@@ -91,7 +95,10 @@ def _check_experiment(cfg: LoadedConfig) -> list[Problem]:
         problems.append(cfg.problem(("method",), "path patching needs method: exact"))
     if exp.answer != "first_token":
         problems.append(cfg.problem(("answer",), "path patching scores the first answer token only"))
-    if exp.corrupt is None:  # the sender comes from the source run: every record needs one
+    copies = any(
+        k in ("vanilla", "VanillaIntervention") for iv in exp.interventions for k in _values(cfg, iv.kind)
+    )
+    if exp.corrupt is None and copies:  # the sender comes from the source run: every record needs one
         for k, record in enumerate(cfg.records or []):
             if record.source is None:
                 problems.append(
@@ -109,8 +116,14 @@ def _check_sender(cfg: LoadedConfig, i: int, iv: Any) -> list[Problem]:
     at = ("interventions", i)
     problems: list[Problem] = []
     for kind in _values(cfg, iv.kind):
-        if kind not in ("vanilla", "VanillaIntervention"):
-            problems.append(cfg.problem((*at, "kind"), f"path patching senders are `vanilla`, got {kind!r}"))
+        if kind not in SENDER_KINDS:
+            problems.append(
+                cfg.problem(
+                    (*at, "kind"),
+                    f"path patching senders are `vanilla` (a run's value), `mean` or `resample` (an "
+                    f"ablation's value), got {kind!r}",
+                )
+            )
     for component in _values(cfg, iv.component):
         if component not in SENDERS:
             problems.append(
@@ -164,24 +177,48 @@ def check_model(cfg: LoadedConfig, lm: Any) -> None:
                 )
             )
     for i, iv in enumerate(cfg.experiment.interventions):
-        for j, receiver in enumerate(iv.receivers or []):
-            at = ("interventions", i, "receivers", j)
+        for receiver, report in _receivers(cfg, i, iv):
             try:
                 site = components.resolve(lm.model, lm.info, receiver.component, _layer(lm, receiver.layer))
             except components.ComponentError as exc:
-                problems.append(cfg.problem((*at, "layer"), str(exc)))
+                problems.append(report("layer", str(exc)))
                 continue
             for head in _heads(receiver.head) or ():
                 if head >= site.n_heads:
-                    problems.append(
-                        cfg.problem(
-                            (*at, "head"),
-                            f"head {head} is out of range: {receiver.component} "
-                            f"has {site.n_heads} heads (0..{site.n_heads - 1})",
-                        )
+                    message = (
+                        f"head {head} is out of range: {receiver.component} "
+                        f"has {site.n_heads} heads (0..{site.n_heads - 1})"
                     )
+                    problems.append(report("head", message))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))
+
+
+def _receivers(cfg: LoadedConfig, i: int, iv: Any) -> Iterator[tuple[Any, Callable[[str, str], Problem]]]:
+    """Every receiver to check with where its problems go: as written, then each value of a `$axis`
+    bound inside `receivers` in its place (reported at that sweep value)."""
+    for j, receiver in enumerate(iv.receivers or []):
+        yield receiver, _at(cfg, ("interventions", i, "receivers", j), "")
+    sweep = cfg.experiment.sweep
+    axes = sweeps.axis_values(sweep)
+    stand_ins = {a: sweeps.stand_in(v) for a, v in axes.items()}  # the other axes at their first value
+    for path, axis in iv._refs:
+        if path[0] != "receivers":
+            continue
+        for k, value in enumerate(axes.get(axis) or []):
+            concrete = grid.substitute(iv, stand_ins | {axis: value})
+            where = sweeps.value_path(sweep, axis, k)
+            prefix = f"${axis} = {value!r} (bound to `{dotted(path)}`): "
+            yield (concrete.receivers or [])[path[1]], _at(cfg, where, prefix, field=False)
+
+
+def _at(cfg: LoadedConfig, where: tuple, prefix: str, field: bool = True) -> Callable[[str, str], Problem]:
+    """A reporter `(field, message) -> Problem` at `where` (+ the field's key when `field`)."""
+
+    def report(name: str, message: str) -> Problem:
+        return cfg.problem((*where, name) if field else where, prefix + message)
+
+    return report
 
 
 def _layer(lm: Any, layer: int) -> int:
@@ -216,11 +253,22 @@ class PromptPaths:
         with hooks.patching(lm.model, corruption), hooks.capturing(lm.model, frozen) as store:
             lm.model(input_ids=self.ids.expand(self.samples, -1))
         self.frozen = {site: store[site] for site in frozen}  # [samples, seq, dim] of the run patched into
-        self.receivers: list[tuple[Site, tuple[int, ...], tuple[int, ...] | None]] = []
-        for receiver in executor.exp.interventions[0].receivers or []:
-            site = executor.site(receiver.component, _layer(lm, receiver.layer))
-            where = positions.resolve(receiver.position, p.length, p.subject_span)
-            self.receivers.append((site, where, _heads(receiver.head)))
+        self.length, self.subject = p.length, p.subject_span
+        self.sender = executor.exp.interventions[0]
+        self.swept = any(path[0] == "receivers" for path, _ in self.sender._refs)
+
+    def receivers(self, cell: Cell) -> tuple[tuple[Site, tuple[int, ...], tuple[int, ...] | None], ...]:
+        """The cell's receivers as (site, base positions, heads); a `$axis` in them takes the cell's value."""
+        sender = grid.substitute(self.sender, cell.axes()) if self.swept else self.sender
+        lm = self.executor.lm
+        return tuple(
+            (
+                self.executor.site(r.component, _layer(lm, r.layer)),
+                positions.resolve(r.position, self.length, self.subject),
+                _heads(r.head),
+            )
+            for r in sender.receivers or []
+        )
 
     def _corruption(self, chunk: list[Cell]) -> list[hooks.Patch]:
         """The corruption's patches of a chunk (noise on the embeddings; none otherwise)."""
@@ -249,7 +297,10 @@ class PromptPaths:
         model = self.executor.lm.model
         rows = len(chunk) * self.samples
         ids = self.ids.expand(rows, -1)
-        sites = list(dict.fromkeys(site for site, _, _ in self.receivers))
+        groups: dict[tuple, list[int]] = defaultdict(list)  # receivers → the chunk's rows that take them
+        for k, cell in enumerate(chunk):
+            groups[self.receivers(cell)] += range(k * self.samples, (k + 1) * self.samples)
+        sites = list(dict.fromkeys(site for receivers in groups for site, _, _ in receivers))
         # the freeze first, then the corruption and the senders (`PatchBuilder`, as exact patching)
         senders = self.executor.engine.patches.build(chunk).patches
         with hooks.patching(model, self._freeze(len(chunk)) + senders):
@@ -257,18 +308,20 @@ class PromptPaths:
                 model(input_ids=ids)
         device = self.ids.device
         patches = self._corruption(chunk)
-        for site, where, heads in self.receivers:
-            recorded = store[site][:, list(where)]  # [rows, n, dim]
-            patches.append(
-                hooks.Patch(
-                    site,
-                    torch.arange(rows, device=device).repeat_interleave(len(where)),
-                    torch.tensor(where, device=device).repeat(rows),
-                    interventions.vanilla,
-                    recorded.reshape(rows * len(where), -1),
-                    heads=heads,
+        for receivers, at in groups.items():
+            at_rows = torch.tensor(at, device=device)
+            for site, where, heads in receivers:
+                recorded = store[site][at_rows][:, list(where)]  # [len(at), n, dim]
+                patches.append(
+                    hooks.Patch(
+                        site,
+                        at_rows.repeat_interleave(len(where)),
+                        torch.tensor(where, device=device).repeat(len(at)),
+                        interventions.vanilla,
+                        recorded.reshape(len(at) * len(where), -1),
+                        heads=heads,
+                    )
                 )
-            )
         with hooks.patching(model, patches):
             return model(input_ids=ids).logits[:, -1].float()  # [rows, vocab]
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ivx.config.loader import LoadedConfig
 from ivx.core.errors import Problem
 from ivx.engine import loop
-from ivx.methods import attribution, pathpatch, verification
+from ivx.methods import attribution, pathpatch, readouts, verification
 
 if TYPE_CHECKING:
     from ivx.engine.executor import Executor
@@ -98,6 +98,16 @@ def _verification(executors: list[Executor], labels: list[str | None], rows: Row
 
 
 METHODS: tuple[Method, ...] = (
+    Method(
+        "readout",
+        readouts.applies,
+        readouts.check,
+        readouts.check_model,
+        readouts.execute,
+        by_prompts,
+        readouts.summary,
+        backends=("local",),
+    ),
     Method(
         "attribution",
         lambda cfg: cfg.experiment.method == "attribution",

@@ -55,7 +55,7 @@ class Site:
     component: str
     layer: int
     module: str
-    hook: Literal["input", "output"]
+    hook: Literal["input", "output", "pattern"]  # pattern: the attention's probabilities (`patterns`)
     groups: int
     width: int
     lo: int
@@ -217,6 +217,8 @@ def _row_site(info: ModelInfo, row: Layout, component: str, layer: int, block: s
     if component in ("attention_value_output", "head_attention_value_output"):
         heads = nh if component.startswith("head_") else 1
         return whole(f"{block}.{row.o_proj}", "input", nh * hd, heads)
+    if component == "head_attention_pattern":  # [heads × keys] per query; keys known per forward
+        return Site(component, layer, f"{block}.{row.attn}", "pattern", nh, 0, 0, 0, nh)
     if component in ("mlp_input", "mlp_output"):
         path = row.mlp_in if component == "mlp_input" else row.mlp_out
         return whole(f"{block}.{path}", "input" if component == "mlp_input" else "output")
@@ -265,5 +267,7 @@ def table(model: Any, info: ModelInfo) -> list[dict[str, Any]]:
         shape = (
             f"[b, s, {site.n_heads} heads × {site.head_dim}]" if site.n_heads > 1 else f"[b, s, {site.dim}]"
         )
+        if site.hook == "pattern":
+            shape = f"[b, s, {site.n_heads} heads × s keys]"
         rows.append({"name": component, "module": module, "hook": site.hook, "shape": shape})
     return rows

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ivx.core.interventions import EditFn
+from ivx.model import patterns
 
 if TYPE_CHECKING:
     import torch
@@ -133,17 +134,43 @@ def patching(model: Any, patches: Sequence[Patch]) -> Iterator[None]:
         by_module[(site.module, site.hook)].append((site, group))
     shape: dict[str, int] = {}
     handles = _shape_hooks(model, shape)
+    writers = {path: [_pattern_writer(g)] for (path, hook), g in by_module.items() if hook == "pattern"}
     try:
         for (module_path, hook), groups in by_module.items():
             module = _module(model, module_path)
             if hook == "output":
                 handles.append(module.register_forward_hook(_output_hook(groups, shape)))
-            else:
+            elif hook == "input":
                 handles.append(module.register_forward_pre_hook(_input_hook(groups, shape), with_kwargs=True))
-        yield
+        with patterns.intercepting(model, writers):
+            yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def pattern_site(site: Site, probs: torch.Tensor) -> tuple[Site, torch.Tensor]:
+    """A pattern site at this forward's key length, and the probabilities as its raw tensor.
+
+    [b, heads, q, k] probabilities are read as [b, q, heads × k]: a query position's component
+    holds every head's row of the pattern (per head, one probability per key)."""
+    keys = probs.shape[-1]
+    raw = probs.transpose(1, 2).reshape(probs.shape[0], probs.shape[2], -1)  # [b, q, heads * k]
+    return replace(site, width=keys, hi=keys), raw
+
+
+def _pattern_writer(groups: list[tuple[Site, list[Patch]]]) -> patterns.PatternFn:
+    """Write the patches of pattern sites into an attention module's probabilities."""
+
+    def fn(probs: torch.Tensor) -> torch.Tensor:
+        out = probs
+        for site, group in groups:
+            concrete, raw = pattern_site(site, out)
+            new = apply(concrete, raw, group)  # [b, q, heads * k]
+            out = new.view(out.shape[0], out.shape[2], out.shape[1], -1).transpose(1, 2)
+        return out
+
+    return fn
 
 
 def _shape_hooks(model: Any, shape: dict[str, int]) -> list[Any]:
@@ -210,9 +237,21 @@ def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Te
             part = _split(site, raw)
             store[site] = part.reshape(*raw.shape[:-1], site.dim).detach().clone()
 
+    def read_pattern(group: list[Site]) -> patterns.PatternFn:
+        def fn(probs: torch.Tensor) -> None:
+            for site in group:
+                store[site] = pattern_site(site, probs)[1].detach().clone()  # [b, q, heads * k]
+
+        return fn
+
+    readers = {path: [read_pattern(g)] for (path, hook), g in by_module.items() if hook == "pattern"}
+    stack = ExitStack()
     try:
+        stack.enter_context(patterns.intercepting(model, readers))
         for (module_path, hook), group in by_module.items():
             module = _module(model, module_path)
+            if hook == "pattern":
+                continue
             if hook == "output":
 
                 def out_hook(mod: Any, args: Any, output: Any, group: list[Site] = group) -> None:
@@ -229,6 +268,7 @@ def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Te
     finally:
         for handle in handles:
             handle.remove()
+        stack.close()
 
 
 def _alias(raw: torch.Tensor) -> torch.Tensor:

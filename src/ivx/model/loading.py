@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ivx.core import startup
 from ivx.core.errors import UserError
+from ivx.model import skeleton
 from ivx.model.components import ModelInfo, describe
 
 if TYPE_CHECKING:
@@ -129,21 +131,26 @@ def load_config(name: str, revision: str | None = None, trust_remote_code: bool 
     return _from_pretrained(AutoConfig, path, revision=revision, trust_remote_code=trust_remote_code)
 
 
-def _tokenizer_class(path: str, default: Any) -> Any:
-    """Respect a saved generic fast tokenizer (AutoTokenizer may swap in a model-specific class)."""
+def _tokenizer_class(path: str) -> Any:
+    """Respect a saved generic fast tokenizer (AutoTokenizer may swap in a model-specific class);
+    AutoTokenizer, which imports torch, only when it decides."""
     import json
 
     config = Path(path) / "tokenizer_config.json"
+    name = None
     if config.is_file() and (Path(path) / "tokenizer.json").is_file():
         try:
             name = json.loads(config.read_text()).get("tokenizer_class")
         except (OSError, ValueError):
-            return default
+            name = None
+    with startup.timed("imports"):
         if name in ("PreTrainedTokenizerFast", "TokenizersBackend"):
             from transformers import PreTrainedTokenizerFast
 
             return PreTrainedTokenizerFast
-    return default
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer
 
 
 def _device(device: str) -> torch.device:
@@ -193,12 +200,15 @@ def input_device(model: Any) -> torch.device:
     return torch.device(embedding.weight.device)
 
 
-def _weights_dtype(dtype: str, dev: torch.device) -> Any:
-    """The torch dtype to load weights in: auto is float32 on a CPU, the checkpoint's elsewhere."""
-    import torch
-
+def _weights_dtype(dtype: str, dev: torch.device | None) -> Any:
+    """The torch dtype to load weights in: auto is float32 on a CPU, the checkpoint's elsewhere
+    (None without a device: only check the name)."""
     if dtype not in DTYPES:
         raise ModelLoadError(f"dtype {dtype!r} must be one of {', '.join(DTYPES)}")
+    if dev is None:
+        return None
+    import torch
+
     if dtype == "auto":
         return torch.float32 if dev.type == "cpu" else "auto"
     return getattr(torch, dtype)
@@ -219,28 +229,37 @@ def load(
     weight file is read or downloaded): enough for every structural check `ivx validate` makes.
     `device_map` shards the model over devices with accelerate and replaces `device`.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    with startup.timed("model_load"):
+        return _load(name, revision, dtype, device, trust_remote_code, device_map, weights)
+
+
+def _load(
+    name: str,
+    revision: str | None,
+    dtype: str,
+    device: str,
+    trust_remote_code: bool,
+    device_map: DeviceMap | None,
+    weights: bool,
+) -> LoadedModel:
+    """`load`, timed by its caller (importing transformers counts as imports)."""
+    with startup.timed("imports"):
+        from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # ivx reports problems itself; keep stderr for progress
     hf_logging.disable_progress_bar()
     path = resolve_path(name)
-    dev = _device(device)
-    torch_dtype = _weights_dtype(dtype, dev)
+    # structure only, on a CPU: no torch needed to know the device is fine
+    dev = _device(device) if weights or device not in ("auto", "cpu") else None
+    torch_dtype = _weights_dtype(dtype, dev if weights else None)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    tokenizer = _from_pretrained(_tokenizer_class(path, AutoTokenizer), path, **kwargs)
-    if weights:
-        placed = _placement(device_map)
-        model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **placed, **kwargs)
-        # eval mode; parameters keep requires_grad: ivx runs under inference_mode, and on CPU (torch
-        # 2.13) a forward with frozen parameters measured ~35% slower. `ivx train` freezes them itself.
-        if placed:
-            dev = input_device(model)
-        else:
-            model.to(dev)
-        model.eval()
+    tokenizer = _from_pretrained(_tokenizer_class(path), path, **kwargs)
+    model: Any
+    if weights and dev is not None:
+        model, dev = _weighted(path, dev, torch_dtype, device_map, kwargs)
     else:
-        model, dev = _meta_model(name, path, revision, trust_remote_code)
+        build = lambda: _meta_model(name, path, revision, trust_remote_code)  # noqa: E731
+        model, dev = skeleton.structure(path, revision, trust_remote_code, build)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -252,8 +271,26 @@ def load(
         revision=revision,
         path=path,
         device=dev,
-        dtype=next(model.parameters()).dtype,
+        dtype=getattr(model, "recorded_dtype", None) or next(model.parameters()).dtype,
     )
+
+
+def _weighted(
+    path: str, dev: torch.device, torch_dtype: Any, device_map: DeviceMap | None, kwargs: dict[str, Any]
+) -> tuple[Any, torch.device]:
+    """(model, input device): the weights loaded, placed and in eval mode."""
+    with startup.timed("imports"):
+        from transformers import AutoModelForCausalLM
+    placed = _placement(device_map)
+    model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **placed, **kwargs)
+    # eval mode; parameters keep requires_grad: ivx runs under inference_mode, and on CPU (torch
+    # 2.13) a forward with frozen parameters measured ~35% slower. `ivx train` freezes them itself.
+    if placed:
+        dev = input_device(model)
+    else:
+        model.to(dev)
+    model.eval()
+    return model, dev
 
 
 def _meta_model(

@@ -66,13 +66,13 @@ def gpu_bytes(device: torch.device, weights: int) -> int:
 def devices(model: Any, default: torch.device) -> list[torch.device]:
     """Devices that run the model's modules: its device_map's (disk and cpu offload run on
     their execution device, which accelerate reports in the map as cpu/disk), else `default`."""
-    import torch
-
     placed = getattr(model, "hf_device_map", None) or {}
     found: list[torch.device] = []
     for where in placed.values():
         if where == "disk":
             continue
+        import torch  # only for a sharded model: `ivx validate` starts without torch
+
         device = torch.device(f"cuda:{where}" if isinstance(where, int) else where)
         if device not in found:
             found.append(device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ivx.config import sweep as sweeps
 from ivx.config.loader import LoadedConfig
 from ivx.config.schema import Experiment
 from ivx.core.errors import ConfigError, Problem
@@ -243,15 +244,6 @@ def _run_unused(exp: Experiment) -> list[tuple[tuple, str]]:
                 "output.top_k is how many tokens the top_k metric lists; metrics has no top_k",
             )
         )
-    for i, iv in enumerate(exp.interventions):
-        if iv.contrast is not None:
-            found.append(
-                (
-                    ("interventions", i, "contrast"),
-                    "`ivx run` does not build steering vectors from contrast prompts; `ivx generate` does "
-                    "(and saves them in its run's interventions.safetensors): give `vector` here",
-                )
-            )
     return found
 
 
@@ -284,6 +276,10 @@ def _run_only(exp: Experiment, command: plan.Mode) -> list[tuple[tuple, str]]:
         batches = "train.batch_size" if command == "train" else "one batch per grid point"
         found.append(
             (("batch",), f"`batch:` sizes `ivx run`'s forward passes; `ivx {command}` uses {batches}")
+        )
+    if exp.readout is not None:
+        found.append(
+            (("readout",), f"readout: {exp.readout} reads out `ivx run`'s cells; `ivx {command}` does not")
         )
     if exp.trace is not None and command == "train":  # its window widens vanilla restorations only
         found.append(
@@ -358,7 +354,12 @@ def subspace_widths(cfg: LoadedConfig, lm: Any, cells: tuple[plan.Cell, ...]) ->
         if k > width:
             field = "low_rank_dimension" if iv.low_rank_dimension else "interchange_dim"
             raw = getattr(cfg.experiment.interventions[0], field)
-            path = ("sweep", raw[1:]) if isinstance(raw, str) else ("interventions", 0, field)
+            sweep = cfg.experiment.sweep
+            path = (
+                sweeps.value_path(sweep, raw[1:], 0)[:-1]
+                if isinstance(raw, str)
+                else ("interventions", 0, field)
+            )
             problems.append(cfg.problem(path, f"{field} {k} exceeds the width of {edit.component} ({width})"))
     return list(dict.fromkeys(problems))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ivx.config.fields import TRAINABLE_KINDS
-from ivx.config.schema import Intervention
+from ivx.config.schema import Contrast, Intervention
 from ivx.core import interventions
 from ivx.plan.positions import resolve
 from ivx.plan.tokenization import PositionError, TokenizedPrompt
@@ -29,6 +29,7 @@ On = Literal["prompt", "generated", "all"]
 
 HEAD_COUNT_OF: dict[str, str] = {
     "head_attention_value_output": "n_heads",
+    "head_attention_pattern": "n_heads",  # per query head (GQA: keys are repeated per query head)
     "head_query_output": "n_heads",
     "head_key_output": "n_kv_heads",
     "head_value_output": "n_kv_heads",
@@ -55,6 +56,7 @@ class Edit:
     vector: str | None
     bundle: str | None = None
     on: On = "prompt"  # ivx generate: prompt positions, every generated token, or both
+    contrast: Contrast | None = None  # the vector is built from contrast prompts (`engine.binding`)
 
     @property
     def trainable(self) -> bool:
@@ -127,6 +129,7 @@ def resolve_edits(
             vector=iv.vector,
             bundle=iv.bundle,
             on=iv.on,
+            contrast=iv.contrast,
         )
         for layer in layers
     ]
@@ -192,7 +195,7 @@ def _layers(scope: _Scope, info: ModelInfo, iv: Intervention) -> list[int]:
     size = iv.window.get(iv.component) if isinstance(iv.window, dict) else iv.window
     trace = scope.cfg.experiment.trace
     if iv.window is None and trace is not None and iv.kind == "vanilla":
-        size = trace.window.get(iv.component)  # the ROME protocol's default window
+        size = trace.windows(info.n_layers).get(iv.component)  # ROME's window, scaled to the depth
     layers: list[int] = []
     for layer in spec:
         concrete = layer + info.n_layers if layer < 0 else layer

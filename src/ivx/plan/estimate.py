@@ -17,7 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ivx.model import components, memory
+from ivx.model import components, memory, skeleton
 from ivx.plan import schedule
 
 if TYPE_CHECKING:
@@ -88,13 +88,11 @@ def peak_bytes(preps: list[Any], tensor_bytes: int) -> int:
 # ---- run time -----------------------------------------------------------------------------------
 def device(exp: Any) -> str:
     """The device type the run will use (`model.device`; auto: cuda when available)."""
-    import torch
-
     name = str(exp.model.device)
     if exp.model.device_map is not None or name.startswith("cuda"):
         return "cuda"
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if skeleton.cuda_available() else "cpu"
     return name
 
 

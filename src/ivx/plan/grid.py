@@ -7,12 +7,11 @@ reported in the same `file:line  dotted.path  message` form as schema errors.
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ivx.config import sweep as sweeps
 from ivx.config.fields import is_ref
 from ivx.config.loader import LoadedConfig, at_sweep_value
 from ivx.config.schema import Intervention
@@ -76,25 +75,27 @@ class Plan:
 
 
 def _axis_fields(cfg: LoadedConfig) -> dict[str, set[str]]:
-    """Which intervention fields each sweep axis is bound to."""
-    out: dict[str, set[str]] = {axis: set() for axis in cfg.experiment.sweep}
+    """Which intervention fields each sweep axis is bound to (by name: `receivers[0].layer` → layer)."""
+    out: dict[str, set[str]] = {axis: set() for axis in sweeps.axis_values(cfg.experiment.sweep)}
     for iv in cfg.experiment.interventions:
         for field_name in BINDABLE:
             value = getattr(iv, field_name)
             if is_ref(value) and value[1:] in out:
                 out[value[1:]].add(field_name)
+        for path, axis in iv._refs:
+            if axis in out:
+                out[axis].add(str(path[-1]))
     return out
 
 
 def _axis_values(
     cfg: LoadedConfig, info: ModelInfo, prompt: TokenizedPrompt, problems: list[Problem]
 ) -> dict[str, list[Any]]:
-    """Each axis's values for one prompt (`all` expanded from the model and the prompt's length)."""
+    """The values of each `all` product axis for one prompt (from the model and the prompt's length)."""
     bound = _axis_fields(cfg)
     values: dict[str, list[Any]] = {}
     for axis, spec in cfg.experiment.sweep.items():
         if spec != "all":
-            values[axis] = list(spec)
             continue
         fields = bound.get(axis, set())
         if fields == {"layer"}:
@@ -137,20 +138,20 @@ def _points(
 ) -> Iterator[dict[str, Any]]:
     """Every grid point of one prompt, in the sweep's axis order."""
     values = _axis_values(cfg, info, prompt, problems)
-    names = list(values)
     per_component = _all_head_axes(cfg)
-    for combo in itertools.product(*(values[n] for n in names)):
-        point = dict(zip(names, combo, strict=True))
+    for point in sweeps.grid(sweeps.dimensions(cfg.experiment.sweep), values):
         if not per_component or _heads_fit(cfg, info, point, per_component):
             yield point
 
 
 def substitute(iv: Intervention, point: dict[str, Any]) -> Intervention:
-    """The intervention with every `$axis` field replaced by the point's value."""
+    """The intervention with every `$axis` (a site field, or any field at any depth) set from `point`."""
     data = iv.model_dump()
     for key, value in data.items():
         if is_ref(value):
             data[key] = point[value[1:]]
+    for path, axis in iv._refs:
+        data = sweeps.put(data, path, point[axis])
     return Intervention.model_validate(data)
 
 
@@ -158,7 +159,8 @@ def count(cfg: LoadedConfig, info: ModelInfo, prompts: list[TokenizedPrompt]) ->
     """Cells `expand` would make (per corruption variant), without building any of them."""
     if _all_head_axes(cfg):
         return sum(sum(1 for _ in _points(cfg, info, p, [])) for p in prompts)
-    return sum(math.prod(len(v) for v in _axis_values(cfg, info, p, []).values()) for p in prompts)
+    dims = sweeps.dimensions(cfg.experiment.sweep)
+    return sum(sweeps.size(dims, _axis_values(cfg, info, p, [])) for p in prompts)
 
 
 def _mode_problems(cfg: LoadedConfig, mode: Mode) -> list[Problem]:
@@ -219,11 +221,12 @@ def _cell_edits(
     point: dict[str, Any],
     mode: Mode,
     problems: list[Problem],
+    memo: dict[tuple[int, str], Intervention | ValueError],
 ) -> list[Edit]:
     edits: list[Edit] = []
     for i, iv in enumerate(cfg.experiment.interventions):
         try:
-            concrete = substitute(iv, point)
+            concrete = _substituted(iv, i, point, memo)
         except ValueError as exc:
             problems.append(cfg.problem(("sweep",), f"sweep values give an invalid intervention: {exc}"))
             continue
@@ -240,9 +243,26 @@ def _cell_edits(
     return edits
 
 
+def _substituted(
+    iv: Intervention, i: int, point: dict[str, Any], memo: dict[tuple[int, str], Intervention | ValueError]
+) -> Intervention:
+    """`substitute`, once per intervention and grid point of a plan (every prompt repeats them)."""
+    key = (i, repr(tuple(point.items())))
+    if key not in memo:
+        try:
+            memo[key] = substitute(iv, point)
+        except ValueError as exc:
+            memo[key] = exc
+    found = memo[key]
+    if isinstance(found, ValueError):
+        raise found
+    return found
+
+
 def expand(cfg: LoadedConfig, info: ModelInfo, prompts: list[TokenizedPrompt], mode: Mode = "run") -> Plan:
     """Cells for every prompt × grid point; raise ConfigError with every model-aware problem."""
     problems = _mode_problems(cfg, mode)
+    memo: dict[tuple[int, str], Intervention | ValueError] = {}
     cells: list[Cell] = []
     corrupt: list[tuple[int, ...]] = []
     for prompt in prompts:
@@ -252,9 +272,9 @@ def expand(cfg: LoadedConfig, info: ModelInfo, prompts: list[TokenizedPrompt], m
         if missing and mode == "train":
             continue  # without a counterfactual there is nothing to resolve
         for point in _points(cfg, info, prompt, problems):
-            edits = _cell_edits(cfg, info, prompt, point, mode, problems)
+            edits = _cell_edits(cfg, info, prompt, point, mode, problems, memo)
             cells.append(Cell(len(cells), prompt.index, tuple(point.items()), tuple(edits)))
     if problems:
         unique = list(dict.fromkeys(problems))
         raise ConfigError(unique)  # collapsed per distinct problem, with a count of prompts
-    return Plan(tuple(cells), tuple(cfg.experiment.sweep), tuple(corrupt))
+    return Plan(tuple(cells), tuple(d.name for d in sweeps.dimensions(cfg.experiment.sweep)), tuple(corrupt))

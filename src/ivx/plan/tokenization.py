@@ -134,6 +134,9 @@ def subject_span(
         chosen = [starts[occurrence - 1]]
     else:
         aligned = [s for s in starts if _aligned(text, offsets, s, s + len(subject), subject)]
+        words = [s for s in starts if _on_words(text, s, s + len(subject), subject)]
+        if len(starts) == 1 and not words:
+            raise PositionError(_part_of_word(text, starts[0], subject))
         chosen = (aligned or starts[:1]) if len(starts) == 1 else aligned
         if not chosen:
             raise PositionError(
@@ -154,9 +157,29 @@ def subject_span(
     return (toks[0], toks[-1] + 1), (start, end)
 
 
+def _on_words(text: str, start: int, end: int, subject: str) -> bool:
+    """No word of `text` continues across either end of the subject at [start, end)."""
+    return _word_edge(text, start - 1, subject[0]) and _word_edge(text, end, subject[-1])
+
+
+def _part_of_word(text: str, start: int, subject: str) -> str:
+    """The problem of a subject found only inside a longer word."""
+    end = start + len(subject)
+    lo = start
+    while lo > 0 and text[lo - 1].isalnum():
+        lo -= 1
+    hi = end
+    while hi < len(text) and text[hi].isalnum():
+        hi += 1
+    return (
+        f"subject {subject!r} matches only part of a word in {text!r} (the words there: {text[lo:hi]!r}); "
+        "subjects match whole words: give the whole word, or set `subject_occurrence: 1` to use this match"
+    )
+
+
 def _aligned(text: str, offsets: list[tuple[int, int]], start: int, end: int, subject: str) -> bool:
     """The subject starts at a token start and ends at a token end, on word boundaries."""
-    if not (_word_edge(text, start - 1, subject[0]) and _word_edge(text, end, subject[-1])):
+    if not _on_words(text, start, end, subject):
         return False
     begins = any(a <= start < b and not text[a:start].strip() for a, b in offsets)
     ends = any(b == end for a, b in offsets if b > a)

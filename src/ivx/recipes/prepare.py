@@ -15,10 +15,11 @@ from typing import Any
 
 from ivx.config import loader as config_mod
 from ivx.config.loader import LoadedConfig
+from ivx.core import threads
 from ivx.core.errors import ConfigError, Problem
 from ivx.methods import registry
 from ivx.model import loading as models
-from ivx.plan import checks, tokenization
+from ivx.plan import ablation, checks, tokenization
 from ivx.plan import grid as plan
 from ivx.plan.grid import Mode
 from ivx.plan.prepared import Prepared, variants
@@ -52,6 +53,7 @@ def prepare_all(
     """
 
     cfg = config_mod.load(path, overrides, (registry.config_checks,) if mode == "run" else ())
+    threads.configure(cfg.experiment.threads)  # every command honours `threads:` (never the results)
     ignored = checks.ignored(cfg, mode)
     spec = cfg.experiment.model
     if lm is None:
@@ -98,6 +100,7 @@ def _checked(cfg: LoadedConfig, lm: Any, max_cells: int | None, mode: Mode) -> l
         records = records[: train.max_records]  # `ivx train` trains on the first max_records
     prompts = tokenization.for_config(cfg, lm.tokenizer, records)
     _check_files(cfg)
+    ablation.check(cfg, lm.tokenizer, prompts, mode)
     checks.model_limits(cfg, lm, prompts, max_cells)
     if mode == "run":
         registry.check_model(cfg, lm)

@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from ivx.core import startup, threads
 from ivx.engine import answers
 from ivx.engine.executor import Executor
 from ivx.methods import controls
@@ -22,6 +23,7 @@ from ivx.plan.prepared import Prepared
 from ivx.recipes import backends
 from ivx.recipes.prepare import prepare_all
 from ivx.results import outputs, rundir, session
+from ivx.results.publish import publish
 from ivx.results.progress import ProgressBar
 
 # given the number of cells to do, a context that yields `advance(n)`
@@ -74,19 +76,23 @@ def _run(
     stack: contextlib.ExitStack,
 ) -> Path:
     """The recipe: config → plan → run directory → baselines and cells per variant → outputs."""
-    import torch
+    threads.configure()  # before torch loads: its OpenMP runtime reads the wait policy only then
+    with startup.timed("imports"):
+        import torch
 
     if resume is not None:
         path, overrides = session.recorded_config(resume)
     on_start, max_cells, (backend, address) = hooks
     preps = prepare_all(path, overrides, lm, max_cells=max_cells)
     prep = preps[0]
+    policy = threads.configure(prep.cfg.experiment.threads)
     settings = backends.resolve(prep, path, overrides, backend, address)
     warning = estimate.size_warning(preps)
     if warning and progress is not None:
         print(f"warning: {warning}", file=sys.stderr)
     torch.manual_seed(prep.cfg.experiment.seed)
     run_dir, manifest = session.open_dir(preps, path, overrides, out_root, resume, on_start, stack)
+    manifest.update(threads=policy.record(), startup=startup.record())
     clock = session.Clock(manifest, resume is not None)
     executors: list[Executor] = []
     try:
@@ -100,6 +106,7 @@ def _run(
         clock.fail(exc, executors)
         raise
     clock.finish(preps, executors, len(rows))
+    publish(run_dir, prep.cfg.experiment.output)  # report.html, trackers: only warn on failure
     return run_dir
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ivx.config import sweep as sweeps
 from ivx.config.settings import Train
 from ivx.core.errors import ConfigError
 from ivx.methods import das_controls
@@ -28,6 +29,7 @@ from ivx.plan.edits import resolve_edits
 from ivx.recipes.prepare import prepare_all
 from ivx.results import controls as result_controls
 from ivx.results import rundir, train_report
+from ivx.results.publish import publish
 from ivx.results.session import recorded_config
 from ivx.store import bundle
 
@@ -228,7 +230,7 @@ def _write_bundle(training: Training, run_dir: Path, trained: dict[str, Any]) ->
     rundir.write_text(
         run_dir / "interventions.yaml", yaml.safe_dump({"interventions": [trained["intervention"]]})
     )
-    axes = list(training.cfg.experiment.sweep)
+    axes = [d.name for d in sweeps.dimensions(training.cfg.experiment.sweep)]
     summary = {
         "points": trained["results"],
         "best_point": trained["point"],
@@ -268,4 +270,5 @@ def train_run(
         manifest.finish("failed", error=f"{type(exc).__name__}: {exc}")
         raise
     manifest.finish("complete", seconds=round(time.perf_counter() - started, 1))
+    publish(run_dir, training.cfg.experiment.output)  # report.html, trackers: only warn on failure
     return run_dir

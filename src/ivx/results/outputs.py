@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivx.config.schema import Corrupt
 from ivx.methods import registry
-from ivx.results import controls, gridplot, plots, rundir, tracing
+from ivx.results import controls, gridplot, plots, readouts, rundir, tracing
 from ivx.results.summary import contrast_warnings, scoring_warnings, summarize
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ def write(
         summary["warnings"] = summary.get("warnings", []) + extra
     rundir.write_json(run_dir / "summary.json", summary)
     results.write_csv(rows)
+    readouts.write(run_dir, summary, rows, exp.output.plots)  # readout.csv and its figure, if any
     merge_tensors(run_dir, parts, [e.base for e in executors], [p.label for p in preps], exp.output.logits)
     if exp.output.plots:
         for variant in preps:
@@ -70,7 +71,8 @@ def write(
             trace = traces.get(variant.label)
             suffix = f"_{variant.label}" if labelled else ""
             plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
-        gridplot.write(run_dir, summary)
+        what = gridplot.describe([iv.model_dump() for iv in exp.interventions], exp.corrupt is not None)
+        gridplot.write(run_dir, summary, what)
 
 
 def _summary(

@@ -26,7 +26,7 @@ def panel_title(panel: str) -> str:
     return "\n".join([LABELS.get(site, site), *extra])
 
 
-def _cmap(component: str) -> str:
+def site_cmap(component: str) -> str:
     """One colour family per kind of site (as in the ROME figures), white at zero."""
     if component.startswith(("mlp",)):
         return "Greens"
@@ -67,20 +67,24 @@ def _panels(
     # one honest colour scale shared by the panels: 0..1 for normalized metrics, centred on 0
     # (diverging) when a signed effect goes negative; the ROME colour per site otherwise
     norm, cmap = gridplot.norm_for(metric, [v for k in comps for line in matrices[k] for v in line])
-    width = 3.2 * len(comps) + 1.5
-    height = 0.32 * len(row_labels) + 1.6
-    fig, axes = plt.subplots(1, len(comps), figsize=(width, height), squeeze=False, constrained_layout=True)
-    for ax, comp in zip(axes[0], comps, strict=True):
+    # panels wrap after four (12 panels are a 4 × 3 grid, not a strip); one colour bar when all
+    # panels share one colour map, else one per panel (ROME's colour per site, same range)
+    fig, axes = gridplot.panel_grid(len(comps), (3.0, 0.32 * len(row_labels) + 1.3))
+    shared = norm.vmin < 0 or len({site_cmap(c) for c in comps}) == 1
+    for k, (ax, comp) in enumerate(zip(axes, comps, strict=True)):
         data = np.array(matrices[comp], dtype=float)
-        shade = _cmap(comp) if norm.vmin >= 0 else cmap
+        shade = site_cmap(comp) if norm.vmin >= 0 else cmap
         image = ax.imshow(data, aspect="auto", cmap=shade, norm=norm, interpolation="nearest")
         ax.set_yticks(range(len(row_labels)))
-        ax.set_yticklabels(row_labels if comp == comps[0] else [""] * len(row_labels), fontsize=8)
+        ax.set_yticklabels(row_labels if k % 4 == 0 else [""] * len(row_labels), fontsize=8)
         step = max(1, n_layers // 12)
         ax.set_xticks(range(0, n_layers, step))
         ax.set_xlabel("layer")
-        ax.set_title(panel_title(comp), fontsize=10)
-        gridplot.colorbar(fig, image, ax, metric)
+        ax.set_title(panel_title(comp), fontsize=9)
+        if not shared:
+            gridplot.colorbar(fig, image, ax, metric)
+    if shared:
+        gridplot.colorbar(fig, image, axes, metric)
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -95,11 +99,9 @@ def _lines(path: Path, trace: dict[str, Any]) -> None:
     import numpy as np
 
     comps = list(trace["components"])
-    fig, axes = plt.subplots(
-        1, len(comps), figsize=(4 * len(comps), 3.2), squeeze=False, constrained_layout=True
-    )
+    fig, axes = gridplot.panel_grid(len(comps), (3.8, 3.0))
     layers = np.arange(trace["n_layers"])
-    for ax, comp in zip(axes[0], comps, strict=True):
+    for ax, comp in zip(axes, comps, strict=True):
         for cat, stats in trace["components"][comp]["by_category"].items():
             mean = np.array(stats["mean"], dtype=float)
             err = np.array(stats["stderr"], dtype=float)
@@ -110,7 +112,8 @@ def _lines(path: Path, trace: dict[str, Any]) -> None:
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_xlabel("layer")
         ax.set_ylabel(f"average {trace['metric']} (95% CI)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"average {trace['metric']} per layer by token category (95% CI)", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -164,6 +167,12 @@ def write_all(
     return _averages(out_dir, trace, name, suffix) + _per_fact(out_dir, prep, rows, trace, suffix)
 
 
+def _window_title(trace: dict[str, Any]) -> str:
+    """The restore windows for a figure title (`\nwindow: mlp_output 1 … layer(s) …`), or ''."""
+    text = tracing.window_text(trace)
+    return f"\n{text}" if text else ""
+
+
 def _averages(out_dir: Path, trace: dict[str, Any], name: str, suffix: str) -> list[Path]:
     """The dataset-average figures: by token category, by position, severed paths."""
     written: list[Path] = []
@@ -183,7 +192,7 @@ def _averages(out_dir: Path, trace: dict[str, Any], name: str, suffix: str) -> l
     if trace.get("has_subject", True):  # without a subject every token is one category: no figure
         _panels(
             path,
-            f"{name}: average {metric} over {trace['facts']} prompts",
+            f"{name}: average {metric} over {trace['facts']} prompts" + _window_title(trace),
             matrices,
             [CATEGORY_LABELS[c] for c in cats],
             metric,
@@ -199,7 +208,8 @@ def _averages(out_dir: Path, trace: dict[str, Any], name: str, suffix: str) -> l
         tokens = first.get("labels") or first["tokens"] or [str(i) for i in range(len(first["mean"]))]
         matrices = {k: trace["components"][k]["by_position"]["mean"] for k in comps}
         path = out_dir / f"average_by_position{suffix}.png"
-        _panels(path, f"{name}: {metric} by position", matrices, tokens, metric, n_layers)
+        title = f"{name}: {metric} by position" + _window_title(trace)
+        _panels(path, title, matrices, tokens, metric, n_layers)
         written.append(path)
     fig = severed_figure(trace)
     if fig is not None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from ivx.core import startup
 from ivx.core.errors import ConfigError
 from ivx.model import loading as models
 from ivx.results import rundir
@@ -110,7 +111,8 @@ def open_dir(
 
     prep = preps[0]
     digest = hashlib.sha256(prep.cfg.text.encode()).hexdigest()
-    inputs = fingerprint.inputs(prep.cfg, prep.lm)
+    with startup.timed("hashing"):
+        inputs = fingerprint.inputs(prep.cfg, prep.lm)
     if resume is None:
         return _create(preps, path, overrides, out_root, on_start, stack, digest, inputs)
     previous = rundir.Manifest.read(resume).data

@@ -14,6 +14,7 @@ import json
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+from ivx.config import sweep as sweeps
 from ivx.config.fields import is_ref
 from ivx.plan.positions import CATEGORIES, category, resolve
 from ivx.results.summary import stats as _stats
@@ -40,7 +41,8 @@ def panel(row: dict[str, Any], prep: Any) -> str:
     axes = bound_axes(prep)
     default = str(prep.cfg.experiment.interventions[0].component)
     comp = str(row[axes["component"]]) if "component" in axes else default
-    extra = [a for a in prep.plan.axes if a not in axes.values()]
+    bound = set(axes.values())  # a zip group or points of traced axes only is no panel of its own
+    extra = [d.name for d in sweeps.dimensions(prep.cfg.experiment.sweep) if not set(d.axes) <= bound]
     return comp + "".join(f" | {a}={row.get(a) if row.get(a) is not None else 'none'}" for a in extra)
 
 
@@ -58,7 +60,7 @@ def applies(prep: Any) -> bool:
     axes = bound_axes(prep)
     if "layer" not in axes or "position" not in axes:
         return False
-    layers = prep.cfg.experiment.sweep.get(axes["layer"])
+    layers = sweeps.axis_values(prep.cfg.experiment.sweep).get(axes["layer"]) or []
     single = layers == "all" or all(isinstance(v, int) and not isinstance(v, bool) for v in layers)
     return single and plot_metric(prep.cfg.experiment.metrics) is not None
 
@@ -131,6 +133,7 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Executor) -> dict
                 "stderr": [[s[1] for s in row] for row in stats],
             }
         out["components"][comp] = entry
+    out["window"] = windows(prep, [c.split(" | ")[0] for c in out["components"]])
     ref = [executor.reference_values(p.index) for p in prep.prompts]
     out["p_clean"] = _stats([c["target_prob"] for _, c in ref])[0]
     out["p_corrupted"] = _stats([k["target_prob"] for k, _ in ref])[0]
@@ -139,6 +142,30 @@ def aggregate(prep: Any, rows: list[dict[str, Any]], executor: Executor) -> dict
     if getattr(prep, "dropped", None):
         out["dropped"] = prep.dropped
     return out
+
+
+def windows(prep: Any, components: list[str]) -> dict[str, int]:
+    """The layers each traced component was restored over (as `plan.edits` widens them; 1 = one)."""
+    exp = prep.cfg.experiment
+    iv = exp.interventions[0]
+    default = exp.trace.windows(prep.lm.info.n_layers) if exp.trace is not None else {}
+    out: dict[str, int] = {}
+    for comp in dict.fromkeys(components):
+        if iv.window is not None:
+            size = iv.window.get(comp) if isinstance(iv.window, dict) else iv.window
+        else:
+            size = default.get(comp) if iv.kind == "vanilla" else None
+        out[comp] = min(size or 1, prep.lm.info.n_layers)
+    return out
+
+
+def window_text(trace: dict[str, Any]) -> str:
+    """The windows a trace used, as one line (`window: mlp_output 1, attention_output 1 layer(s)`)."""
+    wide = {c: w for c, w in (trace.get("window") or {}).items()}
+    if not wide:
+        return ""
+    parts = ", ".join(f"{c} {w}" for c, w in wide.items())
+    return f"window: {parts} layer(s) of {trace['n_layers']} restored per cell"
 
 
 def position_labels(prompts: list[Any]) -> list[str]:
@@ -176,4 +203,6 @@ def table_text(trace: dict[str, Any]) -> str:
             lines.append(f"{label:>20}{cells}")
         lines.append("")
     lines.append(f"p(clean) = {trace['p_clean']:.3f}   p(corrupted) = {trace['p_corrupted']:.3f}")
+    if window_text(trace):
+        lines.append(window_text(trace))
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ivx.config import sweep as sweeps
 from ivx.config.loader import LoadedConfig
 from ivx.core.errors import ConfigError, Problem
 
@@ -126,13 +127,15 @@ def inputs(cfg: LoadedConfig, lm: Any) -> dict[str, str]:
     out = {"config": hashlib.sha256(cfg.text.encode()).hexdigest()}
     if cfg.records_file is not None:
         out[str(cfg.records_file)] = sha256_file(cfg.records_file)
+    axes = sweeps.axis_values(cfg.experiment.sweep)
     for iv in cfg.experiment.interventions:
-        for ref in (iv.vector, iv.bundle):
-            if isinstance(ref, str) and not ref.startswith("$"):
-                out.update(_reference(cfg, ref))
-        contrast = iv.contrast
-        if contrast is not None and contrast.file:
-            out.update(_reference(cfg, contrast.file))
+        bound = dict(iv._refs)  # a swept file: every value of its axis
+        contrast = iv.contrast.file if iv.contrast is not None else None
+        refs = [(("vector",), iv.vector), (("bundle",), iv.bundle), (("contrast", "file"), contrast)]
+        for path, ref in refs:
+            for value in (axes.get(bound[path]) or []) if path in bound else [ref]:
+                if isinstance(value, str) and not value.startswith("$"):
+                    out.update(_reference(cfg, value))
     out.update(_model(lm))
     return out
 
