@@ -31,6 +31,7 @@ def _clear(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, "")  # records the original value (or its absence) for teardown
         monkeypatch.delenv(name)
     monkeypatch.setattr(threads, "_SET_BY_IVX", set())
+    monkeypatch.setattr(threads, "_BEFORE", [])
 
 
 def test_parse_accepts_counts_auto_off_and_names_the_setting() -> None:
@@ -43,11 +44,11 @@ def test_parse_accepts_counts_auto_off_and_names_the_setting() -> None:
             threads.parse(bad, "IVX_THREADS")
 
 
-def test_auto_sets_every_core_and_passive_waiting_before_torch(fresh: pytest.MonkeyPatch) -> None:
+def test_auto_sets_passive_waiting_before_torch_and_leaves_the_count(fresh: pytest.MonkeyPatch) -> None:
     policy = threads.configure()
-    assert (policy.threads, policy.source) == (threads.cores(), "auto")
+    assert (policy.threads, policy.source) == (None, "auto")
     assert (policy.wait_policy, policy.wait_source) == ("PASSIVE", "ivx")
-    assert os.environ["OMP_NUM_THREADS"] == str(threads.cores())
+    assert "OMP_NUM_THREADS" not in os.environ  # torch's own count: results as before, bit for bit
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
 
 
@@ -58,7 +59,7 @@ def test_the_callers_environment_wins_then_ivx_threads_then_the_config(fresh: py
     fresh.setattr(threads, "_SET_BY_IVX", set())
     fresh.setenv("OMP_WAIT_POLICY", "ACTIVE")
     policy = threads.configure(2)
-    assert (policy.threads, policy.source) == (1, "OMP_NUM_THREADS")
+    assert (policy.threads, policy.source) == (None, "OMP_NUM_THREADS")  # torch will read it
     assert (policy.wait_policy, policy.wait_source) == ("ACTIVE", "OMP_WAIT_POLICY")
     assert os.environ["OMP_NUM_THREADS"] == "1"
 
@@ -90,16 +91,16 @@ def test_after_torch_only_the_count_changes(monkeypatch: pytest.MonkeyPatch) -> 
         torch.set_num_threads(before)
 
 
-def test_auto_keeps_the_count_of_a_torch_the_caller_loaded_first(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_keeps_torchs_count_and_returns_to_it_after_a_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     _clear(monkeypatch)
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(1)
-        policy = threads.configure()
-        assert (policy.threads, policy.source) == (1, "torch")
-        assert torch.get_num_threads() == 1
+        torch.set_num_threads(1)  # the caller's choice, before ivx
+        assert (threads.configure().threads, threads.configure().source) == (1, "auto")
+        assert threads.configure(2).threads == 2 == torch.get_num_threads()  # one config's `threads: 2`
+        assert threads.configure().threads == 1 == torch.get_num_threads()  # the next run: auto again
     finally:
         torch.set_num_threads(before)
 

@@ -12,17 +12,22 @@ import yaml
 
 from ivx.recipes import run as experiment
 
-# architecture → (final norm module, LayerNorm?, block path, per-head value input module, MLP module)
+# architecture → final norm module, LayerNorm? (else RMSNorm), block path, per-head value input
+# module; gain: "γ" (weight), "1+γ" (Gemma), "1" (OLMo: no weight, no bias); eps where hard-coded
+_LLAMA_LIKE = {"norm": "model.norm", "ln": False, "block": "model.layers.{}", "z": "self_attn.o_proj"}
 ARCHS: dict[str, dict[str, Any]] = {
     "gpt2": {"norm": "transformer.ln_f", "ln": True, "block": "transformer.h.{}", "z": "attn.c_proj"},
-    "llama": {"norm": "model.norm", "ln": False, "block": "model.layers.{}", "z": "self_attn.o_proj"},
+    "llama": _LLAMA_LIKE,
     "gpt_neox": {
         "norm": "gpt_neox.final_layer_norm",
         "ln": True,
         "block": "gpt_neox.layers.{}",
         "z": "attention.dense",
     },
+    "gemma": {**_LLAMA_LIKE, "gain": "1+γ"},
+    "olmo": {**_LLAMA_LIKE, "ln": True, "gain": "1", "eps": 1e-5},
 }
+GEMMA2 = {**_LLAMA_LIKE, "gain": "1+γ"}  # lens only: DLA refuses its post-norms and soft-cap
 PROMPTS = [
     {
         "base": "When Mary and John went to the store , John gave a drink to",
@@ -42,22 +47,33 @@ def perturb(model: Any, seed: int = 0) -> None:
                 param.add_(0.3 * torch.randn(param.shape, generator=gen))
 
 
-def hand_norm(arch: str, model: Any, x: torch.Tensor) -> torch.Tensor:
-    """The final norm, written out: LayerNorm (centre, divide by std, γ, β) or RMSNorm (divide by rms, γ)."""
-    norm = model.get_submodule(ARCHS[arch]["norm"])
-    if ARCHS[arch]["ln"]:
-        centred = x - x.mean(-1, keepdim=True)
-        return centred / (centred.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt() * norm.weight + norm.bias
-    return x / (x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt() * norm.weight
+def _spec(arch: str) -> dict[str, Any]:
+    return GEMMA2 if arch == "gemma2" else ARCHS[arch]
+
+
+def gain(arch: str, model: Any) -> torch.Tensor | float:
+    """The final norm's gain: γ, 1 + γ (Gemma) or 1 (no weight)."""
+    norm = model.get_submodule(_spec(arch)["norm"])
+    kind = _spec(arch).get("gain", "γ")
+    return 1.0 if kind == "1" else (1 + norm.weight if kind == "1+γ" else norm.weight)
 
 
 def frozen_scale(arch: str, model: Any, x: torch.Tensor) -> torch.Tensor:
     """The final norm's divisor at residual `x` `[..., 1]` (what DLA freezes)."""
-    norm = model.get_submodule(ARCHS[arch]["norm"])
-    if ARCHS[arch]["ln"]:
-        centred = x - x.mean(-1, keepdim=True)
-        return (centred.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
-    return (x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()
+    spec = _spec(arch)
+    norm = model.get_submodule(spec["norm"])
+    eps = spec.get("eps") or getattr(norm, "eps", None) or norm.variance_epsilon
+    centred = x - x.mean(-1, keepdim=True) if spec["ln"] else x
+    return (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def hand_norm(arch: str, model: Any, x: torch.Tensor) -> torch.Tensor:
+    """The final norm, written out: LayerNorm (centre, divide by std, gain, β) or RMSNorm (divide by
+    rms, gain)."""
+    norm = model.get_submodule(_spec(arch)["norm"])
+    centred = x - x.mean(-1, keepdim=True) if _spec(arch)["ln"] else x
+    out = centred / frozen_scale(arch, model, x) * gain(arch, model)
+    return out + norm.bias if getattr(norm, "bias", None) is not None else out
 
 
 def unembed(model: Any, x: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,17 @@ import torch
 
 from ivx.core.errors import ConfigError
 from ivx.model import loading as models
-from ivx.results import readouts
-from tests.methods.readout_oracles import ARCHS, PROMPTS, frozen_scale, ids_of, perturb, run_readout, token
+from ivx.results import readout_plots
+from tests.methods.readout_oracles import (
+    ARCHS,
+    PROMPTS,
+    frozen_scale,
+    gain,
+    ids_of,
+    perturb,
+    run_readout,
+    token,
+)
 
 
 def _head_slice(module: Any, z: torch.Tensor, h: int, hd: int) -> torch.Tensor:
@@ -57,7 +66,7 @@ def hand_dla(lm: Any, arch: str, text: str, target: int, foil: int | None) -> di
             handle.remove()
     norm, head = model.get_submodule(spec["norm"]), model.get_output_embeddings()
     d = head.weight[target] - (head.weight[foil] if foil is not None else 0)
-    u = norm.weight * d / frozen_scale(arch, model, seen["final"])
+    u = gain(arch, model) * d / frozen_scale(arch, model, seen["final"])
 
     def contrib(c: torch.Tensor) -> float:
         return float(((c - c.mean()) if spec["ln"] else c) @ u)
@@ -104,7 +113,7 @@ def test_dla_equals_hand_computation(arch: str, tiny_model_dir, tmp_path: Path) 
     assert point["n"] == 2
     assert point["total"] == pytest.approx((rows[0]["dla_total"] + rows[1]["dla_total"]) / 2, abs=1e-6)
     mean_heads = (torch.tensor(rows[0]["dla_heads"]) + torch.tensor(rows[1]["dla_heads"])) / 2
-    drawn = readouts.dla_figure(summary["readout"]).axes[0].images[0].get_array()
+    drawn = readout_plots.dla_figure(summary["readout"]).axes[0].images[0].get_array()
     assert torch.allclose(
         torch.tensor(drawn.data), mean_heads.double(), atol=1e-9
     )  # the figure shows the means

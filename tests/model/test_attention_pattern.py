@@ -54,12 +54,13 @@ def run(tmp_path: Path, model_dir: Path, iv: dict, batch: dict, name: str, **ext
 def eager_patterns(lm: models.LoadedModel, text: str) -> list[torch.Tensor]:
     """transformers' eager attention probabilities of every layer: [heads, q, k] each."""
     ids = torch.tensor([lm.tokenizer(text, add_special_tokens=False)["input_ids"]])
+    loaded = lm.model.config._attn_implementation
     lm.model.set_attn_implementation("eager")
     try:
         with torch.no_grad():
             return [a[0] for a in lm.model(ids, output_attentions=True).attentions]
     finally:
-        lm.model.set_attn_implementation("sdpa")
+        lm.model.set_attn_implementation(loaded)
 
 
 def head_values(lm: models.LoadedModel, arch: str, text: str) -> torch.Tensor:
@@ -164,3 +165,26 @@ def test_pattern_patches_equal_hand_recomputed_heads(
         assert new is not None
         want = hand(lm, arch, p, {h: new[h] for h in HEADS})
         torch.testing.assert_close(tensors[f"cell{row['cell']}"], want, atol=1e-5, rtol=1e-5, msg=str(row))
+
+
+@pytest.mark.parametrize(
+    "arch",
+    ["qwen2", "opt", "gemma", *(pytest.param(a, marks=SLOW) for a in ("mistral", "phi3", "gptj", "olmo"))],
+)
+def test_capture_equals_eager_attentions_on_other_layouts(arch: str, tiny_model_dir) -> None:
+    """Every layout row's attention hands ivx the probabilities transformers' eager path returns."""
+    from ivx.model import components, hooks
+
+    lm = models.load(str(tiny_model_dir(arch)))
+    ids = torch.tensor([lm.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]])
+    site = components.resolve(lm.model, lm.info, "head_attention_pattern", 1)
+    with torch.no_grad(), hooks.capturing(lm.model, [site]) as store:
+        logits = lm.model(ids).logits
+    want = eager_patterns(lm, PROMPTS[0])[1]  # [heads, q, k]
+    torch.testing.assert_close(
+        store[site][0], want.transpose(0, 1).reshape(ids.shape[1], -1), atol=1e-6, rtol=1e-5
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(
+            logits, lm.model(ids).logits, atol=1e-5, rtol=1e-5
+        )  # reading changes nothing

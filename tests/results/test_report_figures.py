@@ -16,12 +16,15 @@ from tests.results.test_report import das_summary, grid_2d
 def test_twelve_trace_panels_wrap_into_a_grid(tmp_path: Path) -> None:
     import matplotlib.image
 
-    comps = [f"head_query_output | head={h}" for h in range(12)]
-    matrices = {c: [[0.1 * i] * 4 for i in range(7)] for c in comps}
+    fig, axes = gridplot.panel_grid(12, (3.0, 2.0))
+    rows = sorted({round(ax.get_position().y0, 3) for ax in axes})
+    cols = sorted({round(ax.get_position().x0, 3) for ax in axes})
+    assert (len(rows), len(cols)) == (3, 4) and fig.get_figwidth() < 15  # 4 × 3, not a 12-wide strip
+    comps = [f"head_query_output | head={h}" for h in range(5)]
     path = tmp_path / "panels.png"
-    plots._panels(path, "t", matrices, [f"row{i}" for i in range(7)], "indirect_effect", 4)
+    plots._panels(path, "t", {c: [[0.1, 0.2], [0.3, 0.4]] for c in comps}, ["a", "b"], "indirect_effect", 2)
     height, width = matplotlib.image.imread(str(path)).shape[:2]
-    assert width < 1800 and height > width / 2  # 4 × 3 panels, not a 4389 × 422 strip
+    assert width < 1700 and height > 300  # five panels: a row of four and one below
 
 
 def test_one_d_sweep_axis_is_fitted_to_small_effects() -> None:

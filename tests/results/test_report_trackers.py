@@ -40,6 +40,7 @@ def wandb_records(path: Path) -> list[Any]:
     return out
 
 
+@pytest.mark.slow  # W&B starts its service process and MLflow imports much: ~10 s of CPU
 def test_wandb_and_mlflow_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("wandb")
     mlflow = pytest.importorskip("mlflow")

@@ -240,8 +240,9 @@ class Experiment(Strict):
     )
     threads: Annotated[int, Field(ge=1)] | Literal["auto", "off"] = Field(
         "auto",
-        description="CPU threads torch uses (auto: every core this process may use; off: leave torch's "
-        "default). OMP_NUM_THREADS or IVX_THREADS in the environment win. Never changes results.",
+        description="CPU threads torch uses (auto: torch's own count, its threads sleeping while they wait; "
+        "off: ivx sets nothing). OMP_NUM_THREADS or IVX_THREADS in the environment win. Packing never "
+        "depends on it; CPU results may differ in their last bits.",
     )
     prompts: Prompts = Field(
         description="Inline list of records (section `prompts`) or {file: data.jsonl, limit: N}."

@@ -3,7 +3,7 @@
 torch's CPU kernels run on an OpenMP pool whose threads spin at every barrier by default; ivx runs
 many small per-block forwards, so with one busy neighbour the spinning threads fight it for the
 cores and a run took 5× its idle time. ivx therefore starts torch with `OMP_WAIT_POLICY=PASSIVE`
-(waiting threads sleep) and a thread count of its own choosing. Both are environment variables
+(waiting threads sleep), and with the thread count a setting asks for. Both are environment variables
 the OpenMP runtime reads once, when torch loads it, so `configure()` runs before `import torch`
 (the CLI's entry point and `ivx.run`); afterwards only the count can change
 (`torch.set_num_threads`). The thread count never changes which cells share a forward: packing
@@ -11,8 +11,8 @@ depends on the plan and the memory budget only.
 
 Who decides, first match wins: the caller's `OMP_NUM_THREADS` / `OMP_WAIT_POLICY`, then
 `IVX_THREADS` (a count, `auto`, or `off`: change nothing), then the config's `threads:`, then
-`auto`: every core this process may run on, or, when the caller imported torch before ivx (a
-notebook), the count torch already has.
+`auto`: torch's own count (so by default every result is bit-identical to before: CPU results
+depend on the thread count in their last bits) with passive waiting.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ivx.core.errors import UserError
 ENV = "IVX_THREADS"
 WAIT = "PASSIVE"
 _SET_BY_IVX: set[str] = set()  # environment variables this process set (not the caller's)
+_BEFORE: list[int] = []  # torch's own thread count, kept the first time ivx changes it
 
 
 class ThreadsError(UserError):
@@ -36,8 +37,8 @@ class ThreadsError(UserError):
 class Policy:
     """The thread policy in force, as recorded in the manifest."""
 
-    threads: int | None  # torch's intra-op threads (None: left to torch)
-    source: str  # who chose the count: OMP_NUM_THREADS, IVX_THREADS, config, auto, torch or off
+    threads: int | None  # torch's intra-op threads (None: torch not loaded yet, its own count)
+    source: str  # who chose the count: OMP_NUM_THREADS, IVX_THREADS, config, auto or off
     wait_policy: str | None  # OMP_WAIT_POLICY the OpenMP runtime started with (None: its default)
     wait_source: str  # OMP_WAIT_POLICY (the caller's), ivx, off, or why it could not be set
     cores: int  # cores this process may run on
@@ -78,38 +79,36 @@ def _set(name: str, value: str) -> None:
 
 
 def _count(setting: int | str | None) -> tuple[int | None, str]:
-    """(threads, who chose them) from the environment, then `setting`, then auto."""
+    """(the count to set, None to leave torch's own; who chose) from the environment, then
+    `setting`, then auto."""
     env = parse(os.environ.get(ENV), ENV)  # checked even when OMP_NUM_THREADS wins: a typo is an error
-    user = _caller("OMP_NUM_THREADS")
-    if user is not None:
-        return (int(user) if user.isdigit() and int(user) > 0 else None), "OMP_NUM_THREADS"
-    if env is not None:
-        return (
-            None if env == "off" else cores() if env == "auto" else int(env)
-        ), ENV if env != "off" else "off"
+    if _caller("OMP_NUM_THREADS") is not None:
+        return None, "OMP_NUM_THREADS"  # torch reads it itself
+    if env is not None and env != "auto":
+        return (None, "off") if env == "off" else (int(env), ENV)
     if setting is not None and setting != "auto":
-        return (None if setting == "off" else int(setting)), "config"
-    if "torch" in sys.modules and "OMP_NUM_THREADS" not in _SET_BY_IVX:
-        return None, "torch"  # the caller loaded torch first (a notebook): its count stays
-    return cores(), "auto"
+        return (None, "off") if setting == "off" else (int(setting), "config")
+    return (_BEFORE[0] if _BEFORE else None), "auto"  # torch's own count (back to it after a set one)
 
 
 def configure(setting: int | str | None = None) -> Policy:
     """Choose the thread count and wait policy; call before `import torch` for the wait policy.
 
-    `setting` is the config's `threads:` (None or "auto": decide here). Safe to call again: a
-    later call only changes the count (torch.set_num_threads), as the runtime allows.
+    `setting` is the config's `threads:` (None or "auto": torch's own count). Safe to call again:
+    a later call only changes the count (torch.set_num_threads), as the runtime allows.
     """
     threads, source = _count(setting)
     wait, wait_source = _wait(source == "off")
-    if threads is not None and source not in ("OMP_NUM_THREADS", "torch"):
+    if threads is not None:
         if "torch" in sys.modules:
             import torch
 
+            if not _BEFORE:
+                _BEFORE.append(int(torch.get_num_threads()))
             torch.set_num_threads(threads)
         else:
             _set("OMP_NUM_THREADS", str(threads))
-    return Policy(threads if threads is not None else _torch_threads(), source, wait, wait_source, cores())
+    return Policy(_torch_threads() or threads, source, wait, wait_source, cores())
 
 
 def _wait(off: bool) -> tuple[str | None, str]:

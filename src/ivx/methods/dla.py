@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ivx.methods import unembed
+from ivx.methods import norms, unembed
+from ivx.model import layouts
 from ivx.methods.unembed import Unembed
 
 if TYPE_CHECKING:
@@ -30,6 +31,24 @@ if TYPE_CHECKING:
 COMPONENTS: tuple[str, ...] = ("head_attention_value_output", "mlp_output", "block_input", "block_output")
 
 
+def refusal(model_type: str, softcap: float | None) -> list[str]:
+    """Why DLA's sum of parts would not be exact for this model (empty: it is)."""
+    reasons = []
+    family = norms.FAMILIES.get(model_type)
+    if family is not None and family.post_norms:
+        reasons.append(
+            f"dla needs each head's and MLP's output added to the residual stream as it is; {model_type} "
+            "blocks norm the attention and MLP outputs before adding them, so the parts are not linear "
+            "(use readout: logit_lens)"
+        )
+    if softcap is not None:
+        reasons.append(
+            f"dla linearises the final norm, but this model soft-caps its logits ({softcap:g}·tanh(logits/"
+            f"{softcap:g})), which no frozen scale makes linear (use readout: logit_lens)"
+        )
+    return reasons
+
+
 def sites(executor: Executor) -> list[Site]:
     """The sites DLA reads: per layer the heads' values and the MLP output; embeddings; final residual."""
     n = executor.lm.info.n_layers
@@ -39,10 +58,9 @@ def sites(executor: Executor) -> list[Site]:
     return per_layer + [executor.site("block_input", 0), executor.site("block_output", n - 1)]
 
 
-def _heads(
-    o_proj: Any, z: torch.Tensor, n_heads: int, vec: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(per-head contributions `[rows, heads]`, the output bias's contribution `[rows]`) of one layer."""
+def _heads(o_proj: Any, z: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each head's output `[rows, heads, d]`, the output projection's bias `[1, d]`) of one layer:
+    `o_proj(z masked to the head) − o_proj(0)` and `o_proj(0)`, which sum to `o_proj(z)`."""
     import torch
 
     rows, width = z.shape  # [rows, n_heads * head_dim]
@@ -50,8 +68,27 @@ def _heads(
     for h in range(n_heads):
         mask[h, h * (width // n_heads) : (h + 1) * (width // n_heads)] = 1
     zero = o_proj(torch.zeros(1, width, dtype=z.dtype, device=z.device)).float().cpu()  # [1, d]
-    per_head = o_proj(z[:, None, :] * mask[None]).float().cpu() - zero  # [rows, heads, d]
-    return torch.einsum("rhd,rd->rh", per_head, vec), zero[0] @ vec.T
+    return o_proj(z[:, None, :] * mask[None]).float().cpu() - zero, zero
+
+
+def _post_norm(norm: Any, path: str, total: torch.Tensor) -> Any:
+    """A sublayer's post-norm (Gemma 2/3, OLMo 2) as a linear map of the sublayer's parts, its scale
+    frozen at their sum `total` `[rows, d]`: part `[rows, …, d]` → `g ⊙ (part − c·mean) / s`; plus
+    the norm's bias `[d]` (zeros without one), which the sum of parts gets once."""
+    import torch
+
+    kind, eps = norms.classify(norm, total.shape[-1], path)
+    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    gain = kind.offset + (weight.detach().float().cpu() if weight is not None else 1.0)
+    centred = total - total.mean(-1, keepdim=True) if kind.centre else total
+    s = (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt()  # [rows, 1]
+
+    def linear(part: torch.Tensor) -> torch.Tensor:
+        part = part - part.mean(-1, keepdim=True) if kind.centre else part
+        return gain * part / (s if part.dim() == 2 else s[:, None])
+
+    shift = bias.detach().float().cpu() if bias is not None else torch.zeros(total.shape[-1])
+    return linear, shift
 
 
 def extras(
@@ -67,14 +104,25 @@ def extras(
     rows = len(chunk) * S
     final = store[executor.site("block_output", n - 1)][:, -1]  # [rows, d]
     vec, const = unembed.directions(u, final, [p.target_id] * rows, [p.foil_id] * rows)
+    family = norms.FAMILIES.get(lm.info.model_type)
+    post = family.post_norms if family is not None else ()
     heads, attn_bias, mlp = [], [], []
     for layer in range(n):
         site = executor.site("head_attention_value_output", layer)
         z = store[site][:, -1]  # [rows, n_heads * head_dim]
-        per_head, bias = _heads(lm.model.get_submodule(site.module), z, site.n_heads, vec)
-        heads.append(per_head)
-        attn_bias.append(bias)
-        mlp.append((store[executor.site("mlp_output", layer)][:, -1].float().cpu() * vec).sum(-1))
+        per_head, bias = _heads(lm.model.get_submodule(site.module), z, site.n_heads)  # [rows, heads, d]
+        bias = bias.expand(rows, -1)  # [rows, d]
+        mlp_out = store[executor.site("mlp_output", layer)][:, -1].float().cpu()  # [rows, d]
+        if post:  # the residual gets post_norm(attention output) and post_norm(MLP output)
+            block = f"{layouts.LAYOUTS[lm.info.model_type].blocks}.{layer}"
+            attn_path, mlp_path = (f"{block}.{name}" for name in post)
+            linear, shift = _post_norm(lm.model.get_submodule(attn_path), attn_path, per_head.sum(1) + bias)
+            per_head, bias = linear(per_head), linear(bias) + shift
+            linear, shift = _post_norm(lm.model.get_submodule(mlp_path), mlp_path, mlp_out)
+            mlp_out = linear(mlp_out) + shift
+        heads.append(torch.einsum("rhd,rd->rh", per_head, vec))
+        attn_bias.append((bias * vec).sum(-1))
+        mlp.append((mlp_out * vec).sum(-1))
     embed = (store[executor.site("block_input", 0)][:, -1].float().cpu() * vec).sum(-1)  # [rows]
     head_t = torch.stack(heads, 1)  # [rows, layers, heads]
     attn_t, mlp_t = torch.stack(attn_bias, 1), torch.stack(mlp, 1)  # [rows, layers]

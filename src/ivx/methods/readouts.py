@@ -20,7 +20,7 @@ from ivx.config.loader import LoadedConfig
 from ivx.core.errors import ConfigError, Problem
 from ivx.engine import loop
 from ivx.engine.loop import CellOutput
-from ivx.methods import dla, lens, unembed
+from ivx.methods import dla, lens, norms, unembed
 from ivx.model import hooks
 
 if TYPE_CHECKING:
@@ -68,24 +68,30 @@ def check_model(cfg: LoadedConfig, lm: Any) -> None:
     readout = cfg.experiment.readout
     if readout is None:
         return
-    problems = []
-    try:
-        _, norm = unembed.find_norm(lm.model)
-        if hasattr(norm, "forward"):  # a module (not validate's recorded structure): check its kind too
-            unembed.of(lm.model)
-    except unembed.ReadoutError as exc:
-        problems.append(cfg.problem(("readout",), str(exc)))
-    missing = [c for c in dla.COMPONENTS if c not in lm.info.components] if readout == "dla" else []
-    if missing:
-        problems.append(
-            cfg.problem(
-                ("readout",),
-                f"dla reads {', '.join(missing)}, which {lm.info.model_type} does not expose "
-                f"(layout {lm.info.layout})",
-            )
-        )
+    problems = [cfg.problem(("readout",), reason) for reason in model_problems(lm, readout)]
     if problems:
         raise ConfigError(problems)
+
+
+def model_problems(lm: Any, readout: str) -> list[str]:
+    """Why this model cannot give this readout (empty: it can); the model may be validate's
+    recorded structure (its final norm then known from `norms.FAMILIES` by model type)."""
+    info = lm.info
+    try:
+        path, norm = unembed.find_norm(lm.model)
+        if hasattr(norm, "forward"):  # a module (meta or loaded): run a copy of it
+            norms.classify(norm, info.d_model, path)
+        elif info.model_type not in norms.FAMILIES and callable(getattr(lm.model, "real", None)):
+            unembed.of(lm.model.real())  # a recorded structure of a family without a row: build it
+    except unembed.ReadoutError as exc:
+        return [str(exc)]
+    if readout != "dla":
+        return []
+    missing = [c for c in dla.COMPONENTS if c not in info.components]
+    if missing:
+        names = ", ".join(missing)
+        return [f"dla reads {names}, which {info.model_type} does not expose (layout {info.layout})"]
+    return dla.refusal(info.model_type, unembed.softcap(lm.model, info.model_type))
 
 
 def execute(executor: Executor, cells: list[Cell]) -> Iterator[list[CellOutput]]:
@@ -156,6 +162,12 @@ def _dla_point(rows: list[dict[str, Any]]) -> dict[str, Any]:
     parts += [(f"MLP{layer}", v) for layer, v in enumerate(out["mlp"])]
     parts += [("embed", out["embed"]), ("attn_bias", sum(out["attn_bias"])), ("bias", out["bias"])]
     out["top"] = [{"component": c, "mean": v} for c, v in sorted(parts, key=lambda cv: -abs(cv[1]))[:8]]
+    gap = max(abs(r["dla_total"] - r["dla_logit"]) / (1.0 + abs(r["dla_logit"])) for r in rows)
+    if gap > 1e-4:  # a family without a `norms.FAMILIES` row whose blocks are not a plain residual sum
+        out["warning"] = (
+            f"the parts do not sum to the logit difference (relative gap up to {gap:.2g}): this model's "
+            "blocks do not add each head's and MLP's output to the residual stream as it is"
+        )
     return out
 
 

@@ -91,7 +91,8 @@
       return "<tr class='row' data-row='" + r + "' data-prompt='" + p + "'><td>" + p + "</td>" + cells + "</tr>";
     }).join("");
     document.getElementById("drill-where").textContent =
-      where(index) + " — " + rows.length + " per-prompt rows (click a row to see its prompt)";
+      where(index) + " — " + rows.length + " per-prompt rows (click a row to see its prompt)" +
+      (data.rows_note ? "; " + data.rows_note : "");
     var box = document.getElementById("drill-table");
     box.innerHTML = "<table class='data' id='drill-rows'>" + head + body + "</table>";
     box.querySelectorAll("tr.row").forEach(function (tr) {

@@ -6,6 +6,7 @@ the summary grid, which the page's drill-down reads."""
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 from ivx.plan.positions import PositionError, resolve
@@ -48,7 +49,7 @@ def _tokens_at(spec: Any, prompts: list[dict[str, Any]]) -> str:
         except (PositionError, ValueError, TypeError, KeyError):
             return ""
         picked.append("".join(repr(tokens[i]) for i in where if 0 <= i < len(tokens)))
-    return " | ".join(picked)
+    return html.escape(" | ".join(picked), quote=False)  # plotly reads hover text as HTML
 
 
 def axis_labels(
