@@ -96,21 +96,88 @@ def _dla_config(tmp_path: Path, model: Path) -> Path:
     return path
 
 
-def test_dla_refuses_gemma2_at_validate(gemma2_dir: Path, tmp_path: Path) -> None:
-    """`ivx validate` and `ivx run` refuse DLA on Gemma 2 (exit 2, both reasons, no run directory);
-    the recorded structure of a later validate (no module code) gives the loaded model's reasons."""
+def test_dla_refuses_softcap_at_validate(gemma2_dir: Path, tmp_path: Path) -> None:
+    """`ivx validate` and `ivx run` refuse DLA on a soft-capped Gemma 2 (exit 2, the reason, no run
+    directory); the recorded structure of a later validate (no module code) gives the same reason."""
     path = _dla_config(tmp_path, gemma2_dir)
     for command in ("validate", "run"):
         result = CliRunner().invoke(app, [command, str(path)])
         assert result.exit_code == 2, result.output
-        assert "readout" in result.output and "norm the attention and MLP outputs" in result.output
-        assert "soft-caps its logits (0.25·tanh(logits/0.25))" in result.output
+        assert "readout" in result.output and "soft-caps its logits (0.25·tanh(logits/0.25))" in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
     built, recorded = models.load(str(gemma2_dir)), models.load(str(gemma2_dir), weights=False)
     assert type(recorded.model).__name__ == "Skeleton"  # validate above recorded the structure
     assert methods_readouts.model_problems(built, "dla") == methods_readouts.model_problems(recorded, "dla")
     assert methods_readouts.model_problems(recorded, "logit_lens") == []
+
+
+def _pre_hook(model: Any, path: str, seen: dict[str, torch.Tensor], key: str) -> Any:
+    def keep(module: Any, args: tuple) -> None:
+        seen[key] = args[0][0, -1].detach().clone()
+
+    return model.get_submodule(path).register_forward_pre_hook(keep)
+
+
+def test_dla_through_post_norms_by_hand(gemma2_dir: Path, tmp_path: Path) -> None:
+    """Gemma 2 without soft-cap: each block adds post_norm(attention) and post_norm(MLP). By hand,
+    with the post-norms' and the final norm's scales frozen at this run's values: head h adds
+    (1 + γ_pa) ⊙ (z_h W_O,h) / rms(z W_O) and the MLP (1 + γ_pf) ⊙ m / rms(m); read through
+    (1 + γ_f) ⊙ (W_U[t] − W_U[f]) / rms(x). The parts sum to the logit difference."""
+    lm = models.load(str(gemma2_dir))
+    perturb(lm.model)
+    lm.model.config.final_logit_softcapping = None
+    rows, _, _ = run_readout(lm, tmp_path, "dla", PROMPTS[:1])
+    record, model, hd = PROMPTS[0], lm.model, lm.info.head_dim
+    seen: dict[str, torch.Tensor] = {}
+    hooks = []
+    for i in range(lm.info.n_layers):
+        block = f"model.layers.{i}"
+        hooks.append(_pre_hook(model, f"{block}.self_attn.o_proj", seen, f"z{i}"))
+        hooks.append(_pre_hook(model, f"{block}.post_feedforward_layernorm", seen, f"m{i}"))
+    hooks.append(_pre_hook(model, "model.norm", seen, "final"))
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids_of(lm, record["base"]), output_hidden_states=True)
+    finally:
+        for handle in hooks:
+            handle.remove()
+
+    def rms(v: torch.Tensor, eps: float) -> torch.Tensor:
+        return (v.pow(2).mean() + eps).sqrt()
+
+    target, foil = token(lm, record["target"]), token(lm, record["foil"])
+    w_u = model.get_output_embeddings().weight
+    eps = model.config.rms_norm_eps
+    u = (1 + model.model.norm.weight) * (w_u[target] - w_u[foil]) / rms(seen["final"], eps)
+    with torch.no_grad():
+        heads, mlps = [], []
+        for i in range(lm.info.n_layers):
+            layer = model.model.layers[i]
+            w_o = layer.self_attn.o_proj.weight  # [d, heads * hd]
+            attn = seen[f"z{i}"] @ w_o.T
+            per = [seen[f"z{i}"][h * hd : (h + 1) * hd] @ w_o[:, h * hd : (h + 1) * hd].T for h in range(4)]
+            g_pa = (1 + layer.post_attention_layernorm.weight) / rms(attn, eps)
+            heads.append([float((g_pa * c) @ u) for c in per])
+            m = seen[f"m{i}"]
+            mlps.append(float(((1 + layer.post_feedforward_layernorm.weight) * m / rms(m, eps)) @ u))
+        embed = float(out.hidden_states[0][0, -1] @ u)
+        logit = float(out.logits[0, -1, target] - out.logits[0, -1, foil])
+    assert sum(map(sum, heads)) + sum(mlps) + embed == pytest.approx(logit, abs=1e-4)  # the identity
+    row = rows[0]
+    assert torch.allclose(torch.tensor(row["dla_heads"]), torch.tensor(heads), atol=1e-5)
+    assert row["dla_mlp"] == pytest.approx(mlps, abs=1e-5)
+    assert row["dla_embed"] == pytest.approx(embed, abs=1e-5)
+    assert row["dla_attn_bias"] == pytest.approx([0.0, 0.0], abs=1e-6)  # no o_proj bias
+    assert row["dla_total"] == pytest.approx(logit, abs=1e-4)
+    assert "warning" not in _summary_point(tmp_path)
+
+
+def _summary_point(tmp_path: Path) -> dict[str, Any]:
+    import json
+
+    summary = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    return summary["readout"]["points"][0]
 
 
 def test_dla_warns_when_parts_do_not_sum(gemma2_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -188,3 +255,8 @@ def test_families_match_every_layout() -> None:
         family = norms.FAMILIES[model_type]
         assert kind == family.norm, model_type
         assert family.softcap == hasattr(config, "final_logit_softcapping"), model_type
+        block = model.get_submodule(f"{LAYOUTS[model_type].blocks}.0")
+        names = {name for name, _ in block.named_children()}
+        assert set(family.post_norms) <= names and ("post_feedforward_layernorm" in names) == bool(
+            family.post_norms
+        ), model_type

@@ -37,6 +37,9 @@ def test_the_record_answers_as_the_meta_model(arch: str, tiny_model_dir) -> None
     block = [sum(p.numel() for p in components.blocks(m.model)[0].parameters()) for m in (built, recorded)]
     assert block[0] == block[1] > 0
     assert [name for name, _ in recorded.model.named_modules()] == [n for n, _ in built.model.named_modules()]
+    for path, _ in built.model.named_modules():
+        kids = [n for n, _ in built.model.get_submodule(path).named_children()]
+        assert [n for n, _ in recorded.model.get_submodule(path).named_children()] == kids
     assert checks.max_positions(recorded) == checks.max_positions(built)
     assert str(recorded.dtype).removeprefix("torch.") == str(built.dtype).removeprefix("torch.")
     assert recorded.device.type == built.device.type == "meta"
@@ -54,6 +57,13 @@ def test_a_question_the_record_cannot_answer_builds_the_real_model(tiny_model_di
     assert tuple(head.weight.shape) == tuple(built.model.lm_head.weight.shape)
     with pytest.raises(AttributeError):
         recorded.model.config.no_such_setting  # noqa: B018 - absent in the real config too
+    first = next(recorded.model.parameters())  # a parameter's dtype, shape, ...: the real one's
+    assert (first.dtype, first.shape) == (
+        next(built.model.parameters()).dtype,
+        next(built.model.parameters()).shape,
+    )
+    embedding = recorded.model.get_input_embeddings().weight  # a module's own attribute: the real one's
+    assert tuple(embedding.shape) == tuple(built.model.get_input_embeddings().weight.shape)
 
 
 def test_a_changed_config_is_never_answered_by_an_old_record(tiny_model_dir, tmp_path: Path) -> None:

@@ -8,9 +8,12 @@ target − foil logit difference (the target logit without a foil) is exactly th
 contribution plus the constant of the final norm's and unembedding's biases (`dla_bias`)
 (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits"; Wang et al. 2022, IOI).
 Per head the output is `o_proj(z masked to the head) − o_proj(0)`, the projection's own (linear)
-map, so fused, Conv1D and GQA layouts need no weight slicing. Contributions are averaged over
-noise samples; `dla_total` (their sum) and `dla_logit` (the model's own difference) agree to float
-rounding.
+map, so fused, Conv1D and GQA layouts need no weight slicing. Where blocks norm the attention and
+MLP outputs before adding them (Gemma 2/3, OLMo 2: `norms.FAMILIES` names those norms), each of
+those norms is linearised the same way, its scale frozen at the sublayer's whole output in this run,
+so the heads' parts still sum to what the block adds. A soft-capped model is refused (`refusal`).
+Contributions are averaged over noise samples; `dla_total` (their sum) and `dla_logit` (the model's
+own difference) agree to float rounding.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ivx.methods import norms, unembed
-from ivx.model import layouts
 from ivx.methods.unembed import Unembed
+from ivx.model import layouts
 
 if TYPE_CHECKING:
     import torch
@@ -31,22 +34,14 @@ if TYPE_CHECKING:
 COMPONENTS: tuple[str, ...] = ("head_attention_value_output", "mlp_output", "block_input", "block_output")
 
 
-def refusal(model_type: str, softcap: float | None) -> list[str]:
+def refusal(softcap: float | None) -> list[str]:
     """Why DLA's sum of parts would not be exact for this model (empty: it is)."""
-    reasons = []
-    family = norms.FAMILIES.get(model_type)
-    if family is not None and family.post_norms:
-        reasons.append(
-            f"dla needs each head's and MLP's output added to the residual stream as it is; {model_type} "
-            "blocks norm the attention and MLP outputs before adding them, so the parts are not linear "
-            "(use readout: logit_lens)"
-        )
-    if softcap is not None:
-        reasons.append(
-            f"dla linearises the final norm, but this model soft-caps its logits ({softcap:g}·tanh(logits/"
-            f"{softcap:g})), which no frozen scale makes linear (use readout: logit_lens)"
-        )
-    return reasons
+    if softcap is None:
+        return []
+    return [
+        f"dla linearises the final norm, but this model soft-caps its logits ({softcap:g}·tanh(logits/"
+        f"{softcap:g})), which no frozen scale makes linear (use readout: logit_lens)"
+    ]
 
 
 def sites(executor: Executor) -> list[Site]:

@@ -104,7 +104,7 @@ def _copy(norm: Any) -> Any:
     probe.__dict__.pop("forward", None)  # accelerate's placement hook wraps forward per instance
     if any(p.is_meta for p in probe.parameters()):
         probe = probe.to_empty(device="cpu")
-    probe = probe.float().cpu()
+    probe = probe.float().cpu().requires_grad_(False)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in probe.parameters():

@@ -91,7 +91,7 @@ def model_problems(lm: Any, readout: str) -> list[str]:
     if missing:
         names = ", ".join(missing)
         return [f"dla reads {names}, which {info.model_type} does not expose (layout {info.layout})"]
-    return dla.refusal(info.model_type, unembed.softcap(lm.model, info.model_type))
+    return dla.refusal(unembed.softcap(lm.model, info.model_type))
 
 
 def execute(executor: Executor, cells: list[Cell]) -> Iterator[list[CellOutput]]:

@@ -14,7 +14,7 @@ With `s` fixed, `N(x) = Σ_c L(c) + β` for the parts `c` that sum to `x` (centr
 each part's contribution to a logit direction `u` (`W_U[target] − W_U[foil]`) is
 `L(c) · u = c · (g ⊙ u / s)`, centred for LayerNorm; the constant `β · u + b_U · (…)` is the
 bias term. The parts sum to the model's own logit difference exactly (up to float rounding).
-Soft-capping is not linear and is not linearised: DLA refuses a soft-capped model (`dla_refusal`).
+Soft-capping is not linear and is not linearised: DLA refuses a soft-capped model (`dla.refusal`).
 """
 
 from __future__ import annotations

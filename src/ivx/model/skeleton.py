@@ -27,7 +27,7 @@ from ivx.core.version import VERSION
 from ivx.model.layouts import LAYOUTS
 from ivx.store import fingerprint
 
-FORMAT = 1
+FORMAT = 2
 # config attributes ivx reads by name (components.describe, checks.max_positions, ...); every
 # other recorded value comes from config.to_dict() and the config class's aliases
 PROBES = (
@@ -107,16 +107,18 @@ def record(model: Any) -> dict[str, Any] | None:
             values[alias] = value
     index: dict[int, int] = {}
     numels: list[int] = []
+    names: list[str] = []  # each parameter's first dotted name
     modules = []
     listed = list(model.named_modules(remove_duplicate=False))
     if len({id(m) for _, m in listed}) != len(listed):
         return None  # a module shared by two parents: named_modules would list it once
     for name, module in listed:
         own = []
-        for _, param in module.named_parameters(recurse=False, remove_duplicate=False):
+        for own_name, param in module.named_parameters(recurse=False, remove_duplicate=False):
             if id(param) not in index:
                 index[id(param)] = len(numels)
                 numels.append(int(param.numel()))
+                names.append(f"{name}.{own_name}" if name else own_name)
             own.append(index[id(param)])
         modules.append([name, own])
     embedding = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
@@ -126,60 +128,85 @@ def record(model: Any) -> dict[str, Any] | None:
         "config": values,
         "modules": modules,
         "numels": numels,
+        "names": names,
         "embedding": embedding,
         "dtype": dtype,
     }
 
 
 class Param:
-    """A parameter of the record: its element count."""
+    """A parameter of the record: its element count; anything else is the real one's."""
 
-    def __init__(self, numel: int) -> None:
+    def __init__(self, numel: int, name: str, real: Callable[[], Any]) -> None:
         self._numel = numel
+        self._name = name
+        self._real = real
 
     def numel(self) -> int:
         """Elements, as torch's `Parameter.numel`."""
         return self._numel
 
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._real().get_parameter(self._name), name)
+
 
 class Node:
-    """One module of the record: its children in order and its own parameters."""
+    """One module of the record: its children in order and its own parameters. Anything else
+    asked of it is answered by the same module of the real meta model."""
 
-    def __init__(self, name: str, params: list[int], numels: list[int]) -> None:
-        self.name = name
-        self.children: dict[str, Node] = {}
-        self.params = params
-        self.numels = numels  # every parameter's element count, shared by the whole tree
+    def __init__(
+        self, path: str, params: list[int], table: tuple[list[int], list[str]], real: Callable[[], Any]
+    ) -> None:
+        self._path = path
+        self._kids: dict[str, Node] = {}
+        self._params = params
+        self._numels, self._names = table  # every parameter's element count and name, shared by the tree
+        self._real = real  # the real meta model, built on first call
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Node]]:
         """(name, module) of this module and every module below it, as torch orders them."""
         yield prefix, self
-        for child_name, child in self.children.items():
-            yield from child.named_modules(f"{prefix}.{child_name}" if prefix else child_name)
+        for name, kid in self._kids.items():
+            yield from kid.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def named_children(self) -> Iterator[tuple[str, Node]]:
+        """(name, module) of the modules directly below this one, in order."""
+        return iter(self._kids.items())
+
+    def children(self) -> Iterator[Node]:
+        """The modules directly below this one, in order."""
+        return iter(self._kids.values())
 
     def get_submodule(self, target: str) -> Node:
         """The module at a dotted path; AttributeError when there is none (as torch)."""
         node = self
         for part in target.split(".") if target else []:
-            if part not in node.children:
-                raise AttributeError(f"{node.name or 'model'} has no attribute `{part}`")
-            node = node.children[part]
+            if part not in node._kids:
+                raise AttributeError(f"{node._path or 'model'} has no attribute `{part}`")
+            node = node._kids[part]
         return node
 
     def parameters(self) -> Iterator[Param]:
         """Every parameter of this module and below once (tied weights once), as torch's."""
         seen: set[int] = set()
         for _, node in self.named_modules():
-            for i in node.params:
+            for i in node._params:
                 if i not in seen:
                     seen.add(i)
-                    yield Param(self.numels[i])
+                    yield Param(self._numels[i], self._names[i], self._real)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._real().get_submodule(self._path), name)
 
     def __len__(self) -> int:
-        return len(self.children)
+        return len(self._kids)
 
     def __iter__(self) -> Iterator[Node]:
-        return iter(self.children.values())
+        return iter(self._kids.values())
 
 
 class Config:
@@ -203,16 +230,17 @@ class Skeleton(Node):
     """A model's structure from its record; the real meta model is built on first need."""
 
     def __init__(self, data: dict[str, Any], build: Callable[[], Any]) -> None:
-        super().__init__("", [], data["numels"])
+        super().__init__("", [], (data["numels"], data["names"]), self.real)
         self._build = build
         self._model: Any = None
         nodes: dict[str, Node] = {"": self}
         for name, params in data["modules"]:
             if name == "":
-                self.params = params
+                self._params = params
                 continue
             parent, _, leaf = name.rpartition(".")
-            nodes[name] = nodes[parent].children.setdefault(leaf, Node(name, params, self.numels))
+            table = (self._numels, self._names)
+            nodes[name] = nodes[parent]._kids.setdefault(leaf, Node(name, params, table, self.real))
         self._embedding = nodes[data["embedding"]]
         self.config = Config(data["config"], self.real)
         self.recorded_dtype: str = data["dtype"]  # the meta model's parameter dtype, by name
@@ -223,11 +251,6 @@ class Skeleton(Node):
         if self._model is None:
             self._model = self._build()
         return self._model
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self.real(), name)
 
     def get_input_embeddings(self) -> Node:
         """The input embedding module."""

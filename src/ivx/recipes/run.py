@@ -23,8 +23,8 @@ from ivx.plan.prepared import Prepared
 from ivx.recipes import backends
 from ivx.recipes.prepare import prepare_all
 from ivx.results import outputs, rundir, session
-from ivx.results.publish import publish
 from ivx.results.progress import ProgressBar
+from ivx.results.publish import publish
 
 # given the number of cells to do, a context that yields `advance(n)`
 Progress = Callable[[int], AbstractContextManager[Callable[[int], None]]]

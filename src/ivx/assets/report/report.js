@@ -112,9 +112,10 @@
 
   function showPrompt(index) {
     state.prompt = index;
+    var view = document.getElementById("prompt-view");
+    if (!view) return;
     document.getElementById("prompt-pick").value = String(index);
     var p = data.prompts.filter(function (q) { return q.prompt_index === index; })[0];
-    var view = document.getElementById("prompt-view");
     if (!p) { view.innerHTML = ""; return; }
     var patched = patchedAt(index);
     var span = p.subject_span || [-1, -1];
@@ -140,9 +141,12 @@
     });
   }
 
-  document.getElementById("prompt-pick").addEventListener("change", function (ev) {
-    if (ev.target.value !== "") showPrompt(Number(ev.target.value));
-  });
+  var pick = document.getElementById("prompt-pick");  // absent when the run has no per-prompt rows
+  if (pick) {
+    pick.addEventListener("change", function (ev) {
+      if (ev.target.value !== "") showPrompt(Number(ev.target.value));
+    });
+  }
 
   loadPlotly().then(drawAll).then(function () {
     state.ready = true;

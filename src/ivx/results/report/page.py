@@ -134,12 +134,10 @@ def _meta(data: dict[str, Any]) -> str:
 def _nav(data: dict[str, Any]) -> str:
     present = {f["section"] for f in data["figures"]}
     links = [(k, t) for k, t in SECTIONS if k in present]
-    links += [
-        ("drill", "Per prompt"),
-        ("prompts", "Scored tokens"),
-        ("manifest", "Manifest"),
-        ("config", "Config"),
-    ]
+    links += [("table", "Summary table")] if data["grid"] else []
+    links += [("drill", "Per prompt")] if data["rows"]["n"] else []
+    links += [("prompts", "Scored tokens")] if data["prompts"] else []
+    links += [("manifest", "Manifest"), ("config", "Config")]
     return "<nav>" + " ".join(f"<a href='#{k}'>{html.escape(t)}</a>" for k, t in links) + "</nav>"
 
 
