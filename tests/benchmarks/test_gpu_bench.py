@@ -49,7 +49,8 @@ def test_the_smoke_run_prints_a_table_of_real_numbers() -> None:
         cells, seconds, rate, ratio = int(parts[4]), float(parts[5]), float(parts[6]), float(parts[7])
         assert cells == expected[workload]
         assert seconds > 0 and math.isfinite(seconds)
-        assert math.isclose(rate, cells / seconds, rel_tol=0.01, abs_tol=0.1)
+        half = 0.00005  # seconds are printed to 4 decimals, the rate to 1
+        assert cells / (seconds + half) - 0.05 <= rate <= cells / max(seconds - half, 1e-9) + 0.05
         assert ratio > 0 and math.isfinite(ratio)
     for workload in ("sweep", "trace"):
         assert float(rows[(workload, "plain")][7]) == 1.0  # ratios are per the plain forward

@@ -8,7 +8,8 @@ config.json and the transformers and ivx versions (the meta model is built from 
 alone, so nothing else can change it); later checks read the record instead. `Skeleton` answers
 exactly what the record holds — module names, `get_submodule`, `named_modules`, `parameters`,
 `get_input_embeddings`, config values — and builds the real meta model the first time anything
-else is asked of it, so a check the record does not cover still gets the true answer. Models
+else is asked of it, of one of its modules or of a parameter, so a check the record does not
+cover still gets the true answer. Models
 whose layout has no row in `layouts.LAYOUTS`, multimodal configs and `trust_remote_code` models
 are never recorded.
 """
