@@ -286,7 +286,7 @@ def table(rows: list[dict]) -> None:
         ratio = r["rate"] / (base["cells"] / base["seconds"]) if base else math.nan
         mine = ivx.get(key)
         speedup = (mine["cells"] / mine["seconds"]) / r["rate"] if mine else math.nan
-        print(f"{head} {r['cells']:>6} {r['seconds']:>8.4f} {r['rate']:>10.1f} {ratio:>7.2f} {speedup:>7.2f} "
+        print(f"{head} {r['cells']:>6} {r['seconds']:>8.4f} {r['rate']:>10.1f} {ratio:>7.3g} {speedup:>7.3g} "
               f"{r['peak_gb']:>8.3f} {r['total_gb']:>8.3f} {r['util']:>6.0f}")  # fmt: skip
     verdicts(rows, ivx)
 

@@ -55,15 +55,23 @@ def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
             f"an integer of {digits:,} digits is out of range (at most {MAX_INT_DIGITS})",
             node.start_mark,
         )
-    return loader.construct_yaml_int(node)
+    try:
+        return loader.construct_yaml_int(node)
+    except (ValueError, IndexError) as exc:  # e.g. an empty `!!int`
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{str(node.value)!r} is not an integer ({exc})", node.start_mark
+        ) from None
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def parse(text: str) -> Any:
-    """Parse YAML text with ivx's loader."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    """Parse YAML text with ivx's loader; a value a tag cannot construct is a YAML error."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except (ValueError, IndexError, TypeError, OverflowError, AttributeError) as exc:  # `!!float ""`
+        raise yaml.YAMLError(f"a tagged value cannot be read: {exc}") from None
 
 
 @dataclass
