@@ -177,6 +177,10 @@ def test_capture_equals_eager_attentions_on_other_layouts(arch: str, tiny_model_
 
     lm = models.load(str(tiny_model_dir(arch)))
     ids = torch.tensor([lm.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]])
+    if "head_attention_pattern" not in lm.info.components:  # an older port (gptj before 5.24)
+        with pytest.raises(components.ComponentError, match="head_attention_pattern"):
+            components.resolve(lm.model, lm.info, "head_attention_pattern", 1)
+        return
     site = components.resolve(lm.model, lm.info, "head_attention_pattern", 1)
     with torch.no_grad(), hooks.capturing(lm.model, [site]) as store:
         logits = lm.model(ids).logits
@@ -188,3 +192,26 @@ def test_capture_equals_eager_attentions_on_other_layouts(arch: str, tiny_model_
         torch.testing.assert_close(
             logits, lm.model(ids).logits, atol=1e-5, rtol=1e-5
         )  # reading changes nothing
+
+
+def test_attention_outside_the_interface_is_refused(tiny_model_dir, monkeypatch) -> None:
+    """An attention module that never calls transformers' interface: no pattern component is
+    listed, and a pattern site forced onto it fails with a message instead of reading nothing."""
+    from ivx.model import components, hooks, patterns
+
+    lm = models.load(str(tiny_model_dir("gpt2")))
+    assert "head_attention_pattern" in lm.info.components
+    monkeypatch.setattr(patterns, "supported", lambda attention: False)
+    assert "head_attention_pattern" not in components.describe(lm.model).components
+    site = components.resolve(lm.model, lm.info, "head_attention_pattern", 1)
+    attention = lm.model.get_submodule(site.module)
+
+    def own_attention(hidden_states, *args, **kwargs):  # its own arithmetic, no interface
+        return torch.zeros_like(hidden_states), None
+
+    monkeypatch.setattr(attention, "forward", own_attention)
+    ids = torch.tensor([lm.tokenizer(PROMPTS[0], add_special_tokens=False)["input_ids"]])
+    with pytest.raises(patterns.PatternError, match=r"transformer\.h\.1\.attn .*outside"):
+        with torch.no_grad(), hooks.capturing(lm.model, [site]):
+            lm.model(ids)
+    assert not patterns._ACTIVE and not patterns._FIRED  # nothing left behind

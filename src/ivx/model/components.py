@@ -134,7 +134,16 @@ def describe(model: Any) -> ModelInfo:
             comps += ["mlp_input", "mlp_output"]
         components = tuple(c for c in COMPONENTS if c in comps)
     else:
-        components = tuple(c for c in COMPONENTS if c != "residual_mid" or row.mid is not None)
+        from ivx.model import patterns
+
+        interface = getattr(model, "attention_interface", None)  # a skeleton's record says
+        if interface is None:
+            interface = patterns.supported(model.get_submodule(f"{blocks}.0.{row.attn}"))
+        components = tuple(
+            c
+            for c in COMPONENTS
+            if (c != "residual_mid" or row.mid is not None) and (c != "head_attention_pattern" or interface)
+        )
     return ModelInfo(
         model_type=getattr(config, "model_type", "unknown"),
         layout=name,

@@ -19,12 +19,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ivx.core.errors import UserError
+
 if TYPE_CHECKING:
     import torch
 
 NAME = "ivx_pattern"  # the attention implementation ivx registers with transformers
 PatternFn = Callable[["torch.Tensor"], "torch.Tensor | None"]  # [b, heads, q, k] -> new or None
 _ACTIVE: dict[int, list[PatternFn]] = {}  # id(attention module) -> callbacks, inside `intercepting`
+_FIRED: dict[int, int] = {}  # id(attention module) -> calls of `eager_attention`, inside `intercepting`
+
+
+class PatternError(UserError):
+    """An attention module that computes its probabilities outside transformers' interface."""
 
 
 def additive_mask(
@@ -70,12 +77,31 @@ def eager_attention(
         scores = torch.tanh(scores / softcap) * softcap
     mask = additive_mask(attention_mask, query.shape[2], key.shape[2], scores.dtype, scores.device)
     probs = torch.softmax(scores + mask, dim=-1, dtype=torch.float32).to(query.dtype)  # [b, heads, q, k]
+    if id(module) in _FIRED:
+        _FIRED[id(module)] += 1
     for fn in _ACTIVE.get(id(module), []):
         new = fn(probs)
         if new is not None:
             probs = new.to(query.dtype)
     out = torch.matmul(probs, value).transpose(1, 2).contiguous()  # [b, q, heads, hd]
     return out, probs
+
+
+def supported(attention: Any) -> bool:
+    """Whether this attention module dispatches through transformers' attention interface.
+
+    Only such modules can be routed through `eager_attention`; older ports that compute attention
+    in their own method (GPT-J before transformers 5.24, for one) keep their implementation, so
+    ivx does not offer a pattern site on them."""
+    import inspect
+    import sys
+
+    module = sys.modules.get(type(attention).__module__)
+    try:
+        source = inspect.getsource(module) if module is not None else ""
+    except (OSError, TypeError):
+        return False
+    return "ALL_ATTENTION_FUNCTIONS" in source
 
 
 def _register() -> None:
@@ -88,20 +114,43 @@ def _register() -> None:
 
 @contextmanager
 def intercepting(model: Any, callbacks: dict[str, list[PatternFn]]) -> Iterator[None]:
-    """Route the attention modules at these paths through `eager_attention` with their callbacks."""
+    """Route the attention modules at these paths through `eager_attention` with their callbacks.
+
+    A module that ran inside the block without ever calling `eager_attention` computes attention
+    its own way: PatternError on exit (its pattern was neither read nor written)."""
     _register()
     swapped: list[tuple[Any, Any]] = []
+    ran: dict[int, int] = {}
+    handles = []
     try:
         for path, fns in callbacks.items():
             module = model.get_submodule(path)
             _ACTIVE.setdefault(id(module), []).extend(fns)
+            _FIRED.setdefault(id(module), 0)
+            ran[id(module)] = 0
+
+            def count(mod: Any, args: Any) -> None:
+                ran[id(mod)] += 1
+
+            handles.append(module.register_forward_pre_hook(count))
             if getattr(module.config, "_attn_implementation", None) != NAME:
                 local = copy.copy(module.config)
                 local._attn_implementation_internal = NAME
                 swapped.append((module, module.config))
                 module.config = local
+        before = {key: _FIRED[key] for key in ran}
         yield
+        for path in callbacks:
+            key = id(model.get_submodule(path))
+            if ran[key] and _FIRED.get(key, 0) == before[key]:
+                raise PatternError(
+                    f"{path} ({type(model.get_submodule(path)).__name__}) computes attention outside "
+                    "transformers' attention interface, so ivx cannot read or write its pattern; "
+                    "head_attention_pattern is not available on this model with this transformers version"
+                )
     finally:
+        for handle in handles:
+            handle.remove()
         for module, config in swapped:
             module.config = config
         for path, fns in callbacks.items():
@@ -111,3 +160,4 @@ def intercepting(model: Any, callbacks: dict[str, list[PatternFn]]) -> Iterator[
                     active.remove(fn)
             if not active:
                 _ACTIVE.pop(id(model.get_submodule(path)), None)
+                _FIRED.pop(id(model.get_submodule(path)), None)

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ivx.core.version import VERSION
+from ivx.model import patterns
 from ivx.model.layouts import LAYOUTS
 from ivx.store import fingerprint
 
-FORMAT = 2
+FORMAT = 3
 # config attributes ivx reads by name (components.describe, checks.max_positions, ...); every
 # other recorded value comes from config.to_dict() and the config class's aliases
 PROBES = (
@@ -124,6 +125,11 @@ def record(model: Any) -> dict[str, Any] | None:
         modules.append([name, own])
     embedding = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    row = LAYOUTS[config.model_type]
+    try:
+        attention = model.get_submodule(f"{row.blocks}.0.{row.attn}")
+    except AttributeError:
+        return None  # not the table's layout after all: components falls back, nothing to record
     return {
         "format": FORMAT,
         "config": values,
@@ -132,6 +138,7 @@ def record(model: Any) -> dict[str, Any] | None:
         "names": names,
         "embedding": embedding,
         "dtype": dtype,
+        "attention_interface": patterns.supported(attention),
     }
 
 
@@ -246,6 +253,8 @@ class Skeleton(Node):
         self.config = Config(data["config"], self.real)
         self.recorded_dtype: str = data["dtype"]  # the meta model's parameter dtype, by name
         self.hf_device_map = None  # a model built from its config alone is never sharded
+        # whether its attention dispatches through transformers' interface (pattern sites)
+        self.attention_interface: bool = data["attention_interface"]
 
     def real(self) -> Any:
         """The real meta model (built once, on the first question the record cannot answer)."""
