@@ -36,6 +36,7 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads((run_dir / "summary.json").read_text())["trace"]
 
 
+@pytest.mark.slow  # a 60-fact, 5-sample trace: ~10 s; the fast tier runs the shipped trace config
 def test_trace_has_the_rome_shape(trace: dict) -> None:
     """Subject tokens matter early, the last token late, positions before the subject not at all."""
     assert trace["facts"] >= 50
@@ -107,6 +108,7 @@ def test_retraining_from_scratch_reaches_the_bar(tmp_path: Path) -> None:
     assert report["accuracy"]["facts"] >= BAR["facts"] and report["accuracy"]["ioi"] >= BAR["ioi"]
 
 
+@pytest.mark.slow  # two corruption runs side by side: ~4 s
 def test_noise_and_token_replacement_side_by_side(tmp_path: Path) -> None:
     """`corrupt` as a list: both corruptions traced in one run, reported side by side."""
     import yaml
