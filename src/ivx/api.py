@@ -163,9 +163,14 @@ def _absolute(config: dict[str, Any], base: Path) -> dict[str, Any]:
             holder[key] = str((base / value).resolve())
 
     fix(out.get("prompts"), "file")
+    saes = [e for e in out.get("saes") or [] if isinstance(e, dict)]
+    for entry in saes:
+        fix(entry, "path")
     for iv in out.get("interventions") or []:
         for key in INTERVENTION_PATHS:
             fix(iv, key)
+        if isinstance(iv, dict) and iv.get("sae") not in {e.get("name") for e in saes}:
+            fix(iv, "sae")  # a directory, not the name of a `saes:` entry
         fix(iv.get("contrast") if isinstance(iv, dict) else None, "file")
     return out
 

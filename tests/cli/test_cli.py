@@ -33,10 +33,10 @@ def test_every_shipped_config_validates(path: Path, monkeypatch: pytest.MonkeyPa
     # a training config is checked for `ivx train` (for `ivx run` its kind needs a trained bundle),
     # a generation config (`generate:`) for `ivx generate`
     sections = yaml.safe_load(path.read_text())
-    command = next((["--for", c] for c in ("train", "generate") if c in sections), [])
+    command = next((["--for", c] for c in ("train", "generate", "sae_train") if c in sections), [])
     result = runner.invoke(app, ["validate", str(path), *command])
     assert result.exit_code == 0, result.output
-    assert "cells" in result.output
+    assert ("activations" if "sae_train" in sections else "cells") in result.output
 
 
 OFFLINE_RUNS = {

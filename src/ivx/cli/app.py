@@ -29,6 +29,7 @@ _COMMAND_MODULES: tuple[str, ...] = (
     "ivx.cli.runs",
     "ivx.cli.report",
     "ivx.cli.toy",
+    "ivx.cli.sae",
 )
 
 
@@ -90,6 +91,7 @@ class Command(str, Enum):
     run = "run"
     generate = "generate"
     train = "train"
+    sae_train = "sae_train"
 
 
 @app.command()
@@ -120,6 +122,11 @@ def validate(
     """Check a config for a command (schema, ignored fields, files, model-aware checks) and print the
     plan size and estimates: what `ivx run|generate|train` would reject, validate rejects."""
 
+    if command is Command.sae_train:  # `ivx sae train` trains on activations: no plan of cells
+        from ivx.cli.sae import print_check
+
+        print_check(config, tuple(set_ or ()), weights)
+        return
     from ivx.plan.edits import Mode
     from ivx.recipes import prepare
 
@@ -252,7 +259,7 @@ def _print_summary(run_dir: Path) -> None:
     from ivx.api import Run
     from ivx.engine import shortcuts
     from ivx.methods import verification
-    from ivx.results import controls, summary
+    from ivx.results import controls, sae, summary
 
     run = Run(run_dir)
     _err(run.table())
@@ -263,7 +270,7 @@ def _print_summary(run_dir: Path) -> None:
     if checks:
         for label, report in checks.items() if "metrics" not in checks else [(None, checks)]:
             _err((f"== {label} corruption ==\n" if label else "") + verification.text(report))
-    for line in controls.text(run.summary):
+    for line in controls.text(run.summary) + sae.text(run.summary):
         _err(line)
     for warning in run.summary.get("warnings", []):
         _err(f"warning: {warning}")

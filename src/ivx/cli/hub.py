@@ -60,7 +60,7 @@ def save_command(
 
 
 def push_command(
-    path: Annotated[Path, typer.Argument(help="A bundle directory or a complete run directory.")],
+    path: Annotated[Path, typer.Argument(help="A bundle, a complete run, or an SAE directory.")],
     repo: Annotated[str, typer.Option("--repo", help="Target repository, user/name.")],
     private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
     revision: Annotated[str | None, typer.Option("--revision", help="Branch to commit to.")] = None,

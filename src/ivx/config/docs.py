@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from ivx.config import fields, inputs, schema, settings
+from ivx.config import fields, inputs, sae_train, schema, settings
 from ivx.core import interventions, metrics
 
 
@@ -37,6 +37,7 @@ def sections() -> dict[str, type[BaseModel]]:
         "attribution.verify": settings.Verify,
         "generate": settings.Generate,
         "train": settings.Train,
+        "sae_train": sae_train.SaeTrain,
     }
 
 
@@ -70,6 +71,7 @@ VALIDATED = {
     + " | list | $axis",
     "_check_head": "int | list[int] | 'all' | $axis | null",
     "_check_positive": "int > 0 | $axis | null",
+    "_check_feature": "int | list[int] | 'all' | $axis | null",
     "_check_sever": " | ".join(repr(k) for k in fields.SEVERABLE) + " | 'none' | $axis | null",
 }
 

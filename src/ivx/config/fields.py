@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
+from ivx.config import module_names, tl_names
 from ivx.config import sweep as sweeps
-from ivx.config import tl_names
 from ivx.config.sweep import is_ref
 from ivx.core import interventions, metrics
 
@@ -38,6 +38,8 @@ COMPONENT_NAMES: tuple[str, ...] = (
     "mlp_activation",
     "mlp_output",
     "residual_mid",
+    "mixer_input",  # state-space / linear-attention mixers (model/mixers.py)
+    "mixer_output",
 )
 
 # derived from the kind table (interventions.KINDS) and the metric table (metrics.METRICS)
@@ -112,6 +114,8 @@ def _check_head(value: Any) -> Any:
 def _check_component(value: Any) -> Any:
     if is_ref(value):
         return value
+    if isinstance(value, dict) or module_names.is_path(value):
+        return module_names.from_value(value)  # any module inside a block, by path
     if not isinstance(value, str):
         raise ValueError(f"component must be a string, got {value!r}")
     if value not in COMPONENT_NAMES and tl_names.is_tl(value):

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ivx.config import fields, sources, sweep_checks
+from ivx.config import fields, sae_fields, sources, sweep_checks
 from ivx.config import sweep as sweeps
 from ivx.config.inputs import PromptFile, PromptRecord
 from ivx.config.problems import from_validation
@@ -199,7 +199,7 @@ def _raw_checks(cfg: LoadedConfig) -> list[Problem]:
     references, sweep values against the field they bind to, fields the kind ignores."""
     known = frozenset(Intervention.model_fields)
     found = fields.sweep_value_problems(cfg.raw) + fields.kind_field_problems(cfg.raw, known)
-    found += fields.bundle_problems(cfg.raw)
+    found += fields.bundle_problems(cfg.raw) + sae_fields.problems(cfg.raw)
     return sweep_checks.refs(cfg.raw, cfg.problem) + [cfg.problem(path, message) for path, message in found]
 
 

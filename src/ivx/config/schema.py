@@ -33,6 +33,8 @@ from ivx.config.fields import (
     is_ref,
 )
 from ivx.config.inputs import ModelSpec, PromptFile, PromptRecord
+from ivx.config.sae_fields import Feature, SaeEntry
+from ivx.config.sae_train import SaeTrain
 from ivx.config.settings import MAX_SEED, Attribution, Batch, Generate, Output, Ray, Strict, Trace, Train
 from ivx.core import interventions, metrics
 
@@ -109,12 +111,18 @@ class Receiver(Strict):
 class Intervention(Strict):
     """One entry of `interventions:`: what to do at which site."""
 
-    # `$axis` references the loader swapped for stand-ins (config.sweep): (path, axis) pairs
-    _refs: list[tuple[tuple[Any, ...], str]] = PrivateAttr(default_factory=list)
+    # `$axis` references the loader swapped for stand-ins (config.sweep): (path, axis) pairs; a
+    # default, not a default_factory, which pydantic would inspect on every validation (~1 ms per
+    # plan cell); pydantic copies the empty list for each instance
+    _refs: list[tuple[tuple[Any, ...], str]] = PrivateAttr(default=[])
 
     kind: Kind = Field(description="What the intervention does (see the kind table), or a $axis.")
     name: str | None = Field(None, description="Name used for saved tensors; default iv<index>.")
-    component: Component = Field("block_output", description="Component name (pyvene vocabulary).")
+    component: Component = Field(
+        "block_output",
+        description="Component name (pyvene vocabulary), or any module inside a block by path: "
+        "{module: model.layers.{layer}.mlp.act_fn, hook: output | input} (docs/module_paths.md).",
+    )
     layer: Layer = Field(0, description="Layer index, list of layers, or $axis.")
     position: Position = Field("all", description="Token position(s) in the base prompt.")
     head: Head = Field(None, description="Head index/indices for head_* components.")
@@ -174,6 +182,16 @@ class Intervention(Strict):
         "run patched into (the base run, or the corrupted run with `corrupt:`; see "
         "docs/tutorials/path-patching.md).",
     )
+    sae: str | None = Field(
+        None,
+        description="Act on this sparse autoencoder's features (a `saes:` name, a SAELens-layout directory "
+        "or hf://user/name[/subdir]); see docs/saes.md.",
+    )
+    feature: Feature = Field(None, description="sae: feature index, list, 'all' or $axis.")
+    top: int | None = Field(None, ge=1, description="sae: the k most active features at each position.")
+    sae_error: Literal["keep", "drop"] = Field(
+        "keep", description="sae: keep the reconstruction error (exact) or drop it (activation = decode)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -194,7 +212,7 @@ class Intervention(Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Intervention:
-        required = () if is_ref(self.kind) else interventions.KINDS[self.kind].requires
+        required = () if is_ref(self.kind) or self.sae else interventions.KINDS[self.kind].requires
         if required and all(getattr(self, name) is None for name in required):
             wanted = " or ".join(f"`{name}`" for name in required)
             raise ValueError(f"kind {self.kind!r} needs {wanted}")
@@ -312,6 +330,12 @@ class Experiment(Strict):
     )
     generate: Generate | None = Field(None, description="Settings of `ivx generate`: see `generate`.")
     train: Train | None = Field(None, description="Settings of `ivx train`: see `train`.")
+    saes: list[SaeEntry] = Field(
+        default_factory=list, description="Sparse autoencoders named for `interventions[].sae`."
+    )
+    sae_train: SaeTrain | None = Field(
+        None, description="Settings of `ivx sae train` (a sparse autoencoder at one site): see `sae_train`."
+    )
 
     @field_validator("corrupt")
     @classmethod

@@ -51,7 +51,8 @@ def values(
     problems: list[Problem] = []
     for i, bound in enumerate(found):
         for path, axis in bound:
-            for j, value in enumerate(axis_values.get(axis) or []):
+            listed = axis_values.get(axis)  # 'all' is expanded by the plan (`grid`), not listed here
+            for j, value in enumerate(listed if isinstance(listed, list) else []):
                 data = sweeps.put(templated["interventions"][i], path, value)
                 try:
                     Intervention.model_validate(data)

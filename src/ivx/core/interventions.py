@@ -110,11 +110,18 @@ _VECTOR = frozenset({"vector", "contrast"})
 _FIXED = frozenset({"subspace", "on"})
 _TRAINED = _SOURCE | {"bundle"}
 _REFERENCE = frozenset({"reference"})  # mean / resample: the prompt set the values come from
+_SAE = frozenset({"sae", "feature", "top", "sae_error"})  # the kind acts on an SAE's features
 
 
-def _weighted(name: str, make: Callable[[float], EditFn], alias: str, description: str) -> KindSpec:
+def _weighted(
+    name: str,
+    make: Callable[[float], EditFn],
+    alias: str,
+    description: str,
+    extra: frozenset[str] = frozenset(),
+) -> KindSpec:
     """A kind that combines base and coefficient × source (a source run or a vector)."""
-    fields = _FIXED | _SOURCE | _VECTOR | {"coefficient"}
+    fields = _FIXED | _SOURCE | _VECTOR | {"coefficient"} | extra
     return KindSpec(name, lambda value, coefficient: make(coefficient), True, fields, alias, description)
 
 
@@ -125,16 +132,25 @@ KINDS: dict[str, KindSpec] = {
             "vanilla",
             lambda value, coefficient: vanilla,
             True,
-            _FIXED | _SOURCE | _VECTOR | {"sever", "receivers"},
+            _FIXED | _SOURCE | _VECTOR | _SAE | {"sever", "receivers"},
             "VanillaIntervention",
             "Interchange: the source run's activation (or a vector) replaces the base activation.",
         ),
         _weighted(
-            "addition", addition, "AdditionIntervention", "base + coefficient × source (a run or a vector)."
+            "addition",
+            addition,
+            "AdditionIntervention",
+            "base + coefficient × source (a run or a vector); with `sae`, + coefficient on the features.",
+            _SAE,
         ),
         _weighted("subtraction", subtraction, "SubtractionIntervention", "base − coefficient × source."),
         KindSpec(
-            "zero", lambda value, coefficient: zero, False, _FIXED, "ZeroIntervention", "Zero ablation."
+            "zero",
+            lambda value, coefficient: zero,
+            False,
+            _FIXED | _SAE,
+            "ZeroIntervention",
+            "Zero ablation.",
         ),
         KindSpec(
             "noise",
@@ -148,7 +164,7 @@ KINDS: dict[str, KindSpec] = {
             "scale",
             lambda value, coefficient: scale(value if value is not None else 1.0),
             False,
-            _FIXED | {"value"},
+            _FIXED | _SAE | {"value"},
             None,
             "value × base.",
             requires=("value",),
@@ -175,7 +191,7 @@ KINDS: dict[str, KindSpec] = {
             "collect",
             lambda value, coefficient: collect,
             False,
-            _FIXED,
+            _FIXED | _SAE,
             "CollectIntervention",
             "Record the activation only (it is left unchanged).",
         ),
@@ -183,9 +199,10 @@ KINDS: dict[str, KindSpec] = {
             "set",
             lambda value, coefficient: set_to(coefficient),
             False,
-            _FIXED | _VECTOR | {"coefficient"},
+            _FIXED | _VECTOR | _SAE | {"coefficient", "value"},
             None,
-            "coefficient × a fixed vector replaces the base activation (steering).",
+            "coefficient × a fixed vector replaces the base activation (steering); with `sae`, the "
+            "features are clamped to `value`.",
             requires=("vector", "contrast"),
         ),
         KindSpec(

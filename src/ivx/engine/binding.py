@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivx.core.errors import ConfigError
 from ivx.engine import patches
+from ivx.engine import sae as sae_edits
 from ivx.engine.decoding import Bound
 from ivx.model import components, hooks
 from ivx.plan import tokenization
@@ -112,7 +113,8 @@ class Binder:
         key = patches.group_key(edit)
         if key not in self.fns:
             trained = patches.trained_loader(self.lm, self.cfg.path.parent)
-            self.fns[key] = patches.fixed_or_trained(trained)(edit)
+            sae = sae_edits.loader(self.lm, self.cfg.path.parent)
+            self.fns[key] = patches.fixed_or_trained(trained, sae)(edit)
         return self.fns[key]
 
     def bind(self, local: int, prompt: TokenizedPrompt, edits: Sequence[Edit]) -> list[Bound]:

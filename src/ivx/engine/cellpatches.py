@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ivx.core import interventions
 from ivx.engine import patches
+from ivx.engine import sae as sae_edits
 from ivx.engine.ablation import Ablations
 from ivx.engine.baselines import Baselines
 from ivx.engine.workload import Workload
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
 
     from ivx.model.components import Site
 
-# (site, kind, value, coefficient, heads, subspace, intervention name): one Patch per key
-GroupKey = tuple[Any, str, "float | None", float, "tuple[int, ...] | None", "tuple[int, ...] | None", str]
+# (site, kind, value, coefficient, heads, subspace, intervention name, SAE features): one Patch per key
+GroupKey = tuple[
+    Any, str, "float | None", float, "tuple[int, ...] | None", "tuple[int, ...] | None", str, Any
+]
 CORRUPTION = "__corrupt__"
 
 
@@ -73,7 +76,10 @@ class PatchBuilder:
     def __init__(self, work: Workload, base: Baselines) -> None:
         self.work = work
         self.base = base
-        self.fn_of = patches.fixed_or_trained(patches.trained_loader(work.lm, work.cfg.path.parent))
+        base_dir = work.cfg.path.parent
+        self.fn_of = patches.fixed_or_trained(
+            patches.trained_loader(work.lm, base_dir), sae_edits.loader(work.lm, base_dir, packed=True)
+        )
         self.ablations = Ablations()  # mean / resample values, filled before any cell (`ablation.prepare`)
 
     def build(self, cells: list[Cell], offset: int = 0) -> PatchSet:
@@ -90,7 +96,7 @@ class PatchBuilder:
             if embed is not None:
                 positions = self.work.plan.corrupt_positions[cell.prompt]
                 if positions:
-                    g = groups[(embed, "noise", None, 1.0, None, None, CORRUPTION)]
+                    g = groups[(embed, "noise", None, 1.0, None, None, CORRUPTION, None)]
                     g["rows"].append(rows.repeat_interleave(len(positions)))
                     g["pos"].append(torch.tensor(positions).repeat(S))
                     g["src"].append(self.base.noise[cell.prompt].reshape(-1, embed.dim))
@@ -98,15 +104,27 @@ class PatchBuilder:
                 site = self.work.site(edit.component, edit.layer)
                 n = len(edit.positions)
                 src = self.source_values(cell, edit, site)
-                key = (site, edit.kind, edit.value, edit.coefficient, edit.heads, edit.subspace, edit.name)
+                sae = sae_edits.group(edit)  # feature sweeps: one patch, features per pair
+                key = (
+                    site,
+                    edit.kind,
+                    edit.value,
+                    edit.coefficient,
+                    edit.heads,
+                    edit.subspace,
+                    edit.name,
+                    sae,
+                )
                 edits[key] = edit
                 g = groups[key]
                 g["rows"].append(rows.repeat_interleave(n))
                 g["pos"].append(torch.tensor(edit.positions).repeat(S))
-                if edit.source == "corrupted":
-                    g["src"].append(src)  # already one block per sample
-                elif src is not None and src.numel():
-                    g["src"].append(src.repeat(S, 1))
+                block = src if edit.source == "corrupted" else None  # already one block per sample
+                if edit.source != "corrupted" and src is not None and src.numel():
+                    block = src.repeat(S, 1)
+                block = sae_edits.packed_source(edit, block, n * S)
+                if block is not None:
+                    g["src"].append(block)
                 if edit.kind == "collect":
                     collects.append(Collect(key, cell.index, edit.name, edit.layer, n))
         out = PatchSet([], collects)
@@ -119,14 +137,19 @@ class PatchBuilder:
     ) -> hooks.Patch:
         import torch
 
-        site, kind, value, coefficient, heads, subspace, name = key
+        site, kind, value, coefficient, heads, subspace, name, _ = key
         fn: Callable
         if edit is None:  # the noise corruption
             fn = interventions.for_kind(kind, value=value, coefficient=coefficient)
         else:
             fn = self.fn_of(edit)
         if kind == "collect":
-            fn = _recorder(out.recorders.setdefault(key, []))
+            view = None
+            if edit is not None and edit.sae is not None:  # record the SAE's features, not x
+                view = sae_edits.reader(
+                    sae_edits.load(edit.sae, self.work.cfg.path.parent, self.work.lm.device), edit
+                )
+            fn = _recorder(out.recorders.setdefault(key, []), view)
         device = self.work.lm.device
         return hooks.Patch(
             site=site,
@@ -174,11 +197,11 @@ class PatchBuilder:
         return torch.zeros(0)
 
 
-def _recorder(store: list[torch.Tensor]) -> Callable:
-    """A `collect` edit: record the current value, write it back unchanged."""
+def _recorder(store: list[torch.Tensor], view: Callable | None = None) -> Callable:
+    """A `collect` edit: record the current value (or `view` of it), write it back unchanged."""
 
     def fn(current: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
-        store.append(current.detach().clone())
+        store.append((current if view is None else view(current)).detach().clone())
         return current
 
     return fn

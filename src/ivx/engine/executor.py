@@ -53,7 +53,7 @@ def prepare(engine: Engine) -> Baselines:
     riders = baselines.riders(work, fused)
     baselines.capture_clean_and_source(work, base, fused, set(riders))
     baselines.corrupt_inputs(work, base)
-    if work.corrupt is None and not state.on("prefix_reuse"):
+    if work.corrupt is None and not state.on("prefix_reuse") and not state.on("layer_reuse"):
         base.corrupt_logits = {p: v.unsqueeze(0).clone() for p, v in base.clean_logits.items()}
     else:
         acts = execution.corrupted_pass(engine, need_corrupt | (need_clean if fused else set()), riders)

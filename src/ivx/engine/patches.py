@@ -47,6 +47,7 @@ def group_key(edit: Edit) -> tuple[object, ...]:
         edit.heads,
         edit.subspace,
         edit.name,
+        (edit.sae, edit.features, edit.top, edit.sae_error),
     )
 
 
@@ -102,10 +103,19 @@ def trained_loader(lm: LoadedModel, base_dir: Path) -> Callable[[Edit], EditFn]:
     return load
 
 
-def fixed_or_trained(trained: Callable[[Edit], EditFn]) -> Callable[[Edit], EditFn]:
-    """`fn_of` for `build`: the kind's fixed function, or the trained one for DAS kinds."""
+def fixed_or_trained(
+    trained: Callable[[Edit], EditFn], sae: Callable[[Edit], EditFn] | None = None
+) -> Callable[[Edit], EditFn]:
+    """`fn_of` for `build`: the kind's fixed function, the trained one for DAS kinds, or the SAE
+    feature edit (`engine.sae.loader`) for edits with `sae`."""
 
     def fn_of(edit: Edit) -> EditFn:
+        if edit.sae is not None:
+            if sae is None:
+                raise ValueError(
+                    f"intervention {edit.name!r} acts on SAE features but no SAE loader was given"
+                )
+            return sae(edit)
         if edit.trainable:
             return trained(edit)
         return interventions.for_kind(edit.kind, value=edit.value, coefficient=edit.coefficient)

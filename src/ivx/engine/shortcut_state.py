@@ -39,7 +39,9 @@ def config_reasons(work: Workload) -> dict[str, str | None]:
     )
     budget = memory.budget_bytes(batch.memory_gb, work.lm) / 2
     return {
-        "prefix_reuse": "off in config (batch.prefix_reuse)" if not batch.prefix_reuse else all_logits,
+        "prefix_reuse": "off in config (batch.prefix_reuse)"
+        if not batch.prefix_reuse
+        else all_logits or kvcache.no_prefix_state(work.lm.model),
         "layer_reuse": (
             "off in config (batch.layer_reuse)"
             if not batch.layer_reuse
@@ -58,7 +60,7 @@ def config_reasons(work: Workload) -> dict[str, str | None]:
             if all_logits
             else "off in config (batch.defer_head: trimming needs the deferred head)"
             if not batch.defer_head
-            else f"no module layout for {info.model_type} (only known layouts are trimmed)"
+            else f"no per-position output projection or MLP found in the last block of {info.model_type}"
             if trim.regions(work.lm.model) is None
             else None
         ),
@@ -72,12 +74,13 @@ class ShortcutState:
         self.work = work
         self.base = base
         self.why_off = config_reasons(work)
-        self.tuple_blocks = False  # skipped blocks return (states,) instead of states
+        self.tuple_blocks = 0  # skipped blocks return states (0) or a tuple of this many: (states, None, ...)
         self.caches: dict[int, KV] = {}  # per prompt, per layer: the corrupted baseline's KV cache
         self.states: dict[int, torch.Tensor] = {}  # per prompt: baseline block outputs [layers, S, seq, d]
         self.report: dict[str, Any] = {"groups": []}  # what ran, for the manifest and the terminal
         self.noop_cells = 0  # cells answered by the corrupted baseline without a forward pass
         self._divergences: dict[tuple[int, str], int] = {}
+        self._replay_error: str | None = None  # why the last probe failed, if it raised
 
     def on(self, name: str) -> bool:
         """Whether a shortcut is on: enabled in the config and proven by its probe on this model."""
@@ -114,6 +117,8 @@ class ShortcutState:
             return False
         for e in cell.edits:
             if e.kind != "vanilla" or e.source_positions != e.positions or e.vector is not None:
+                return False
+            if e.sae_error == "drop":  # the activation becomes the SAE's reconstruction: not a copy
                 return False
             if e.source == "corrupted":
                 continue
@@ -153,9 +158,15 @@ class ShortcutState:
         for i, cell in enumerate(cells):
             rows = slice(i * S, (i + 1) * S)
             if self.on("prefix_reuse"):
-                self.caches[cell.prompt] = [
-                    (k[rows].clone(), v[rows].clone()) for k, v in kvcache.layers(cache)
-                ]
+                try:
+                    kept = [(k[rows].clone(), v[rows].clone()) for k, v in kvcache.layers(cache)]
+                except Exception as exc:  # noqa: BLE001 - a cache ivx cannot cut: run without it
+                    self.why_off["prefix_reuse"] = (
+                        f"cache check failed with {type(exc).__name__}: {str(exc)[:100]}"
+                    )
+                    self.caches.clear()
+                else:
+                    self.caches[cell.prompt] = kept
             if stacked is not None:
                 self.states[cell.prompt] = stacked[:, rows].clone()  # [layers, rows, seq, d]
 
@@ -221,15 +232,14 @@ class ShortcutState:
     def _probe_alone(self, builder: PatchBuilder, prompt: int, wanted: list[str], version: str) -> None:
         """Check each shortcut alone, switch off those that fail, then the survivors together."""
         for name in wanted:
-            if name == "layer_reuse" and not self._replays(builder, prompt, {name}):
-                self.tuple_blocks = True  # blocks of transformers 4.x return tuples
-            if not self._replays(builder, prompt, {name}):
-                self.tuple_blocks = self.tuple_blocks and name != "layer_reuse"
+            ok = self._block_arity(builder, prompt) if name == "layer_reuse" else None
+            if not (ok or self._replays(builder, prompt, {name})):
                 self.why_off[name] = (
                     f"{self._replay_error or 'results differ from the plain forward'} "
                     f"(transformers {version}); switched off"
                 )
-        if self.why_off["prefix_reuse"] is not None and self.why_off["layer_reuse"] is None:
+        recurrent = kvcache.no_prefix_state(self.work.lm.model) is not None  # layer reuse runs without it
+        if self.why_off["prefix_reuse"] is not None and self.why_off["layer_reuse"] is None and not recurrent:
             self.why_off["layer_reuse"] = "needs prefix reuse"
         if self.why_off["defer_head"] is not None and self.why_off["trim_final"] is None:
             self.why_off["trim_final"] = "needs the deferred head"
@@ -237,6 +247,20 @@ class ShortcutState:
         if alive and not self._replays(builder, prompt, alive):  # each works alone, not together
             for name in alive:
                 self.why_off[name] = "results differ when combined with the other shortcuts"
+
+    def _block_arity(self, builder: PatchBuilder, prompt: int) -> bool:
+        """Layer reuse alone, with skipped blocks returning states, (states,) (transformers 4.x) or
+        (states, None) (blocks that also return attention weights, as Bamba's); the first that
+        replays is kept."""
+        first_error = None
+        for arity in (0, 1, 2, 3):
+            self.tuple_blocks = arity
+            if self._replays(builder, prompt, {"layer_reuse"}):
+                return True
+            first_error = first_error or self._replay_error
+        self.tuple_blocks = 0
+        self._replay_error = first_error
+        return False
 
     def _replays(self, builder: PatchBuilder, prompt: int, use: set[str]) -> bool:
         """Whether the corrupted baseline of `prompt`, recomputed with the shortcuts `use`, is unchanged."""
@@ -253,7 +277,7 @@ class ShortcutState:
         entries = [e for e in entries for _ in range(work.samples)]
         ids = torch.tensor([self.base.run_ids(work, prompt)] * len(cells))
         ids = ids.repeat_interleave(work.samples, dim=0)[:, prefix:]
-        self._replay_error: str | None = None
+        self._replay_error = None
         try:
             patches = builder.build(cells, offset=prefix).patches
             past = self.past(cells, prefix, entries) if prefix else None

@@ -18,6 +18,7 @@ recorded (manifest `shortcuts`) and printed.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from ivx.model import components, kvcache
@@ -49,7 +50,7 @@ def forward(
 
 def final_hidden(lm: LoadedModel, ids: torch.Tensor, past: Any = None) -> torch.Tensor:
     """The backbone's last-position output (after the final norm): [b, d]."""
-    backbone = lm.model.base_model
+    backbone = _backbone(lm.model)
     kwargs: dict[str, Any] = {"input_ids": ids.to(lm.device), "use_cache": past is not None}
     if past is not None:
         kwargs[kvcache.argument(backbone.forward)] = past
@@ -59,8 +60,61 @@ def final_hidden(lm: LoadedModel, ids: torch.Tensor, past: Any = None) -> torch.
 
 
 def unembed(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits of backbone outputs: [b, vocab]."""
-    return lm.model.get_output_embeddings()(hidden).float()
+    """Logits of backbone outputs: [b, vocab].
+
+    Through the model's own forward with its backbone answering `hidden`, so whatever the model
+    does after its head (Cohere's logit scale, Gemma's soft-cap, Granite's scaling, FalconH1's
+    multiplier) is done here too. A model whose forward does not call its backbone as a whole
+    (decoder wrappers call `model.decoder`) gets its output embedding alone.
+    """
+    import torch
+
+    model = lm.model
+    backbone = _backbone(model)
+    if backbone is model or _HEAD_ONLY.get(type(model), False):
+        return model.get_output_embeddings()(hidden).float()
+    answered: list[bool] = []
+
+    def answer(*args: Any, **kwargs: Any) -> Any:
+        answered.append(True)
+        return _answer_type()(last_hidden_state=hidden[:, None])  # [b, 1, d]
+
+    backbone.forward = answer
+    try:
+        ids = torch.zeros((hidden.shape[0], 1), dtype=torch.long, device=hidden.device)
+        logits = model(input_ids=ids, use_cache=False).logits[:, -1].float()
+    finally:
+        backbone.__dict__.pop("forward", None)
+    _HEAD_ONLY[type(model)] = not answered
+    return logits if answered else model.get_output_embeddings()(hidden).float()
+
+
+def _backbone(model: Any) -> Any:
+    """The model's backbone: `base_model`, or (when its prefix names no attribute, as Llama 4's
+    `language_model`) the first child that is a transformers model itself."""
+    backbone = model.base_model
+    if backbone is not model:
+        return backbone
+    from transformers import PreTrainedModel
+
+    return next((m for m in model.children() if isinstance(m, PreTrainedModel)), model)
+
+
+_HEAD_ONLY: dict[type, bool] = {}  # per model class: its forward never called the backbone's
+
+
+@functools.cache
+def _answer_type() -> type:
+    """A backbone output holding only the last hidden state; any other field reads as None."""
+    from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+
+    class Answer(BaseModelOutputWithPastAndCrossAttentions):
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return None
+
+    return Answer
 
 
 def _accepts(fn: Any, name: str) -> bool:

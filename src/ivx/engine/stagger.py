@@ -38,11 +38,15 @@ def active_rows(entries: Sequence[int], block: int) -> int:
     return bisect.bisect_right(entries, block)
 
 
-def _head(value: Any, active: int, rows: int, tokens: int) -> Any:
-    """The active rows of a block argument that has one entry per row; anything else unchanged."""
+def _head(value: Any, active: int, rows: int, tokens: int, folded: bool = False) -> Any:
+    """The active rows of a block argument that has one entry per row; anything else unchanged.
+
+    `folded`: the argument has rows folded with heads, [rows * heads, ...] (BLOOM's `alibi`)."""
     import torch
 
     if isinstance(value, torch.Tensor):
+        if folded and value.shape[0] % rows == 0:
+            return value[: active * (value.shape[0] // rows)]
         batched = value.dim() >= 3 or (value.dim() == 2 and value.shape[1] == tokens)
         return value[:active] if batched and value.shape[0] == rows else value
     if isinstance(value, tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
@@ -54,7 +58,7 @@ def _wrapped(original: Callable, block: int, active: int, rows: int, states: Sta
     def forward(hidden: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         tokens = hidden.shape[1]
         args = tuple(_head(a, active, rows, tokens) for a in args)
-        kwargs = {k: _head(v, active, rows, tokens) for k, v in kwargs.items()}
+        kwargs = {k: _head(v, active, rows, tokens, k == "alibi") for k, v in kwargs.items()}
         out = original(hidden[:active], *args, **kwargs)
         first = out[0] if isinstance(out, tuple) else out
         full = first.new_empty((rows, *first.shape[1:]))
@@ -66,13 +70,12 @@ def _wrapped(original: Callable, block: int, active: int, rows: int, states: Sta
 
 
 @contextmanager
-def staggered(
-    lm: LoadedModel, entries: Sequence[int], states: States, as_tuple: bool = False
-) -> Iterator[None]:
+def staggered(lm: LoadedModel, entries: Sequence[int], states: States, as_tuple: int = 0) -> Iterator[None]:
     """Run the next forward with row r entering at block `entries[r]` (ascending).
 
     `states(k, start)` returns the baseline's block-k output of rows `start:` (continuing
-    positions only). Blocks below `entries[0]` return the stored states of all rows.
+    positions only). Blocks below `entries[0]` return the stored states of all rows (as a tuple of
+    `as_tuple` items, the rest None, when the model's blocks return tuples).
     """
 
     blocks = components.blocks(lm.model)
@@ -81,7 +84,7 @@ def staggered(
     try:
         if entries[0] > 0:  # blocks below every entry: all return what the first entered block reads
             value = states(entries[0] - 1, 0, None)
-            out = (value,) if as_tuple else value
+            out = (value, *[None] * (as_tuple - 1)) if as_tuple else value
             for block in blocks[: entries[0]]:
                 block.forward = lambda *args, **kwargs: out  # noqa: ARG005
         for k, block in enumerate(blocks[entries[0] :], start=entries[0]):

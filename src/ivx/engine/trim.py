@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ivx.model import components
+from ivx.model import components, mixers, module_paths
 from ivx.model.hooks import _hidden_from_inputs
 
 if TYPE_CHECKING:
@@ -32,12 +32,15 @@ if TYPE_CHECKING:
 
 def regions(model: Any) -> list[tuple[str, str]] | None:
     """(module whose input is cut, module whose output is padded) pairs of the last block, or None
-    for an architecture without a layout row (its modules are not known well enough to trim)."""
+    when none is found. A layout row names them; otherwise they are found in the module tree
+    (`mixers.per_position`: output projections and the MLP, never a module shared between blocks)."""
 
     _, row, blocks = components.layout(model)
+    stack = components.blocks_of(model, blocks)
+    last = f"{blocks}.{len(stack) - 1}"
     if row is None:
-        return None
-    last = f"{blocks}.{len(model.get_submodule(blocks)) - 1}"
+        found = mixers.per_position(stack[-1], mixers.shared(stack))
+        return [(f"{last}.{a}", f"{last}.{b}") for a, b in found] or None
     return [
         (f"{last}.{row.o_proj}", f"{last}.{row.o_proj}"),
         (f"{last}.{row.mlp_in}", f"{last}.{row.mlp_out}"),
@@ -47,7 +50,11 @@ def regions(model: Any) -> list[tuple[str, str]] | None:
 def applicable(lm: LoadedModel, patches: Sequence[Patch]) -> bool:
     """Whether a forward with these patches may be trimmed: none hooks inside the last MLP."""
     top = lm.info.n_layers - 1
-    return not any(p.site.layer == top and p.site.component == "mlp_activation" for p in patches)
+    inside = ("mlp_activation",)  # and module paths: any module of the last block may be trimmed
+    return not any(
+        p.site.layer == top and (p.site.component in inside or module_paths.is_path(p.site.component))
+        for p in patches
+    )
 
 
 def _cut(state: dict[str, bool]) -> Any:
@@ -57,7 +64,7 @@ def _cut(state: dict[str, bool]) -> Any:
         state["cut"] = hidden.dim() == 3 and hidden.shape[1] > 1  # 2-D (flattened) inputs are left alone
         if not state["cut"]:
             return None
-        state["length"] = hidden.shape[1]
+        state["length"], state["batch"] = hidden.shape[1], hidden.shape[0]
         short = hidden[:, -1:].contiguous()
         if isinstance(key, int):
             return (short, *args[1:]), kwargs
@@ -72,8 +79,15 @@ def _pad(state: dict[str, Any]) -> Any:
             return None
         state["cut"] = False
         first = output[0] if isinstance(output, tuple) else output
-        full: torch.Tensor = first.new_zeros((first.shape[0], state["length"], *first.shape[2:]))
-        full[:, -1:] = first
+        batch, length = state["batch"], state["length"]
+        if first.dim() == 2 and first.shape[0] == batch:  # flattened tokens (MoE blocks): [batch * 1, d]
+            full: torch.Tensor = first.new_zeros((batch * length, first.shape[1]))
+            full.view(batch, length, -1)[:, -1] = first
+        elif first.dim() >= 3 and first.shape[1] == 1:
+            full = first.new_zeros((first.shape[0], length, *first.shape[2:]))
+            full[:, -1:] = first
+        else:  # the module mixed in a full-length input
+            raise RuntimeError(f"a trimmed module returned {tuple(first.shape)}, not one position")
         return (full, *output[1:]) if isinstance(output, tuple) else full
 
     return post

@@ -38,7 +38,7 @@ from ivx.config.loader import LoadedConfig
 from ivx.core import interventions, metrics
 from ivx.core.errors import ConfigError, Problem
 from ivx.engine.loop import CellOutput
-from ivx.methods import qkfix
+from ivx.methods import qkfix, sae_attribution
 from ivx.model import components, hooks
 
 if TYPE_CHECKING:
@@ -63,7 +63,15 @@ def check(cfg: LoadedConfig) -> list[Problem]:
     for i, iv in enumerate(exp.interventions):
         kinds = sweeps.axis_values(exp.sweep).get(iv.kind[1:], []) if is_ref(iv.kind) else [iv.kind]
         for kind in kinds if isinstance(kinds, list) else []:
-            if kind not in ("vanilla", "VanillaIntervention", "mean", "resample"):
+            if iv.sae is not None and kind not in sae_attribution.KINDS:
+                problems.append(
+                    cfg.problem(
+                        ("interventions", i, "kind"),
+                        f"method: attribution estimates SAE feature edits of kind "
+                        f"{', '.join(sae_attribution.KINDS)}, got {kind!r} (use method: exact)",
+                    )
+                )
+            elif iv.sae is None and kind not in ("vanilla", "VanillaIntervention", "mean", "resample"):
                 problems.append(
                     cfg.problem(
                         ("interventions", i, "kind"),
@@ -213,6 +221,7 @@ class Estimates:
                     sites[executor.site("attention_value_output", edit.layer)] = None
         self.grads = Gradients(executor, prompt, list(sites), self.quantities)
         self.tables: dict[tuple, torch.Tensor] = {}
+        self.features = sae_attribution.FeatureTables(self)  # edits with `sae:`
 
     def _source(self, edit: Edit) -> torch.Tensor:
         """The activation patched in: `[source seq, dim]` of the clean base or source run, or the
@@ -253,6 +262,8 @@ class Estimates:
 
     def _edit(self, edit: Edit, quantity: str, drop: int | None) -> torch.Tensor:
         """[S] estimated change of `quantity` from one edit."""
+        if edit.sae is not None:
+            return self.features.change(edit, quantity, drop)
         site = self.executor.site(edit.component, edit.layer)
         positions = list(edit.positions)
         ablation = edit.kind in ("mean", "resample")  # its values sit at the edited positions

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ivx.config.loader import LoadedConfig
 from ivx.core.errors import Problem
 from ivx.engine import loop
-from ivx.methods import attribution, pathpatch, readouts, verification
+from ivx.methods import attribution, pathpatch, readouts, sae_attribution_summary, verification
 
 if TYPE_CHECKING:
     from ivx.engine.executor import Executor
@@ -92,9 +92,11 @@ def _no_summary(executors: list[Executor], labels: list[str | None], rows: Rows)
 
 
 def _verification(executors: list[Executor], labels: list[str | None], rows: Rows) -> dict[str, Any]:
-    """Attribution's check against exact patching (`attribution.verify`), if configured."""
+    """Attribution's check against exact patching (`attribution.verify`), if configured, and the
+    error nodes and top features of SAE sites (`sae_attribution_summary`)."""
     checks = verification.for_run(executors, labels, rows)
-    return {"attribution_verification": checks} if checks else {}
+    out = {"attribution_verification": checks} if checks else {}
+    return {**out, **sae_attribution_summary.summary(executors, labels, rows)}
 
 
 METHODS: tuple[Method, ...] = (

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ivx.config.fields import COMPONENT_NAMES
 from ivx.core.errors import UserError
+from ivx.model import discovery, mixers, module_paths
 from ivx.model.layouts import LAYOUTS, Layout
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class ModelInfo:
     d_mlp: int | None
     vocab_size: int
     components: tuple[str, ...]
+    layers: tuple[tuple[str, ...], ...] = ()  # per layer, where blocks differ (hybrids; `mixers`)
 
 
 @dataclass(frozen=True)
@@ -81,12 +83,7 @@ def _cfg(config: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def _has(model: Any, path: str) -> bool:
-    try:
-        model.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
+_has = discovery.has
 
 
 def layout(model: Any) -> tuple[str, Layout | None, str]:
@@ -98,20 +95,13 @@ def layout(model: Any) -> tuple[str, Layout | None, str]:
         if model_type == "gpt_neox" and getattr(config, "use_parallel_residual", True):
             row = replace(row, mid=None)
         return model_type, row, row.blocks
-    import torch
-
-    n_layers = _cfg(config, "num_hidden_layers", "n_layer", "num_layers")
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
-            return "fallback", None, name
+    refused = discovery.refusal(config)
+    if refused:
+        raise ComponentError(refused)
+    found = discovery.blocks(model)
+    if found is not None:
+        return "fallback", None, found
     raise ComponentError(f"could not find the list of decoder blocks in {type(model).__name__}")
-
-
-def _child(model: Any, block: str, names: tuple[str, ...]) -> str | None:
-    for name in names:
-        if _has(model, f"{block}.{name}"):
-            return name
-    return None
 
 
 def describe(model: Any) -> ModelInfo:
@@ -120,17 +110,22 @@ def describe(model: Any) -> ModelInfo:
     name, row, blocks = layout(model)
     n_layers = len(model.get_submodule(blocks))
     d_model = _cfg(config, "hidden_size", "n_embd", "d_model")
-    n_heads = _cfg(config, "num_attention_heads", "n_head")
+    n_heads = _cfg(config, "num_attention_heads", "n_head", default=0)  # 0: attention-free (Mamba)
     n_kv = _cfg(config, "num_key_value_heads", default=n_heads)
-    head_dim = _cfg(config, "head_dim", default=d_model // n_heads)
+    head_dim = _cfg(config, "head_dim", default=d_model // n_heads if n_heads else 0)
     d_mlp = _cfg(config, "intermediate_size", "n_inner", "ffn_dim")
     if d_mlp is None and name in ("gpt2", "gptj"):
         d_mlp = 4 * d_model
-    if row is None:
-        comps = ["embedding", "block_input", "block_output"]
-        if _child(model, f"{blocks}.0", ("self_attn", "attn", "attention", "self_attention")):
+    hybrid = mixers.structure(list(model.get_submodule(blocks))) if row is None else None
+    per_layer: tuple[tuple[str, ...], ...] = ()
+    if hybrid is not None:
+        components, per_layer = mixers.describe_layers(hybrid, COMPONENTS)
+        name = "mixers"
+    elif row is None:
+        comps = ["embedding", "block_input", "block_output"][: 3 if discovery.streams(config) == 1 else 1]
+        if discovery.attention(model, f"{blocks}.0"):
             comps += ["attention_input", "attention_output"]
-        if _child(model, f"{blocks}.0", ("mlp", "feed_forward", "ffn")):
+        if discovery.feed_forward(model, f"{blocks}.0"):
             comps += ["mlp_input", "mlp_output"]
         components = tuple(c for c in COMPONENTS if c in comps)
     else:
@@ -142,7 +137,10 @@ def describe(model: Any) -> ModelInfo:
         components = tuple(
             c
             for c in COMPONENTS
-            if (c != "residual_mid" or row.mid is not None) and (c != "head_attention_pattern" or interface)
+            if (c != "residual_mid" or row.mid is not None)
+            and c not in mixers.COMPONENTS
+            and (c != "head_attention_pattern" or interface)
+            and (c != "mlp_activation" or _has(model, f"{blocks}.0.{row.mlp_down}"))  # not in an MoE
         )
     return ModelInfo(
         model_type=getattr(config, "model_type", "unknown"),
@@ -155,6 +153,7 @@ def describe(model: Any) -> ModelInfo:
         d_mlp=d_mlp,
         vocab_size=_cfg(config, "vocab_size"),
         components=components,
+        layers=per_layer if len(set(per_layer)) > 1 else (),
     )
 
 
@@ -188,27 +187,51 @@ def _check(info: ModelInfo, component: str, layer: int) -> None:
         raise ComponentError(
             f"layer {layer} is out of range: the model has {info.n_layers} layers (0..{info.n_layers - 1})"
         )
+    if component != "embedding" and info.layers and component not in info.layers[layer]:
+        raise ComponentError(mixers.missing(component, layer, info.layers, info.model_type))
 
 
 def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
     """The Site of `component` at `layer`; ComponentError with the valid choices otherwise."""
+    if module_paths.is_path(component):
+        return _path_site(model, info, component, layer)
     _check(info, component, layer)
     d = info.d_model
     if component == "embedding":
         path = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
-        return Site(component, 0, path, "output", 1, d, 0, d, 1)
+        e = _cfg(model.config, "embedding_size", default=d)  # ELECTRA: projected to d_model later
+        return Site(component, 0, path, "output", 1, e, 0, e, 1)
     _, row, blocks = layout(model)
     block = f"{blocks}.{layer}"
     if component in ("block_input", "block_output"):
         hook: Literal["input", "output"] = "input" if component == "block_input" else "output"
         return Site(component, layer, block, hook, 1, d, 0, d, 1)
-    if row is None:  # structural fallback: attention / MLP modules only
-        attn = _child(model, block, ("self_attn", "attn", "attention", "self_attention"))
-        mlp = _child(model, block, ("mlp", "feed_forward", "ffn"))
-        name = attn if component.startswith("attention") else mlp
+    hybrid = mixers.structure(blocks_of(model, blocks)) if row is None else None
+    if hybrid is not None:
+        path, side, width, heads = mixers.site(
+            hybrid[layer], component, info.n_heads, info.n_kv_heads, info.head_dim, d
+        )
+        return Site(component, layer, f"{block}.{path}".rstrip("."), side, 1, width, 0, width, heads)
+    if row is None:  # structural fallback: attention / feed-forward modules only (`discovery`)
+        pair = discovery.attention(model, block) if component.startswith("attention") else None
+        pair = pair or discovery.feed_forward(model, block)
+        assert pair is not None  # describe lists only what it found
         hook = "input" if component.endswith("input") else "output"
-        return Site(component, layer, f"{block}.{name}", hook, 1, d, 0, d, 1)
+        path = f"{block}.{pair[0] if hook == 'input' else pair[1]}"
+        return Site(component, layer, path, hook, 1, d, 0, d, 1)
     return _row_site(info, row, component, layer, block)
+
+
+def _path_site(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
+    """The Site of a module path (`module_paths`): the whole last axis of the module's tensor."""
+    blocks = layout(model)[2]
+    problem = module_paths.problem(model, blocks, info.n_layers, component, layer)
+    if problem:
+        raise ComponentError(problem)
+    path = module_paths.concrete(component, layer)
+    hook = module_paths.parse(component)[1]
+    width = module_paths.width(model, path, hook)
+    return Site(component, module_paths.block_layer(blocks, path), path, hook, 1, width, 0, width, 1)
 
 
 def _row_site(info: ModelInfo, row: Layout, component: str, layer: int, block: str) -> Site:
@@ -253,6 +276,11 @@ def blocks(model: Any) -> list[Any]:
     return list(model.get_submodule(layout(model)[2]))
 
 
+def blocks_of(model: Any, path: str) -> list[Any]:
+    """The blocks of the ModuleList at `path`."""
+    return list(model.get_submodule(path))
+
+
 def read(site: Site, raw: torch.Tensor) -> torch.Tensor:
     """The component `[..., dim]` inside a raw hook tensor."""
     part = raw.reshape(*raw.shape[:-1], site.groups, site.width)[..., site.lo : site.hi]
@@ -271,8 +299,11 @@ def table(model: Any, info: ModelInfo) -> list[dict[str, Any]]:
     """One row per available component: module at layer N, hook side, shape (for `ivx components`)."""
     rows = []
     for component in info.components:
-        site = resolve(model, info, component, 0)
-        module = site.module if component == "embedding" else site.module.replace(".0", ".N", 1)
+        where = [i for i, names in enumerate(info.layers) if component in names] or [0]
+        site = resolve(model, info, component, where[0])
+        module = site.module if component == "embedding" else site.module.replace(f".{where[0]}", ".N", 1)
+        if info.layers and component != "embedding" and len(where) < info.n_layers:
+            module += f" (layer{'s' if len(where) > 1 else ''} {', '.join(map(str, where))} only)"
         shape = (
             f"[b, s, {site.n_heads} heads × {site.head_dim}]" if site.n_heads > 1 else f"[b, s, {site.dim}]"
         )

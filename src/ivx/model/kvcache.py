@@ -12,6 +12,8 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
+from ivx.model import mixers
+
 if TYPE_CHECKING:
     import torch
 
@@ -34,9 +36,29 @@ def returned(out: Any) -> Any:
     return None
 
 
+def no_prefix_state(model: Any) -> str | None:
+    """Why a cache of this model cannot be cut to a prefix (None: it can, a KV cache).
+
+    A state-space or linear-attention layer keeps one state per sequence, the state after its
+    last token; continuing from position p needs the state at p, which transformers' caches do
+    not keep (`LinearAttentionLayer` has the final state only).
+    """
+    if not mixers.recurrent(model):
+        return None
+    return (
+        "recurrent layers (state-space, linear attention or short convolution): transformers' cache keeps "
+        "only the state "
+        "after the last token, not the state at the reused prefix's end"
+    )
+
+
 def layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) per layer, each [rows, kv_heads, seq, head_dim]."""
+    """(keys, values) per layer, each [rows, kv_heads, seq, head_dim]; TypeError for a recurrent layer."""
+    cache = getattr(cache, "self_attention_cache", cache)  # an EncoderDecoderCache (BERT-style decoders)
     if hasattr(cache, "layers"):
+        kinds = [type(layer).__name__ for layer in cache.layers if not hasattr(layer, "keys")]
+        if kinds:
+            raise TypeError(f"cache layers without keys and values: {', '.join(sorted(set(kinds)))}")
         return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers 4.x
 

@@ -15,7 +15,7 @@ from ivx.config.schema import Experiment
 from ivx.core.errors import ConfigError, Problem
 from ivx.model import components
 from ivx.plan import grid as plan
-from ivx.plan import tokenization
+from ivx.plan import module_checks, tokenization
 from ivx.store import bundle, hub, vectors
 
 POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length")
@@ -48,6 +48,7 @@ def model_limits(cfg: LoadedConfig, lm: Any, prompts: list, max_cells: int | Non
                 )
     problems.extend(bundle_shapes(cfg, lm.info))
     problems.extend(vector_shapes(cfg, lm))
+    problems.extend(module_checks.problems(cfg, lm))
     if problems:
         raise ConfigError(problems[:20])
     if max_cells is None:

@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ivx.config import module_names
 from ivx.config.fields import TRAINABLE_KINDS
 from ivx.config.schema import Contrast, Intervention
 from ivx.core import interventions
+from ivx.model import mixers
+from ivx.plan import sae as sae_plan
 from ivx.plan.positions import resolve
 from ivx.plan.tokenization import PositionError, TokenizedPrompt
 
@@ -57,6 +60,10 @@ class Edit:
     bundle: str | None = None
     on: On = "prompt"  # ivx generate: prompt positions, every generated token, or both
     contrast: Contrast | None = None  # the vector is built from contrast prompts (`engine.binding`)
+    sae: str | None = None  # the kind acts on this SAE's features (a path or hf:// reference)
+    features: tuple[int, ...] | None = None  # with `sae`: the features edited (None: all, or `top`)
+    top: int | None = None  # with `sae`: the k most active features at each position
+    sae_error: str = "keep"  # with `sae`: keep the reconstruction error (exact) or drop it
 
     @property
     def trainable(self) -> bool:
@@ -97,6 +104,11 @@ def resolve_edits(
     Problems name the intervention's field; `plan` moves those of a sweep-bound field to the
     sweep value that caused them (`config.at_sweep_value`)."""
     scope = _Scope(cfg, index, prompt, problems)
+    if iv.sae is not None:
+        placed = sae_plan.place(cfg, info, index, iv, scope.report)
+        if placed is None:
+            return []
+        iv = placed
     if not _fits_mode(scope, iv, mode) or not _component_exists(scope, info, iv.component):
         return []
     layers = _layers(scope, info, iv)
@@ -122,7 +134,7 @@ def resolve_edits(
             positions=positions,
             source=source,
             source_positions=source_positions,
-            heads=heads,
+            heads=None if iv.sae is not None else heads,  # an SAE reads the whole site
             subspace=tuple(iv.subspace) if iv.subspace else None,
             value=iv.value,
             coefficient=iv.coefficient,
@@ -130,6 +142,10 @@ def resolve_edits(
             bundle=iv.bundle,
             on=iv.on,
             contrast=iv.contrast,
+            sae=sae_plan.meta(cfg, iv).ref if iv.sae is not None else None,
+            features=sae_plan.features(iv) if iv.sae is not None else None,
+            top=iv.top,
+            sae_error=iv.sae_error,
         )
         for layer in layers
     ]
@@ -158,7 +174,7 @@ def _fits_mode(scope: _Scope, iv: Intervention, mode: Mode) -> bool:
         scope.report("on", f"on: {iv.on} applies to ivx generate only; ivx {mode} edits prompt positions")
         ok = False
     if mode == "generate" and iv.on != "prompt" and iv.vector is None and iv.contrast is None:
-        if iv.kind in SOURCE_KINDS or iv.kind == "set":
+        if (iv.kind in SOURCE_KINDS or iv.kind == "set") and (iv.sae is None or iv.kind == "vanilla"):
             scope.report(
                 "on",
                 f"on: {iv.on} with kind {iv.kind} needs a vector (`vector` or `contrast`): generated "
@@ -169,7 +185,7 @@ def _fits_mode(scope: _Scope, iv: Intervention, mode: Mode) -> bool:
 
 
 def _component_exists(scope: _Scope, info: ModelInfo, component: str) -> bool:
-    if component in info.components:
+    if component in info.components or module_names.is_path(component):  # paths: plan/module_checks
         return True
     scope.report(
         "component",
@@ -209,7 +225,11 @@ def _layers(scope: _Scope, info: ModelInfo, iv: Intervention) -> list[int]:
             )
             continue
         layers += [lay for lay in _window(concrete, size, info.n_layers) if lay not in layers]
-    return layers
+    hybrid = info.layers and iv.component != "embedding"
+    absent = [lay for lay in layers if hybrid and iv.component not in info.layers[lay]]
+    for lay in absent:  # a hybrid's blocks differ: the component exists at some layers only
+        scope.report("layer", mixers.missing(str(iv.component), lay, info.layers, info.model_type))
+    return [lay for lay in layers if lay not in absent]
 
 
 def _positions(
@@ -229,6 +249,8 @@ def _source(
     """The run a source activation is copied from and its positions (one per base position)."""
     prompt = scope.prompt
     if iv.kind not in SOURCE_KINDS or iv.vector is not None or iv.contrast is not None or not positions:
+        return "none", ()
+    if iv.sae is not None and iv.kind != "vanilla":  # feature addition needs no source run
         return "none", ()
     source: SourceRun = iv.source if iv.source != "auto" else ("source" if prompt.source_ids else "base")
     if mode == "train":

@@ -16,6 +16,7 @@ from ivx.config.fields import is_ref
 from ivx.config.loader import LoadedConfig, at_sweep_value
 from ivx.config.schema import Intervention
 from ivx.core.errors import ConfigError, Problem
+from ivx.plan import sae as sae_plan
 from ivx.plan.edits import HEAD_COUNT_OF, SOURCE_KINDS, Edit, Mode, head_count, resolve_edits
 from ivx.plan.positions import resolve
 from ivx.plan.tokenization import PositionError, TokenizedPrompt
@@ -104,11 +105,13 @@ def _axis_values(
             values[axis] = list(range(prompt.length))
         elif fields == {"head"}:
             values[axis] = list(range(info.n_heads))  # the most any component has; see _heads_fit
+        elif fields == {"feature"}:
+            values[axis] = sae_plan.all_features(cfg, axis, problems)  # every feature of the SAE
         else:
             problems.append(
                 cfg.problem(
                     ("sweep", axis),
-                    f"'all' works for axes bound to layer, position or head; ${axis} is bound to "
+                    f"'all' works for axes bound to layer, position, head or feature; ${axis} is bound to "
                     f"{sorted(fields) or 'nothing'} — list the values instead",
                 )
             )
@@ -150,8 +153,11 @@ def substitute(iv: Intervention, point: dict[str, Any]) -> Intervention:
     for key, value in data.items():
         if is_ref(value):
             data[key] = point[value[1:]]
-    for path, axis in iv._refs:
-        data = sweeps.put(data, path, point[axis])
+    for path, axis in iv._refs:  # in place: `data` is this call's own dump (a deep copy per cell is slow)
+        node = data
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = point[axis]
     return Intervention.model_validate(data)
 
 

@@ -21,6 +21,7 @@ from ivx.methods import registry
 from ivx.model import loading as models
 from ivx.plan import ablation, checks, tokenization
 from ivx.plan import grid as plan
+from ivx.plan import sae as sae_plan
 from ivx.plan.grid import Mode
 from ivx.plan.prepared import Prepared, variants
 
@@ -146,6 +147,7 @@ def _check_files(cfg: LoadedConfig) -> None:
                 problems.extend(checks.reference(cfg, ("interventions", i, field), path))
         if iv.contrast is not None and iv.contrast.file is not None:
             problems.extend(_contrast_pairs(cfg, ("interventions", i, "contrast", "file"), iv.contrast.file))
+    problems.extend(sae_plan.file_problems(cfg))  # SAEs: every tensor's name and shape
     if problems:
         raise ConfigError(problems)
 

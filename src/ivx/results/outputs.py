@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ivx.config.schema import Corrupt
 from ivx.methods import registry
-from ivx.results import controls, gridplot, plots, readouts, rundir, tracing
+from ivx.results import controls, gridplot, plots, readouts, rundir, sae_plots, tracing
+from ivx.results import sae as sae_report
 from ivx.results.summary import contrast_warnings, scoring_warnings, summarize
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def write(
             plots.write_all(run_dir, variant, mine, {"trace": trace} if trace else {}, suffix)
         what = gridplot.describe([iv.model_dump() for iv in exp.interventions], exp.corrupt is not None)
         gridplot.write(run_dir, summary, what)
+        sae_plots.write(run_dir, summary)  # attribution over SAE features, if any
 
 
 def _summary(
@@ -114,6 +116,10 @@ def _summary(
         if labelled:
             summary["traces"] = traces
     summary.update(registry.summary(executors, [p.label for p in preps], rows))  # the method's own part
+    saes, sae_warnings = sae_report.section(prep, executors[0])
+    if saes:
+        summary["saes"] = saes
+        summary["warnings"] = summary.get("warnings", []) + sae_warnings
     return summary, traces
 
 

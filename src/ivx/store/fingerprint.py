@@ -136,6 +136,12 @@ def inputs(cfg: LoadedConfig, lm: Any) -> dict[str, str]:
             for value in (axes.get(bound[path]) or []) if path in bound else [ref]:
                 if isinstance(value, str) and not value.startswith("$"):
                     out.update(_reference(cfg, value))
+    for entry in cfg.experiment.saes:  # SAEs (`saes:` and interventions' own `sae:` directories)
+        out.update(_reference(cfg, entry.path))
+    names = {entry.name for entry in cfg.experiment.saes}
+    for iv in cfg.experiment.interventions:
+        if iv.sae is not None and iv.sae not in names:
+            out.update(_reference(cfg, iv.sae))
     out.update(_model(lm))
     return out
 

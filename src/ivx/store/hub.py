@@ -91,7 +91,7 @@ def _client(token: str | None) -> HubClient:
 
 
 def files_of(path: Path) -> list[tuple[str, int]]:
-    """(path in repo, bytes) of everything `ivx push` would upload from a bundle or run directory."""
+    """(path in repo, bytes) of everything `ivx push` would upload from a bundle, run or SAE directory."""
     path = Path(path)
     if (path / "ivx_bundle.json").is_file():
         pass
@@ -99,9 +99,12 @@ def files_of(path: Path) -> list[tuple[str, int]]:
         status = json.loads((path / "manifest.json").read_text()).get("status")
         if status != "complete":
             raise HubError(f"run {path} has status {status!r}; only complete runs can be pushed")
+    elif (path / "cfg.json").is_file() and (path / "sae_weights.safetensors").is_file():
+        pass  # an SAE directory in SAELens's layout (e.g. a bundled one)
     else:
         raise HubPathError(
-            f"{path} is neither an ivx bundle (ivx_bundle.json) nor a run directory (manifest.json)"
+            f"{path} is neither an ivx bundle (ivx_bundle.json), a run directory (manifest.json) nor an "
+            "SAE directory (cfg.json + sae_weights.safetensors)"
         )
     out = []
     for file in sorted(path.rglob("*")):
@@ -212,3 +215,9 @@ def pull(ref: str, out: Path | None = None) -> Path:
     out = Path(out)
     shutil.copytree(local, out, dirs_exist_ok=True)
     return out
+
+
+def explain(exc: Exception, repo: str) -> HubError:
+    """One clear HubError for a failed Hub call on `repo` (the cause's status, timeout or network)."""
+    cause = exc.__cause__ or exc.__context__
+    return _explain(cause if isinstance(cause, Exception) else exc, repo)

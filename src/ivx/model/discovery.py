@@ -1,0 +1,107 @@
+"""The decoder blocks and their attention and feed-forward, found from the module tree.
+
+For architectures without a row in `layouts.LAYOUTS`. The blocks are the `ModuleList` of
+composite modules whose length is one of the config's layer counts (also a multimodal wrapper's
+`text_config`, an encoder-decoder's `decoder_layers`), preferring a decoder or language model
+over an encoder or vision tower. Inside a block, the attention output is the attention's
+contribution before the residual add (BERT-style blocks keep that in `attention.output.dense`,
+before their add-and-norm), and the feed-forward is an `mlp`-like child, or two linears on the
+block (`fc1` → `fc2`: BART, mBART, Marian, PLBart, MVP, BioGPT, OPT-like), or BERT's
+`intermediate.dense` → `output.dense`: `mlp_output` is always the second linear's output, the
+block's feed-forward contribution before its residual add (and, post-norm, its layer norm).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
+OTHER_MODALITIES = ("vision", "visual", "audio", "image", "vqmodel", "speech")
+ATTENTIONS = ("self_attn", "attn", "attention", "self_attention", "multi_head_attention")
+# (module whose input is mlp_input, module whose output is mlp_output)
+FFNS = (
+    ("mlp", "mlp"),
+    ("feed_forward", "feed_forward"),
+    ("ffn", "ffn"),
+    ("block_sparse_moe", "block_sparse_moe"),  # a mixture of experts: its output, routing included
+    ("moe", "moe"),
+    ("fc1", "fc2"),
+    ("intermediate", "output.dense"),
+)
+
+
+def has(model: Any, path: str) -> bool:
+    """Whether the model has a submodule at `path`."""
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def layer_counts(config: Any) -> set[int]:
+    """Every layer count the config (or its text config) states."""
+    found = set()
+    for cfg in (config, getattr(config, "text_config", None), getattr(config, "decoder", None)):
+        for name in LAYER_COUNTS:
+            value = getattr(cfg, name, None) if cfg is not None else None
+            if isinstance(value, int) and value > 0:
+                found.add(value)
+    return found
+
+
+# architectures whose blocks cannot be given ivx's meaning of a position, with the reason
+REFUSED = {
+    "cpmant": "CPM-Ant prepends prompt_types × prompt_length learned prompt positions inside the model, "
+    "so its blocks' positions are not the prompt's tokens: ivx cannot place positions in its blocks",
+    "hrm_text": "HRM runs its two stacks of blocks several times per forward (H_cycles × L_cycles), so a "
+    "block has no single input or output to patch",
+}
+
+
+def refusal(config: Any) -> str | None:
+    """Why ivx cannot hook this architecture's blocks, or None."""
+    return REFUSED.get(getattr(config, "model_type", ""))
+
+
+def streams(config: Any) -> int:
+    """Residual streams per position: DeepSeek-V4's hyper-connections keep `hc_mult` of them
+    (`[batch, seq, hc_mult, hidden]` between blocks, so no block input or output is one vector per
+    position and `block_input` / `block_output` are not listed); 1 for every other model."""
+    value = getattr(getattr(config, "text_config", None) or config, "hc_mult", 1)
+    return value if isinstance(value, int) and value > 1 else 1
+
+
+def blocks(model: Any) -> str | None:
+    """Path of the decoder blocks' ModuleList, or None when there is none to find."""
+    import torch
+
+    counts = layer_counts(model.config)
+    lists = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList)
+        and len(module) in counts
+        and any(True for _ in module[0].children())  # blocks have parts; per-layer norms do not
+    ]
+    # a decoder or language model first, then a text encoder (BERT-style decoders), then anything
+    ranked = sorted(lists, key=lambda n: (any(w in n.lower() for w in OTHER_MODALITIES), "encoder" in n))
+    return ranked[0] if ranked else None
+
+
+def attention(model: Any, block: str) -> tuple[str, str] | None:
+    """(module whose input is attention_input, module whose output is attention_output), or None."""
+    for name in ATTENTIONS:
+        if has(model, f"{block}.{name}"):
+            if has(model, f"{block}.{name}.output.dense"):  # BERT-style: dense, then add & norm
+                return name, f"{name}.output.dense"
+            return name, name
+    return None
+
+
+def feed_forward(model: Any, block: str) -> tuple[str, str] | None:
+    """(module whose input is mlp_input, module whose output is mlp_output), or None."""
+    for first, second in FFNS:
+        if has(model, f"{block}.{first}") and has(model, f"{block}.{second}"):
+            return first, second
+    return None
