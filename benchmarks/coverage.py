@@ -30,7 +30,7 @@ import coverage_models  # noqa: E402
 import coverage_oracle as oracle  # noqa: E402
 import coverage_page  # noqa: E402
 
-from ivx.core.errors import UserError  # noqa: E402
+from ivx.model.components import ComponentError  # noqa: E402
 
 BASE = "When Mary and John went to the store , John gave a drink to"
 SOURCE = "When Tom and James went to the park , James gave a ball to"
@@ -61,9 +61,11 @@ def _short(error: BaseException, limit: int = 160) -> str:
     return f"{type(error).__name__}: {text[:limit]}"
 
 
-def _config(lm_dir: Path, comps: list[str], head: bool, out: str, batch: dict[str, bool]) -> dict[str, Any]:
-    """An ivx experiment patching `comps` at every layer × POSITIONS from the source prompt."""
-    layer: Any = [0] if comps == ["embedding"] else "all"
+def _config(
+    lm_dir: Path, comps: list[str], head: bool, out: str, batch: dict[str, bool], layers: list[int]
+) -> dict[str, Any]:
+    """An ivx experiment patching `comps` at `layers` × POSITIONS from the source prompt."""
+    layer: Any = [0] if comps == ["embedding"] else layers
     iv = {"kind": "vanilla", "component": "$component", "layer": "$layer", "position": "$position"}
     return {
         "name": "coverage",
@@ -88,12 +90,18 @@ def _ivx_cells(model: Any, cfg: dict[str, Any]) -> tuple[dict[tuple[str, int, in
     return cells, run.manifest
 
 
-def _groups(components: tuple[str, ...]) -> list[tuple[list[str], bool]]:
-    """The runs one setting needs: plain components, head components (one head), the embedding."""
-    comps = [c for c in components if c not in SKIPPED]
-    plain = [c for c in comps if not c.startswith("head_") and c != "embedding"]
-    heads = [c for c in comps if c.startswith("head_")]
-    return [(g, h) for g, h in ((plain, False), (heads, True), (["embedding"] * ("embedding" in comps), False)) if g]
+def _groups(info: Any) -> list[tuple[list[str], bool, list[int]]]:
+    """The runs one setting needs: plain components, head components (one head), the embedding;
+    each at the layers where it exists (a hybrid's blocks differ by layer)."""
+    comps = [c for c in info.components if c not in SKIPPED]
+    groups: dict[tuple[bool, tuple[int, ...]], list[str]] = {}
+    for comp in comps:
+        layers = tuple(i for i in range(info.n_layers) if not info.layers or comp in info.layers[i])
+        key = (comp.startswith("head_"), (0,) if comp == "embedding" else layers)
+        groups.setdefault(key, []).append(comp)
+    embedding = groups.pop((False, (0,)), []) if "embedding" in comps else []
+    rest = [(g, head, list(layers)) for (head, layers), g in groups.items()]
+    return rest + ([(embedding, False, [0])] if embedding else [])
 
 
 def _check_cells(model: Any, lm: Any, cells: dict, head: bool, ids: tuple[Any, Any]) -> dict[str, float]:
@@ -139,26 +147,34 @@ def _setting(model: Any, lm: Any, lm_dir: Path, batch: dict[str, bool], out: str
     """Every component's verdict and the manifest's shortcuts for one batch setting."""
     verdicts: dict[str, str] = {}
     shortcuts: dict[str, Any] = {}
-    for comps, head in _groups(lm.info.components):
-        more, found = _setting_one(model, lm, lm_dir, batch, out, ids, comps, head)
+    for comps, head, layers in _groups(lm.info):
+        more, found = _setting_one(model, lm, lm_dir, batch, out, ids, comps, head, layers)
         verdicts.update(more)
         shortcuts = shortcuts or found
     return verdicts, shortcuts
 
 
 def _setting_one(
-    model: Any, lm: Any, lm_dir: Path, batch: dict[str, bool], out: str, ids: tuple, comps: list[str], head: bool
+    model: Any,
+    lm: Any,
+    lm_dir: Path,
+    batch: dict[str, bool],
+    out: str,
+    ids: tuple,
+    comps: list[str],
+    head: bool,
+    layers: list[int],
 ) -> tuple[dict, dict]:
     """Verdicts of one run over `comps` (each component alone when the run fails)."""
     verdicts: dict[str, str] = {}
     shortcuts: dict[str, Any] = {}
     if comps:
         try:
-            cells, manifest = _ivx_cells(model, _config(lm_dir, comps, head, out, batch))
+            cells, manifest = _ivx_cells(model, _config(lm_dir, comps, head, out, batch, layers))
         except Exception as error:  # noqa: BLE001 - the table records every failure
             if len(comps) > 1:  # find which components fail
                 for comp in comps:
-                    more, found = _setting_one(model, lm, lm_dir, batch, out, ids, [comp], head)
+                    more, found = _setting_one(model, lm, lm_dir, batch, out, ids, [comp], head, layers)
                     verdicts.update(more)
                     shortcuts = shortcuts or found
             else:
@@ -193,7 +209,7 @@ def _check(model_type: str, root: Path, with_plain: bool) -> Result:
         return result
     try:
         model = ivx.Model(str(lm_dir))
-    except UserError as error:  # ivx's own refusal, with its reason
+    except ComponentError as error:  # ivx's own refusal, with its reason
         result.status, result.reason = "refused", f"ivx refuses it: {_short(error, 300)}"
         return result
     except Exception as error:  # noqa: BLE001

@@ -39,6 +39,8 @@ def _hook(module: Any, side: str, fn: Any) -> Iterator[None]:
             new = fn(_tensor(output))
             if new is None:
                 return None
+            if isinstance(output, list):  # OpenAI GPT's blocks return lists
+                return [new, *output[1:]]
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         handle = module.register_forward_hook(out_hook)

@@ -116,6 +116,10 @@ def test_bad_weights_are_found_before_anything_runs(tiny_model_dir, tmp_path: Pa
 
     bad = saes.save(saes.random_sae(d_in=32, d_sae=8, hook_name="blocks.0.hook_resid_post"), tmp_path / "bad")
     tensors = load_file(str(bad / "sae_weights.safetensors"))
-    save_file({**tensors, "W_dec": tensors["W_dec"][:, :5].contiguous()}, str(bad / "sae_weights.safetensors"))
+    save_file(
+        {**tensors, "W_dec": tensors["W_dec"][:, :5].contiguous()}, str(bad / "sae_weights.safetensors")
+    )
     found = _problems(_config(tmp_path, tiny_model_dir("gpt2"), {"kind": "zero", "sae": "bad", "feature": 0}))
-    assert any("interventions[0].sae" in p and "W_dec: shape [8, 5], expected [8, 32]" in p for p in found), found
+    assert any("interventions[0].sae" in p and "W_dec: shape [8, 5], expected [8, 32]" in p for p in found), (
+        found
+    )

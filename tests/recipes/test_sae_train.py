@@ -177,3 +177,25 @@ def test_sections_the_command_does_not_read_are_problems(tmp_path: Path) -> None
     assert result.exit_code == 2, result.output
     unread = [line for line in result.output.splitlines() if "does not read" in line]
     assert [line.split()[1] for line in unread] == ["interventions", "metrics"]
+
+
+def test_a_standard_sae_trains_resamples_and_loads_as_relu(tmp_path: Path) -> None:
+    section = {
+        "component": "mlp_output",
+        "layer": 1,
+        "architecture": "standard",
+        "l1_coefficient": 2.0,
+        "d_sae": 64,
+        "steps": 8,
+        "batch_size": 32,
+        "dead_after": 2,
+        "resample_every": 3,
+    }
+    config = write(tmp_path, section)
+    run_dir = recipe.train(config, (), str(tmp_path / "runs"))
+    sae = saes.load(run_dir)
+    assert (sae.architecture, sae.k, sae.hook_name) == ("standard", None, "blocks.1.hook_mlp_out")
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "resampled" in m] == [3, 6]  # never in the last fifth
+    x = torch.randn(5, 128, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sae.encode(x), ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).relu())

@@ -27,7 +27,9 @@ def test_sae_files_are_fingerprinted(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
     lm = SimpleNamespace(path=tmp_path / "no-model", name="m", revision="r", model=None)
     before = fingerprint.inputs(loader.load(tmp_path / "c.yaml"), lm)
-    assert {str(tmp_path / d / f) for d in "ab" for f in ("cfg.json", "sae_weights.safetensors")} <= set(before)
+    assert {str(tmp_path / d / f) for d in "ab" for f in ("cfg.json", "sae_weights.safetensors")} <= set(
+        before
+    )
     saes.save(saes.random_sae(seed=3), tmp_path / "b")
     fingerprint._CACHE.clear()
     after = fingerprint.inputs(loader.load(tmp_path / "c.yaml"), lm)

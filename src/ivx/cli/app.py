@@ -122,11 +122,8 @@ def validate(
     """Check a config for a command (schema, ignored fields, files, model-aware checks) and print the
     plan size and estimates: what `ivx run|generate|train` would reject, validate rejects."""
 
-    if command is Command.sae_train:  # `ivx sae train` trains on activations: no plan of cells
-        from ivx.cli.sae import print_check
-
-        print_check(config, tuple(set_ or ()), weights)
-        return
+    if command is Command.sae_train:  # `ivx sae train` trains on activations: no plan of cells (cli/sae.py)
+        return importlib.import_module("ivx.cli.sae").print_check(config, tuple(set_ or ()), weights)
     from ivx.plan.edits import Mode
     from ivx.recipes import prepare
 

@@ -164,6 +164,11 @@ class ShortcutState:
                     self.why_off["prefix_reuse"] = (
                         f"cache check failed with {type(exc).__name__}: {str(exc)[:100]}"
                     )
+                    if (
+                        self.why_off["layer_reuse"] is None
+                        and kvcache.no_prefix_state(self.work.lm.model) is None
+                    ):
+                        self.why_off["layer_reuse"] = "needs prefix reuse"
                     self.caches.clear()
                 else:
                     self.caches[cell.prompt] = kept

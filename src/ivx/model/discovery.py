@@ -54,6 +54,12 @@ def layer_counts(config: Any) -> set[int]:
 REFUSED = {
     "cpmant": "CPM-Ant prepends prompt_types × prompt_length learned prompt positions inside the model, "
     "so its blocks' positions are not the prompt's tokens: ivx cannot place positions in its blocks",
+    "prophetnet": "ProphetNet's decoder blocks run the main stream and its n-gram predicting streams "
+    "concatenated along the sequence axis, so a block's positions are not the prompt's tokens",
+    "xlm": "XLM keeps its attentions, norms and feed-forwards in separate per-layer lists, not blocks, "
+    "so there is no block input or output to hook",
+    "xlnet": "XLNet's layers run a two-stream (content and query) attention over a permutation of the "
+    "positions, not a causal stack of blocks",
     "hrm_text": "HRM runs its two stacks of blocks several times per forward (H_cycles × L_cycles), so a "
     "block has no single input or output to patch",
 }

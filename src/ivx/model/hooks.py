@@ -195,9 +195,11 @@ def _shape_hook(shape: dict[str, int]) -> Any:
 
 def _output_hook(groups: list[tuple[Site, list[Patch]]], shape: dict[str, int]) -> Any:
     def hook(module: Any, args: Any, output: Any) -> Any:
-        raw = output[0] if isinstance(output, tuple) else output
+        raw = output[0] if isinstance(output, tuple | list) else output
         for site, patches in groups:
             raw = apply(site, raw, patches, shape)
+        if isinstance(output, list):  # OpenAI GPT's blocks return lists
+            return [raw, *output[1:]]
         if isinstance(output, tuple):
             return (raw, *output[1:])
         return raw
@@ -255,7 +257,7 @@ def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Te
             if hook == "output":
 
                 def out_hook(mod: Any, args: Any, output: Any, group: list[Site] = group) -> None:
-                    record(group, output[0] if isinstance(output, tuple) else output)
+                    record(group, output[0] if isinstance(output, tuple | list) else output)
 
                 handles.append(module.register_forward_hook(out_hook))
             else:

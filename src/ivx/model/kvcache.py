@@ -59,7 +59,10 @@ def layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         kinds = [type(layer).__name__ for layer in cache.layers if not hasattr(layer, "keys")]
         if kinds:
             raise TypeError(f"cache layers without keys and values: {', '.join(sorted(set(kinds)))}")
-        return [(layer.keys, layer.values) for layer in cache.layers]
+        pairs = [(layer.keys, layer.values) for layer in cache.layers]
+        while pairs and pairs[-1][0] is None:  # layers the config counts but no block uses (BART's
+            pairs.pop()  # causal LM sizes its cache by the encoder's layer count)
+        return pairs
     return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers 4.x
 
 
