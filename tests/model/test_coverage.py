@@ -33,7 +33,7 @@ SUBSET = {
     "bloom": {"attention_output", "mlp_output"},
     "falcon": {"attention_output", "mlp_output"},
     "gemma3": {"block_output", "attention_output", "mlp_output"},
-    "biogpt": {"attention_output", "mlp_input", "mlp_output"},
+    "bart": {"attention_output", "mlp_input", "mlp_output"},
     "bert": {"attention_output", "mlp_output"},
     "mixtral": {"head_key_output", "mlp_output"},
 }

@@ -79,11 +79,11 @@ def train_command(
         with rundir.signals_interrupt():
             where = str(out) if out else None
             run_dir = train(config or Path(), tuple(set_ or ()), where, resume, bar, started.append)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         bar.close()
         target = started[0] if started else "RUN_DIR"
         typer.echo(f"interrupted; continue with: ivx sae train --resume {target}", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if "SIGTERM" in str(exc) else 130) from None
     finally:
         bar.close()
     summary = json.loads((run_dir / "summary.json").read_text())

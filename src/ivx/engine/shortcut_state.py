@@ -81,6 +81,8 @@ class ShortcutState:
         self.noop_cells = 0  # cells answered by the corrupted baseline without a forward pass
         self._divergences: dict[tuple[int, str], int] = {}
         self._replay_error: str | None = None  # why the last probe failed, if it raised
+        # recurrent layers: no prefix state, and layer reuse runs without prefix reuse
+        self.recurrent = kvcache.no_prefix_state(work.lm.model) is not None
 
     def on(self, name: str) -> bool:
         """Whether a shortcut is on: enabled in the config and proven by its probe on this model."""
@@ -161,13 +163,12 @@ class ShortcutState:
                 try:
                     kept = [(k[rows].clone(), v[rows].clone()) for k, v in kvcache.layers(cache)]
                 except Exception as exc:  # noqa: BLE001 - a cache ivx cannot cut: run without it
+                    recurrent = kvcache.no_prefix_state(self.work.lm.model, cache)
+                    self.recurrent = self.recurrent or recurrent is not None
                     self.why_off["prefix_reuse"] = (
-                        f"cache check failed with {type(exc).__name__}: {str(exc)[:100]}"
+                        recurrent or f"cache check failed with {type(exc).__name__}: {str(exc)[:100]}"
                     )
-                    if (
-                        self.why_off["layer_reuse"] is None
-                        and kvcache.no_prefix_state(self.work.lm.model) is None
-                    ):
+                    if self.why_off["layer_reuse"] is None and not self.recurrent:
                         self.why_off["layer_reuse"] = "needs prefix reuse"
                     self.caches.clear()
                 else:
@@ -243,8 +244,11 @@ class ShortcutState:
                     f"{self._replay_error or 'results differ from the plain forward'} "
                     f"(transformers {version}); switched off"
                 )
-        recurrent = kvcache.no_prefix_state(self.work.lm.model) is not None  # layer reuse runs without it
-        if self.why_off["prefix_reuse"] is not None and self.why_off["layer_reuse"] is None and not recurrent:
+        if (
+            self.why_off["prefix_reuse"] is not None
+            and self.why_off["layer_reuse"] is None
+            and not self.recurrent
+        ):
             self.why_off["layer_reuse"] = "needs prefix reuse"
         if self.why_off["defer_head"] is not None and self.why_off["trim_final"] is None:
             self.why_off["trim_final"] = "needs the deferred head"

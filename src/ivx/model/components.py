@@ -199,7 +199,7 @@ def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
     d = info.d_model
     if component == "embedding":
         path = next(n for n, m in model.named_modules() if m is model.get_input_embeddings())
-        e = _cfg(model.config, "embedding_size", default=d)  # ELECTRA: projected to d_model later
+        e = _cfg(model.config, "embedding_size", "input_embedding_size", default=d)  # ELECTRA, RemBERT
         return Site(component, 0, path, "output", 1, e, 0, e, 1)
     _, row, blocks = layout(model)
     block = f"{blocks}.{layer}"

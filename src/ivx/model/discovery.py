@@ -39,6 +39,11 @@ def has(model: Any, path: str) -> bool:
         return False
 
 
+def _single(model: Any, path: str) -> bool:
+    """Whether `path` is one module that runs once (not a list of them: LongCat's two attentions)."""
+    return has(model, path) and type(model.get_submodule(path)).__name__ not in ("ModuleList", "ModuleDict")
+
+
 def layer_counts(config: Any) -> set[int]:
     """Every layer count the config (or its text config) states."""
     found = set()
@@ -98,7 +103,7 @@ def blocks(model: Any) -> str | None:
 def attention(model: Any, block: str) -> tuple[str, str] | None:
     """(module whose input is attention_input, module whose output is attention_output), or None."""
     for name in ATTENTIONS:
-        if has(model, f"{block}.{name}"):
+        if _single(model, f"{block}.{name}"):
             if has(model, f"{block}.{name}.output.dense"):  # BERT-style: dense, then add & norm
                 return name, f"{name}.output.dense"
             return name, name
@@ -108,6 +113,6 @@ def attention(model: Any, block: str) -> tuple[str, str] | None:
 def feed_forward(model: Any, block: str) -> tuple[str, str] | None:
     """(module whose input is mlp_input, module whose output is mlp_output), or None."""
     for first, second in FFNS:
-        if has(model, f"{block}.{first}") and has(model, f"{block}.{second}"):
+        if _single(model, f"{block}.{first}") and _single(model, f"{block}.{second}"):
             return first, second
     return None

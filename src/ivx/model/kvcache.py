@@ -36,19 +36,20 @@ def returned(out: Any) -> Any:
     return None
 
 
-def no_prefix_state(model: Any) -> str | None:
+def no_prefix_state(model: Any, cache: Any = None) -> str | None:
     """Why a cache of this model cannot be cut to a prefix (None: it can, a KV cache).
 
     A state-space or linear-attention layer keeps one state per sequence, the state after its
     last token; continuing from position p needs the state at p, which transformers' caches do
-    not keep (`LinearAttentionLayer` has the final state only).
+    not keep (`LinearAttentionLayer` has the final state only). Known from the model's modules,
+    or from a `cache` it returned that holds such layers.
     """
-    if not mixers.recurrent(model):
+    held = [layer for layer in getattr(cache, "layers", None) or [] if hasattr(layer, "conv_states")]
+    if not (mixers.recurrent(model) or held):
         return None
     return (
         "recurrent layers (state-space, linear attention or short convolution): transformers' cache keeps "
-        "only the state "
-        "after the last token, not the state at the reused prefix's end"
+        "only the state after the last token, not the state at the reused prefix's end"
     )
 
 

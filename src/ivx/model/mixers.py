@@ -162,7 +162,10 @@ def missing(component: str, layer: int, per_layer: tuple[tuple[str, ...], ...], 
     return f"component {component!r} does not exist at layer {layer} of {model_type} ({kind}){at}"
 
 
-RECURRENT = ("Mamba", "Mixer", "ShortConv", "GatedDeltaNet", "Recurrent", "LinearAttention", "Rwkv", "LSTM")
+RECURRENT = (
+    "Mamba", "Mixer", "ShortConv", "DeltaNet", "DeltaAttention", "Recurrent", "LinearAttention",
+    "Rwkv", "LSTM",
+)  # fmt: skip
 
 
 def recurrent(model: Any) -> bool:

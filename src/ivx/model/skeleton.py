@@ -36,7 +36,7 @@ PROBES = (
     "model_type", "text_config", "num_hidden_layers", "n_layer", "num_layers", "hidden_size", "n_embd",
     "d_model", "num_attention_heads", "n_head", "num_key_value_heads", "head_dim", "intermediate_size",
     "n_inner", "ffn_dim", "vocab_size", "max_position_embeddings", "n_positions", "n_ctx", "seq_length",
-    "use_parallel_residual", "tie_word_embeddings", "embedding_size",
+    "use_parallel_residual", "tie_word_embeddings", "embedding_size", "input_embedding_size",
 )  # fmt: skip
 _ABSENT = {"__ivx_absent__": True}  # recorded for an attribute the config does not have
 

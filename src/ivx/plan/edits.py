@@ -225,10 +225,11 @@ def _layers(scope: _Scope, info: ModelInfo, iv: Intervention) -> list[int]:
             )
             continue
         layers += [lay for lay in _window(concrete, size, info.n_layers) if lay not in layers]
-    hybrid = info.layers and iv.component != "embedding"
-    absent = [lay for lay in layers if hybrid and iv.component not in info.layers[lay]]
-    for lay in absent:  # a hybrid's blocks differ: the component exists at some layers only
-        scope.report("layer", mixers.missing(str(iv.component), lay, info.layers, info.model_type))
+    per_layer = getattr(info, "layers", ()) if iv.component != "embedding" else ()
+    # a hybrid's blocks differ: some components exist at some layers only
+    absent = [lay for lay in layers if per_layer and iv.component not in per_layer[lay]]
+    for lay in absent:
+        scope.report("layer", mixers.missing(str(iv.component), lay, per_layer, info.model_type))
     return [lay for lay in layers if lay not in absent]
 
 
