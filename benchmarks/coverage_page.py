@@ -22,8 +22,10 @@ hand-written PyTorch hook doing the same replacement in a plain forward (`benchm
 absolute logit difference is at most 1e-4 (ivx runs many cells per forward, the oracle one).
 `head_attention_pattern` is checked separately (`tests/model/test_attention_pattern.py`).
 
-Regenerate: `python benchmarks/coverage.py --write docs/coverage.md` (about ten minutes on two
-cores); one architecture: `python benchmarks/coverage.py --arch mamba`. The tests run a fixed
+Regenerate: `python benchmarks/coverage.py --json benchmarks/coverage_rows.json --write
+docs/coverage.md` (about twenty minutes on two busy cores); one architecture: `python
+benchmarks/coverage.py --arch mamba`; re-check some and keep the other rows: add
+`--rows benchmarks/coverage_rows.json --arch mamba --arch bamba`. The tests run a fixed
 subset, one per family (`tests/model/test_coverage.py`), and the whole table in the slow tier.
 Components not in the table's vocabulary can still be reached by module path
 ([module_paths.md](module_paths.md)).
@@ -46,8 +48,12 @@ What the table does not list, and why:
 - **DeepSeek-V4** keeps `hc_mult` residual streams per position (hyper-connections: `[batch, seq,
   4, hidden]` between blocks), so `block_input` / `block_output` are not listed; its attention and
   MLP components are.
-- **CPM-Ant** (learned prompt positions prepended inside the model) and **HRM** (blocks run several
-  times per forward) are refused with that reason.
+- **Refused with the reason** (`model/discovery.py`): CPM-Ant and ProphetNet (their blocks' positions
+  are not the prompt's tokens: learned prompt positions, n-gram streams), HRM (blocks run several
+  times per forward), XLM (no blocks: per-layer lists of attentions and feed-forwards), XLNet
+  (two-stream attention over a permutation, not a causal stack).
+- **Multimodal wrappers** (`*ForConditionalGeneration` in the causal-LM mapping: Gemma 3, Fuyu,
+  GOT-OCR2, …) are patched in their language model's blocks.
 - **CUDA-only kernels**: none found — where transformers has a fused kernel (xIELU,
   `causal_conv1d`, the Mamba kernels) it falls back to a PyTorch path on CPU, and the table measures
   that path.

@@ -60,6 +60,8 @@ def layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
         kinds = [type(layer).__name__ for layer in cache.layers if not hasattr(layer, "keys")]
         if kinds:
             raise TypeError(f"cache layers without keys and values: {', '.join(sorted(set(kinds)))}")
+        if any(getattr(layer, "indexer_keys", None) is not None for layer in cache.layers):
+            raise TypeError("the cache also holds sparse-attention indexer keys, which ivx does not rebuild")
         pairs = [(layer.keys, layer.values) for layer in cache.layers]
         while pairs and pairs[-1][0] is None:  # layers the config counts but no block uses (BART's
             pairs.pop()  # causal LM sizes its cache by the encoder's layer count)

@@ -32,7 +32,8 @@ def problems(cfg: LoadedConfig, lm: Any) -> list[Problem]:
     for i, iv in enumerate(cfg.experiment.interventions):
         if sweeps.is_ref(iv.component):  # a swept component: check each path value where it is written
             axis = str(iv.component)[1:]
-            values = axes.get(axis) if isinstance(axes.get(axis), list) else []
+            found_values = axes.get(axis)
+            values: list[Any] = found_values if isinstance(found_values, list) else []
             named = [(sweeps.value_path(cfg.experiment.sweep, axis, j), v) for j, v in enumerate(values)]
         else:
             named = [(("interventions", i, "component"), iv.component)]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ivx.core.errors import UserError
-from ivx.store import hub
+from ivx.store import hub, sae_assets
 
 if TYPE_CHECKING:
     import torch
@@ -46,7 +46,10 @@ def split_ref(ref: str) -> tuple[str, str, str | None]:
 
 
 def resolve(ref: str | Path, base_dir: Path | None = None, revision: str | None = None) -> Path:
-    """The local directory of an SAE reference (a folder, or hf://… downloaded into the HF cache)."""
+    """The local directory of an SAE reference (a bundled name such as `ivx-toy-sae`, a folder, or
+    hf://… downloaded into the HF cache)."""
+    if (found := sae_assets.bundled(ref)) is not None:
+        return found
     if isinstance(ref, str) and ref.startswith("hf://"):
         return _download(ref, revision)
     path = Path(ref)
