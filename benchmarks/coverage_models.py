@@ -36,7 +36,9 @@ SHRINK: dict[str, Any] = {
     **dict.fromkeys(("n_group", "topk_group", "first_k_dense_replace", "num_expert_group"), 1),
     **dict.fromkeys(("num_experts_per_token",), 2),
     **dict.fromkeys(("q_lora_rank", "kv_lora_rank", "index_head_dim"), 16),
-    **dict.fromkeys(("vocab_size", "padded_vocab_size"), VOCAB),
+    **dict.fromkeys(("vocab_size", "padded_vocab_size", "unpadded_vocab_size"), VOCAB),
+    **dict.fromkeys(("attention_hidden_size",), 128),  # Zamba: attention over [hidden, embeddings]
+    **dict.fromkeys(("moe_shared_expert_intermediate_size",), 32),
     **dict.fromkeys(("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length"), 128),
     **dict.fromkeys(("dropout", "attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop"), 0.0),
     **dict.fromkeys(("attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob"), 0.0),
@@ -62,7 +64,9 @@ NULLABLE = ("head_dim", "num_key_value_heads", "num_experts_per_tok")  # None me
 EXTRA: dict[str, dict[str, Any]] = {
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
     "mamba2": {"num_heads": 8, "head_dim": 16},
+    "zamba": {"attention_head_dim": 32},
     "zamba2": {"attention_head_dim": 32},
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
     "reformer": {"is_decoder": True, "attn_layers": ["local", "lsh"]},
 }
 
