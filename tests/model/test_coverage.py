@@ -43,7 +43,9 @@ def _installed(model_type: str) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        pytest.skip(f"{model_type} is not in transformers {metadata.version('transformers')}'s causal-LM mapping")
+        pytest.skip(
+            f"{model_type} is not in transformers {metadata.version('transformers')}'s causal-LM mapping"
+        )
 
 
 @pytest.mark.parametrize("model_type", sorted(SUBSET))
@@ -63,7 +65,9 @@ def test_an_architecture_that_cannot_be_built_is_listed_with_the_reason(tmp_path
     monkeypatch.setattr(coverage.coverage_models, "build", broken)
     result = coverage.check("gpt2", tmp_path)
     assert result.status == "unbuilt" and "needs the package `timm`" in result.reason
-    assert "unbuilt" in coverage.coverage_page.line(result) and "timm" in coverage.coverage_page.render([result])
+    assert "unbuilt" in coverage.coverage_page.line(result) and "timm" in coverage.coverage_page.render(
+        [result]
+    )
 
 
 def test_the_page_lists_every_architecture_of_its_transformers() -> None:

@@ -27,7 +27,13 @@ PATHS = {  # inside the MLP: the activation's output, the down projection's inpu
     "llama": ("model.layers.{layer}.mlp.down_proj", "input"),
     "gpt_neox": ("gpt_neox.layers.{layer}.mlp.act", "output"),
 }
-OFF = {"prefix_reuse": False, "layer_reuse": False, "defer_head": False, "trim_final": False, "skip_noop": False}
+OFF = {
+    "prefix_reuse": False,
+    "layer_reuse": False,
+    "defer_head": False,
+    "trim_final": False,
+    "skip_noop": False,
+}
 
 
 def _hooked(model, path: str, side: str, fn) -> torch.Tensor:
@@ -84,7 +90,11 @@ def _edit(kind: str, position: int, source: torch.Tensor):
 
 def _config(lm_dir: Path, component, kind: str, out: Path, batch: dict) -> dict:
     iv = {"kind": kind, "component": component, "layer": "$layer", "position": "$position"}
-    iv |= {"vanilla": {"source": "source"}, "scale": {"value": 3.0}, "addition": {"source": "source", "coefficient": 0.5}}.get(kind, {})
+    iv |= {
+        "vanilla": {"source": "source"},
+        "scale": {"value": 3.0},
+        "addition": {"source": "source", "coefficient": 0.5},
+    }.get(kind, {})
     return {
         "name": "paths",
         "model": {"name": str(lm_dir), "bos": False},
@@ -128,8 +138,15 @@ def test_down_proj_input_is_mlp_activation(tiny_model_dir) -> None:
     from ivx.model import components, hooks
 
     by_name = components.resolve(lm.model, lm.info, "mlp_activation", 1)
-    by_path = components.resolve(lm.model, lm.info, from_value({"module": "model.layers.{layer}.mlp.down_proj", "hook": "input"}), 1)
-    assert (by_path.module, by_path.hook, by_path.dim, by_path.layer) == (by_name.module, by_name.hook, by_name.dim, 1)
+    by_path = components.resolve(
+        lm.model, lm.info, from_value({"module": "model.layers.{layer}.mlp.down_proj", "hook": "input"}), 1
+    )
+    assert (by_path.module, by_path.hook, by_path.dim, by_path.layer) == (
+        by_name.module,
+        by_name.hook,
+        by_name.dim,
+        1,
+    )
     ids = torch.tensor([[3, 4, 5, 6, 7]])
     with torch.no_grad(), hooks.capturing(lm.model, [by_name, by_path]) as store:
         lm.model(ids)
@@ -139,15 +156,22 @@ def test_down_proj_input_is_mlp_activation(tiny_model_dir) -> None:
 def test_bad_paths_are_config_problems(tiny_model_dir, tmp_path: Path) -> None:
     from ivx.cli.app import app
 
-    cfg = _config(tiny_model_dir("llama"), {"module": "model.layers.{layer}.mlp.act_fm"}, "zero", tmp_path, {})
+    cfg = _config(
+        tiny_model_dir("llama"), {"module": "model.layers.{layer}.mlp.act_fm"}, "zero", tmp_path, {}
+    )
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 2, result.output
     assert "bad.yaml:" in result.output and "interventions[0].component" in result.output
-    assert "'model.layers.0.mlp.act_fm' does not exist" in result.output and "model.layers.0.mlp.act_fn" in result.output
+    assert (
+        "'model.layers.0.mlp.act_fm' does not exist" in result.output
+        and "model.layers.0.mlp.act_fn" in result.output
+    )
     swept = {**cfg, "sweep": {"component": ["mlp_output", "module:model.layers.{layer}.mlp.nope@input"]}}
-    swept["interventions"] = [{**cfg["interventions"][0], "component": "$component", "layer": 1, "position": 2}]
+    swept["interventions"] = [
+        {**cfg["interventions"][0], "component": "$component", "layer": 1, "position": 2}
+    ]
     path.write_text(yaml.safe_dump(swept, sort_keys=False))
     result = CliRunner().invoke(app, ["validate", str(path)])
     assert result.exit_code == 2 and "sweep.component[1]" in result.output, result.output
@@ -155,7 +179,10 @@ def test_bad_paths_are_config_problems(tiny_model_dir, tmp_path: Path) -> None:
     model = ivx.Model(str(tiny_model_dir("llama")))
     for component, message in (
         ({"module": "model.norm"}, "not inside a decoder block"),
-        ({"module": "model.layers.{layer}.mlp", "hook": "middle"}, "component.hook must be one of output, input"),
+        (
+            {"module": "model.layers.{layer}.mlp", "hook": "middle"},
+            "component.hook must be one of output, input",
+        ),
         ({"module": "model.layers.{layr}.mlp"}, "at most the placeholder {layer}"),
         ({"module": "model.layers.{layer}.mlp", "head": 1}, "takes only module and hook"),
     ):
@@ -166,7 +193,10 @@ def test_bad_paths_are_config_problems(tiny_model_dir, tmp_path: Path) -> None:
 def test_tensors_without_a_sequence_axis_are_refused() -> None:
     assert module_paths._checked_width("a.b", "output", (1, module_paths.PROBE, 8)) == 8
     assert module_paths._checked_width("a.b", "output", (module_paths.PROBE, 8)) == 8  # flattened tokens
-    for shape, message in (((1, 2, module_paths.PROBE, 8), r"shape \[1, 2, 4, 8\]"), ("Cache", "is a Cache, not a tensor")):
+    for shape, message in (
+        ((1, 2, module_paths.PROBE, 8), r"shape \[1, 2, 4, 8\]"),
+        ("Cache", "is a Cache, not a tensor"),
+    ):
         with pytest.raises(module_paths.ModulePathError, match=message):
             module_paths._checked_width("a.b", "output", shape)
 
@@ -175,8 +205,23 @@ def test_a_steering_vector_must_fit_the_module(tiny_model_dir, tmp_path: Path) -
     from safetensors.torch import save_file
 
     save_file({"iv0": torch.ones(7)}, str(tmp_path / "v.safetensors"))
-    cfg = _config(tiny_model_dir("llama"), {"module": "model.layers.{layer}.mlp.act_fn"}, "zero", tmp_path, {})
-    cfg["interventions"] = [{"kind": "addition", "component": {"module": "model.layers.{layer}.mlp.act_fn"}, "layer": 1, "position": 2, "vector": str(tmp_path / "v.safetensors")}]
+    cfg = _config(
+        tiny_model_dir("llama"), {"module": "model.layers.{layer}.mlp.act_fn"}, "zero", tmp_path, {}
+    )
+    cfg["interventions"] = [
+        {
+            "kind": "addition",
+            "component": {"module": "model.layers.{layer}.mlp.act_fn"},
+            "layer": 1,
+            "position": 2,
+            "vector": str(tmp_path / "v.safetensors"),
+        }
+    ]
     cfg.pop("sweep")
-    with pytest.raises(ConfigError, match="has 7 dims but module:model.layers.{layer}.mlp.act_fn@output has 64".replace("{", r"\{").replace("}", r"\}")):
+    with pytest.raises(
+        ConfigError,
+        match="has 7 dims but module:model.layers.{layer}.mlp.act_fn@output has 64".replace(
+            "{", r"\{"
+        ).replace("}", r"\}"),
+    ):
         ivx.Model(str(tiny_model_dir("llama"))).run(cfg)

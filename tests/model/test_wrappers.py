@@ -54,7 +54,9 @@ def test_bart_decoder_feed_forward_is_fc2(tmp_path: Path) -> None:
 def test_bert_decoder_attention_and_feed_forward_are_the_dense_outputs(tmp_path: Path) -> None:
     lm = _load("bert", tmp_path)
     assert set(NAMES) <= set(lm.info.components)
-    assert components.resolve(lm.model, lm.info, "attention_output", 0).module.endswith("attention.output.dense")
+    assert components.resolve(lm.model, lm.info, "attention_output", 0).module.endswith(
+        "attention.output.dense"
+    )
     assert components.resolve(lm.model, lm.info, "mlp_output", 0).module.endswith("output.dense")
     layer = lm.model.bert.encoder.layer[0]
     a = _acts(lm, 0, NAMES)
