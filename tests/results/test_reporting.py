@@ -141,8 +141,10 @@ def test_python_api_runs_a_dict_and_loads_tensors(tmp_path: Path, monkeypatch: p
         assert row["logit_diff_norm"] == pytest.approx(1.0, abs=1e-4)
 
 
-def test_ls_show_compare(head_run: tuple[Path, str], tmp_path: Path) -> None:
+def test_ls_show_compare(head_run: tuple[Path, str], tmp_path: Path, monkeypatch) -> None:
     import shutil
+
+    monkeypatch.setenv("COLUMNS", "200")  # one block per table: the columns are read by position
 
     run_dir, output = head_run
     listed = runner.invoke(app, ["ls", str(run_dir.parent)])
