@@ -26,7 +26,8 @@ sys.modules["ivx_coverage_bench"] = coverage
 _spec.loader.exec_module(coverage)
 
 # one per family: fused qkv, parallel residual, ALiBi, multi-query, post-norm blocks (OPT-like
-# fc1/fc2 on the block), a multimodal wrapper, an encoder-decoder's decoder, a BERT-style decoder, MoE
+# fc1/fc2 on the block), a multimodal wrapper, an encoder-decoder's decoder, a BERT-style decoder, MoE,
+# a flattened MoE, a gated-query hybrid
 SUBSET = {
     "gpt2": {"head_query_output", "mlp_activation", "residual_mid"},
     "gpt_neox": {"head_value_output", "mlp_output"},
@@ -36,6 +37,10 @@ SUBSET = {
     "bart": {"attention_output", "mlp_input", "mlp_output"},
     "bert": {"attention_output", "mlp_output"},
     "mixtral": {"head_key_output", "mlp_output"},
+    # MoE whose experts return flattened [b*s, d] tokens, patched while blocks are called directly
+    "llama4_text": {"mlp_output"},
+    # a hybrid whose q_proj also emits an output gate (no query components; keys, values exact)
+    "qwen3_next": {"mixer_output", "attention_output", "head_key_output"},
 }
 
 

@@ -47,6 +47,8 @@ def config_reasons(work: Workload) -> dict[str, str | None]:
             if not batch.layer_reuse
             else "needs prefix reuse"
             if not batch.prefix_reuse or all_logits
+            else f"{info.model_type} has no single block_output per position to resume from"
+            if "block_output" not in info.components
             else f"baseline block outputs ({state_bytes / 2**20:.0f} MiB) exceed half of batch.memory_gb"
             if state_bytes >= budget
             else None

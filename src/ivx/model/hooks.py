@@ -133,7 +133,7 @@ def patching(model: Any, patches: Sequence[Patch]) -> Iterator[None]:
         site = group[0].site
         by_module[(site.module, site.hook)].append((site, group))
     shape: dict[str, int] = {}
-    handles = _shape_hooks(model, shape)
+    handles = _shape_hooks(model, shape, [module for module, _ in by_module])
     writers = {path: [_pattern_writer(g)] for (path, hook), g in by_module.items() if hook == "pattern"}
     try:
         for (module_path, hook), groups in by_module.items():
@@ -173,11 +173,35 @@ def _pattern_writer(groups: list[tuple[Site, list[Patch]]]) -> patterns.PatternF
     return fn
 
 
-def _shape_hooks(model: Any, shape: dict[str, int]) -> list[Any]:
-    """Record input shapes at the model and at its backbone (which ivx may call on its own)."""
+def _shape_hooks(model: Any, shape: dict[str, int], paths: Sequence[str] = ()) -> list[Any]:
+    """Record input shapes at the model, at its backbone (which ivx may call on its own) and at the
+    decoder block holding each hooked module (the exact shortcuts call blocks directly, after
+    other forwards — the deferred head's one-token call — have run)."""
     backbone = getattr(model, "base_model", model)
     tops = [model] if backbone is model else [model, backbone]
-    return [m.register_forward_pre_hook(_shape_hook(shape), with_kwargs=True) for m in tops]
+    handles = [m.register_forward_pre_hook(_shape_hook(shape), with_kwargs=True) for m in tops]
+    for block in dict.fromkeys(b for b in map(_block_of, paths) if b is not None):
+        hook = _block_shape_hook(shape)
+        handles.append(_module(model, block).register_forward_pre_hook(hook, with_kwargs=True))
+    return handles
+
+
+def _block_of(path: str) -> str | None:
+    """The block holding a module below it (`model.layers.3.mlp` → `model.layers.3`), else None."""
+    parts = path.split(".")
+    index = max((i for i, part in enumerate(parts[:-1]) if part.isdigit()), default=None)
+    return None if index is None else ".".join(parts[: index + 1])
+
+
+def _block_shape_hook(shape: dict[str, int]) -> Any:
+    """Record the (batch, seq) of the hidden states entering a block."""
+
+    def hook(module: Any, args: tuple, kwargs: dict) -> None:
+        hidden: Any = args[0] if args else kwargs.get("hidden_states")
+        if getattr(hidden, "dim", None) is not None and hidden.dim() == 3:
+            shape["batch"], shape["seq"] = int(hidden.shape[0]), int(hidden.shape[1])
+
+    return hook
 
 
 def _shape_hook(shape: dict[str, int]) -> Any:
@@ -231,7 +255,7 @@ def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Te
     for site in sites:
         by_module[(site.module, site.hook)].append(site)
     shape: dict[str, int] = {}
-    handles = _shape_hooks(model, shape)
+    handles = _shape_hooks(model, shape, [module for module, _ in by_module])
 
     def record(group: list[Site], raw: torch.Tensor) -> None:
         raw = _as_3d(raw, shape)

@@ -34,6 +34,7 @@ class Block:
     mlp: str | None
     o_proj: str | None  # attention output projection (its input = per-head values)
     qkv: bool  # separate q_proj / k_proj / v_proj
+    gated_q: bool = False  # q_proj also emits an output gate (Qwen3-Next): no query components
 
 
 def _child(block: Any, names: tuple[str, ...], common: set[int]) -> str | None:
@@ -103,8 +104,21 @@ def structure(blocks: list[Any]) -> list[Block] | None:
         attn = _child(block, ATTENTIONS, common)
         o_proj = _child(block.get_submodule(attn), O_PROJ, common) if attn else None
         qkv = attn is not None and all(_child(block.get_submodule(attn), (p,), common) for p in QKV.values())
-        found.append(Block(_child(block, MIXERS, common), attn, _child(block, MLPS, common), o_proj, qkv))
+        gated = qkv and _gated_query(block.get_submodule(attn))
+        mixer, mlp = _child(block, MIXERS, common), _child(block, MLPS, common)
+        found.append(Block(mixer, attn, mlp, o_proj, qkv, gated))
     return found if any(b.mixer for b in found) else None
+
+
+def _gated_query(attention: Any) -> bool:
+    """Whether q_proj is wider than the queries (it also emits a gate), so its output is not them."""
+    config = getattr(attention, "config", None)
+    heads = getattr(config, "num_attention_heads", None)
+    head_dim = getattr(attention, "head_dim", None) or getattr(config, "head_dim", None)
+    width = getattr(attention.q_proj, "out_features", None)
+    if heads is None or head_dim is None or width is None:
+        return False
+    return bool(width != heads * head_dim)
 
 
 def available(block: Block) -> tuple[str, ...]:
@@ -117,7 +131,8 @@ def available(block: Block) -> tuple[str, ...]:
         if block.o_proj:
             names += ["attention_value_output", "head_attention_value_output"]
         if block.qkv:
-            names += [*QKV, *(f"head_{c}" for c in QKV)]
+            qkv = [c for c in QKV if c != "query_output" or not block.gated_q]
+            names += [*qkv, *(f"head_{c}" for c in qkv)]
     if block.mlp:
         names += ["mlp_input", "mlp_output"]
     return tuple(names)
