@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ivx.config.fields import COMPONENT_NAMES
 from ivx.core.errors import UserError
-from ivx.model import discovery, mixers, module_paths
+from ivx.model import discovery, mixers, module_paths, patterns
 from ivx.model.layouts import LAYOUTS, Layout
 
 if TYPE_CHECKING:
@@ -129,8 +129,6 @@ def describe(model: Any) -> ModelInfo:
             comps += ["mlp_input", "mlp_output"]
         components = tuple(c for c in COMPONENTS if c in comps)
     else:
-        from ivx.model import patterns
-
         interface = getattr(model, "attention_interface", None)  # a skeleton's record says
         if interface is None:
             interface = patterns.supported(model.get_submodule(f"{blocks}.0.{row.attn}"))
