@@ -138,15 +138,16 @@ def execute(engine: Engine, batches: list[Step]) -> Iterator[list[CellOutput]]:
             work.samples, dim=0
         )
         patched = engine.patches.build(chunk, offset=prefix)
-        past = engine.state.past(chunk, prefix, entries) if prefix else None
+        past = engine.state.past(chunk, prefix, entries, engine.patches) if prefix else None
         entering = engine.state.entering(chunk, prefix, entries)
         trims = step.deferred and engine.state.on("trim_final") and trim.applicable(work.lm, patched.patches)
         trimming = trim.trimmed(work.lm, trims)
         with hooks.patching(work.lm.model, patched.patches), entering, trimming:
+            start = engine.state.start(prefix)
             if step.deferred:
-                hidden = shortcuts.final_hidden(work.lm, ids[:, prefix:], past)
+                hidden = shortcuts.final_hidden(work.lm, ids[:, prefix:], past, start)
             else:
-                logits, _ = work.forward(ids[:, prefix:], all_logits, past)
+                logits, _ = work.forward(ids[:, prefix:], all_logits, past, start=start)
         if step.deferred:
             if sum(len(h) for _, h in pending) + len(hidden) > MAX_ROWS:
                 yield flush()
@@ -272,7 +273,9 @@ def _schedule(engine: Engine, cells: list[Cell]) -> list[tuple[list[Cell], int, 
     for length, group in sorted(by_len.items()):
         keys = [(state.prefix(c), state.entry(c)) for c in group]
         rows = work.batch_rows(length - min(p for p, _ in keys))
-        forwards, seconds = schedule.stagger(keys, work.lm.info.n_layers, work.samples, length, rows, cost)
+        forwards, seconds = schedule.stagger(
+            keys, work.lm.info.n_layers, work.samples, length, rows, cost, recompute=state.recurrent
+        )
         record = _group(state, length)
         record["packing"] = "prefix_reuse" if any(f.prefix for f in forwards) else "full"
         record["staggered"] = any(keys[f.cells[0]][1] != keys[f.cells[-1]][1] for f in forwards)

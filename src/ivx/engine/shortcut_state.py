@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ivx.engine import shortcuts, stagger, trim
+from ivx.engine import recurrent_prefix, shortcuts, stagger, trim
 from ivx.engine.baselines import Baselines
 from ivx.engine.cellpatches import PatchBuilder
+from ivx.engine.recurrent_prefix import RecomputedPrefix
 from ivx.engine.workload import Workload
 from ivx.model import hooks, kvcache, memory
 from ivx.plan import schedule
@@ -39,9 +40,7 @@ def config_reasons(work: Workload) -> dict[str, str | None]:
     )
     budget = memory.budget_bytes(batch.memory_gb, work.lm) / 2
     return {
-        "prefix_reuse": "off in config (batch.prefix_reuse)"
-        if not batch.prefix_reuse
-        else all_logits or kvcache.no_prefix_state(work.lm.model),
+        "prefix_reuse": "off in config (batch.prefix_reuse)" if not batch.prefix_reuse else all_logits,
         "layer_reuse": (
             "off in config (batch.layer_reuse)"
             if not batch.layer_reuse
@@ -83,8 +82,10 @@ class ShortcutState:
         self.noop_cells = 0  # cells answered by the corrupted baseline without a forward pass
         self._divergences: dict[tuple[int, str], int] = {}
         self._replay_error: str | None = None  # why the last probe failed, if it raised
-        # recurrent layers: no prefix state, and layer reuse runs without prefix reuse
+        # recurrent layers: the state at a prefix's end is recomputed (the baseline's cache has only
+        # the final state), and layer reuse does not need prefix reuse
         self.recurrent = kvcache.no_prefix_state(work.lm.model) is not None
+        self.recomputed = RecomputedPrefix(work, base)
 
     def on(self, name: str) -> bool:
         """Whether a shortcut is on: enabled in the config and proven by its probe on this model."""
@@ -99,9 +100,16 @@ class ShortcutState:
     # ---- per cell ---------------------------------------------------------------------------
     def prefix(self, cell: Cell) -> int:
         """Tokens before the first edited position: their states equal the baseline run's."""
-        if not self.on("prefix_reuse") or cell.index < 0 or not cell.edits or cell.prompt not in self.caches:
+        if not self.on("prefix_reuse") or cell.index < 0 or not cell.edits:
+            return 0
+        if cell.prompt not in self.caches and cell.prompt not in self.recomputed.prompts:
             return 0
         return min(min(e.positions) for e in cell.edits)
+
+    def start(self, prefix: int) -> int:
+        """Position of a continuation's first token to pass explicitly: only with recomputed
+        (recurrent) prefix states, whose cache cannot tell its length (see `shortcuts`)."""
+        return prefix if self.recurrent else 0
 
     def entry(self, cell: Cell) -> int:
         """The cell's entry block: blocks below its first edited layer give the baseline's outputs."""
@@ -162,27 +170,37 @@ class ShortcutState:
         for i, cell in enumerate(cells):
             rows = slice(i * S, (i + 1) * S)
             if self.on("prefix_reuse"):
-                try:
-                    kept = [(k[rows].clone(), v[rows].clone()) for k, v in kvcache.layers(cache)]
-                except Exception as exc:  # noqa: BLE001 - a cache ivx cannot cut: run without it
-                    recurrent = kvcache.no_prefix_state(self.work.lm.model, cache)
-                    self.recurrent = self.recurrent or recurrent is not None
-                    self.why_off["prefix_reuse"] = (
-                        recurrent or f"cache check failed with {type(exc).__name__}: {str(exc)[:100]}"
-                    )
-                    if self.why_off["layer_reuse"] is None and not self.recurrent:
-                        self.why_off["layer_reuse"] = "needs prefix reuse"
-                    self.caches.clear()
-                else:
-                    self.caches[cell.prompt] = kept
+                self._keep_cache(cell.prompt, cache, rows)
             if stacked is not None:
                 self.states[cell.prompt] = stacked[:, rows].clone()  # [layers, rows, seq, d]
 
-    def past(self, cells: list[Cell], prefix: int, entries: list[int]) -> Any:
+    def _keep_cache(self, prompt: int, cache: Any, rows: slice) -> None:
+        """Keep one prompt's baseline KV cache, or (recurrent layers) mark its prefix states as
+        recomputed; a cache ivx can do neither with switches prefix reuse off with the reason."""
+        if self.recurrent:
+            self.recomputed.keep(prompt, cache, rows)
+            return
+        try:
+            self.caches[prompt] = [(k[rows].clone(), v[rows].clone()) for k, v in kvcache.layers(cache)]
+        except Exception as exc:  # noqa: BLE001 - a cache ivx cannot cut
+            if cache is not None and kvcache.no_prefix_state(self.work.lm.model, cache) is not None:
+                self.recurrent = True  # recurrent layers the module scan missed: recompute instead
+                self.recomputed.prompts.update(self.caches)
+                self.caches.clear()
+                self._keep_cache(prompt, cache, rows)
+                return
+            self.why_off["prefix_reuse"] = f"cache check failed with {type(exc).__name__}: {str(exc)[:100]}"
+            if self.why_off["layer_reuse"] is None:
+                self.why_off["layer_reuse"] = "needs prefix reuse"
+            self.caches.clear()
+
+    def past(self, cells: list[Cell], prefix: int, entries: list[int], builder: PatchBuilder) -> Any:
         """The baseline KV cache of the first `prefix` tokens, as one batch; per layer only the rows
         that run it (`entries`: each row's entry block, ascending; see `stagger`)."""
         import torch
 
+        if self.recurrent:
+            return self.recomputed.past(cells, prefix, entries, builder)
         S = self.work.samples
         pairs = []
         for layer in range(len(self.caches[cells[0].prompt])):
@@ -221,6 +239,8 @@ class ShortcutState:
         """
         import transformers
 
+        if self.recurrent and self.on("prefix_reuse") and self.recomputed.prompts:
+            self.why_off["prefix_reuse"] = self.recomputed.continues(builder)
         wanted = [n for n in PROBED if self.why_off[n] is None]
         if wanted and self.base.corrupt_logits:
             prompt = min(self.base.corrupt_logits)
@@ -228,6 +248,8 @@ class ShortcutState:
                 self._probe_alone(builder, prompt, wanted, transformers.__version__)
         if not self.on("prefix_reuse"):
             self.caches.clear()
+            self.recomputed.prompts.clear()
+        self.recomputed.release()
         if not self.on("layer_reuse"):
             self.states.clear()
         self.report["transformers"] = transformers.__version__
@@ -242,10 +264,10 @@ class ShortcutState:
         for name in wanted:
             ok = self._block_arity(builder, prompt) if name == "layer_reuse" else None
             if not (ok or self._replays(builder, prompt, {name})):
-                self.why_off[name] = (
-                    f"{self._replay_error or 'results differ from the plain forward'} "
-                    f"(transformers {version}); switched off"
-                )
+                differ = "results differ from the plain forward"
+                if name == "prefix_reuse" and self.recurrent:
+                    differ = recurrent_prefix.not_continued(self.work.lm.info.model_type)
+                self.why_off[name] = f"{self._replay_error or differ} (transformers {version}); switched off"
         if (
             self.why_off["prefix_reuse"] is not None
             and self.why_off["layer_reuse"] is None
@@ -291,14 +313,16 @@ class ShortcutState:
         self._replay_error = None
         try:
             patches = builder.build(cells, offset=prefix).patches
-            past = self.past(cells, prefix, entries) if prefix else None
+            past = self.past(cells, prefix, entries, builder) if prefix else None
             entering = self.entering(cells, prefix, entries)
             trimming = trim.trimmed(work.lm, "trim_final" in use)
             with torch.inference_mode(), hooks.patching(work.lm.model, patches), entering, trimming:
                 if use & {"defer_head", "trim_final"}:
-                    logits = shortcuts.unembed(work.lm, shortcuts.final_hidden(work.lm, ids, past))
+                    logits = shortcuts.unembed(
+                        work.lm, shortcuts.final_hidden(work.lm, ids, past, self.start(prefix))
+                    )
                 else:
-                    logits, _ = work.forward(ids, past=past)
+                    logits, _ = work.forward(ids, past=past, start=self.start(prefix))
         except Exception as exc:  # a changed API: the shortcut stays off
             self._replay_error = f"check failed with {type(exc).__name__}: {str(exc)[:100]}"
             return False

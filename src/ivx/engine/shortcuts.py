@@ -31,16 +31,23 @@ if TYPE_CHECKING:
 
 
 def forward(
-    lm: LoadedModel, ids: torch.Tensor, all_logits: bool = False, past: Any = None, keep_cache: bool = False
+    lm: LoadedModel,
+    ids: torch.Tensor,
+    all_logits: bool = False,
+    past: Any = None,
+    keep_cache: bool = False,
+    start: int = 0,
 ) -> tuple[torch.Tensor, Any]:
     """Logits of equal-length rows, [b, vocab] (last position) or [b, s, vocab], and the new cache.
 
-    With `past`, `ids` continue a cached prefix; with `keep_cache`, the returned cache is kept.
+    With `past`, `ids` continue a cached prefix; with `keep_cache`, the returned cache is kept;
+    `start` > 0 passes the positions explicitly (see `_continuing`).
     """
     model = lm.model
     kwargs: dict[str, Any] = {"input_ids": ids.to(lm.device), "use_cache": keep_cache or past is not None}
     if past is not None:
         kwargs[kvcache.argument(model.forward)] = past
+        _continuing(model.forward, kwargs, start)
     if not all_logits and _accepts(model.forward, "logits_to_keep"):
         kwargs["logits_to_keep"] = 1
     out = model(**kwargs)
@@ -48,15 +55,28 @@ def forward(
     return logits, (kvcache.returned(out) if keep_cache else None)
 
 
-def final_hidden(lm: LoadedModel, ids: torch.Tensor, past: Any = None) -> torch.Tensor:
+def final_hidden(lm: LoadedModel, ids: torch.Tensor, past: Any = None, start: int = 0) -> torch.Tensor:
     """The backbone's last-position output (after the final norm): [b, d]."""
     backbone = _backbone(lm.model)
     kwargs: dict[str, Any] = {"input_ids": ids.to(lm.device), "use_cache": past is not None}
     if past is not None:
         kwargs[kvcache.argument(backbone.forward)] = past
+        _continuing(backbone.forward, kwargs, start)
     out = backbone(**kwargs)
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     return hidden[:, -1]
+
+
+def _continuing(forward: Any, kwargs: dict[str, Any], start: int) -> None:
+    """Positions start.. for a continuation, where the model takes them: a recomputed recurrent
+    prefix cache cannot tell its length (hybrids such as Bamba would number the new tokens from 0)."""
+    if start and _accepts(forward, "position_ids"):
+        import torch
+
+        ids = kwargs["input_ids"]
+        kwargs["position_ids"] = torch.arange(start, start + ids.shape[1], device=ids.device).expand(
+            len(ids), -1
+        )
 
 
 def unembed(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:

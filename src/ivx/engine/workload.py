@@ -106,10 +106,15 @@ class Workload:
         return self.sites[key]
 
     def forward(
-        self, ids: torch.Tensor, all_logits: bool = False, past: Any = None, keep_cache: bool = False
+        self,
+        ids: torch.Tensor,
+        all_logits: bool = False,
+        past: Any = None,
+        keep_cache: bool = False,
+        start: int = 0,
     ) -> tuple[torch.Tensor, Any]:
         """Logits of a batch of equal-length rows (see `shortcuts.forward`)."""
-        return shortcuts.forward(self.lm, ids, all_logits or self.scoring.all_logits, past, keep_cache)
+        return shortcuts.forward(self.lm, ids, all_logits or self.scoring.all_logits, past, keep_cache, start)
 
     def batch_rows(self, length: int) -> int:
         """Rows per forward pass from the device's memory budget (or the configured size)."""

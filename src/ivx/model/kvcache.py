@@ -41,8 +41,9 @@ def no_prefix_state(model: Any, cache: Any = None) -> str | None:
 
     A state-space or linear-attention layer keeps one state per sequence, the state after its
     last token; continuing from position p needs the state at p, which transformers' caches do
-    not keep (`LinearAttentionLayer` has the final state only). Known from the model's modules,
-    or from a `cache` it returned that holds such layers.
+    not keep (`LinearAttentionLayer` has the final state only), so ivx recomputes it by running
+    the prefix alone (`ShortcutState.past`). Known from the model's modules, or from a `cache`
+    it returned that holds such layers.
     """
     held = [layer for layer in getattr(cache, "layers", None) or [] if hasattr(layer, "conv_states")]
     if not (mixers.recurrent(model) or held):
@@ -51,6 +52,72 @@ def no_prefix_state(model: Any, cache: Any = None) -> str | None:
         "recurrent layers (state-space, linear attention or short convolution): transformers' cache keeps "
         "only the state after the last token, not the state at the reused prefix's end"
     )
+
+
+def select_rows(cache: Any, index: torch.Tensor, rows_per_layer: list[int]) -> Any:
+    """A new cache whose batch rows are `cache`'s rows `index`, per layer only the first
+    `rows_per_layer[layer]` of them (the rows that run that layer, see `stagger`).
+
+    Works on any cache layer type (keys and values, convolution and recurrent states, indexer
+    keys): every tensor attribute, or tensor in a dict attribute, whose first axis is the batch is
+    selected; everything else is copied. The result shares no tensor with `cache`, which the
+    forward that continues from it updates in place.
+    """
+    import copy
+
+    import torch
+
+    batch = _batch(cache)
+
+    def take(value: Any, idx: torch.Tensor) -> Any:
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch:
+            return value.index_select(0, idx.to(value.device))
+        if isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):
+            return {k: take(v, idx) for k, v in value.items()}
+        return copy.copy(value) if isinstance(value, (dict, list)) else value
+
+    new = copy.copy(cache)
+    new.layers = []
+    for number, layer in enumerate(cache.layers):
+        idx = index[: rows_per_layer[number]] if number < len(rows_per_layer) else index
+        clone = copy.copy(layer)
+        for name, value in vars(layer).items():
+            setattr(clone, name, take(value, idx))
+        if isinstance(getattr(clone, "batch_size", None), int):
+            clone.batch_size = len(idx)
+        new.layers.append(clone)
+    return new
+
+
+def state_tensors(cache: Any, rows: slice) -> list[torch.Tensor]:
+    """Copies of every batched tensor a cache holds (keys, values, convolution and recurrent
+    states), rows `rows` of each, in a fixed order: two caches of one model compare tensor by tensor."""
+    import torch
+
+    batch = _batch(cache)
+    out = []
+    for layer in cache.layers:
+        for _, value in sorted(vars(layer).items()):
+            tensors = [v for _, v in sorted(value.items())] if isinstance(value, dict) else [value]
+            out += [
+                t[rows].detach().clone()
+                for t in tensors
+                if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[0] == batch
+            ]
+    return out
+
+
+def _batch(cache: Any) -> int:
+    """The batch rows a cache holds (the first axis of its first initialized state)."""
+    import torch
+
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            tensors = value.values() if isinstance(value, dict) else [value]
+            for tensor in tensors:
+                if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2:
+                    return int(tensor.shape[0])
+    raise TypeError("the cache holds no batched state")
 
 
 def layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -80,14 +80,22 @@ def _chunk_cost(hist: list[int], per_batch: int, n_layers: int, cost: Cost) -> f
 
 
 def stagger(
-    cells: list[tuple[int, int]], n_layers: int, rows_per_cell: int, length: int, max_rows: int, cost: Cost
+    cells: list[tuple[int, int]],
+    n_layers: int,
+    rows_per_cell: int,
+    length: int,
+    max_rows: int,
+    cost: Cost,
+    recompute: bool = False,
 ) -> tuple[list[Staggered], float]:
     """Forwards over cells given as (reusable prefix, entry block), with the least estimated time.
 
     A forward merges the cells of a run of consecutive prefixes and continues after the smallest
     (its other rows recompute a few positions whose states equal the baseline's); each row costs
-    its own blocks, each forward `call` plus `block` per block above its lowest entry. Dynamic
-    programming over the sorted prefixes, merging at most `REACH` of them.
+    its own blocks, each forward `call` plus `block` per block above its lowest entry. With
+    `recompute` (recurrent layers: the prefix state is not kept, `engine.recurrent_prefix`), a
+    forward after a prefix also pays for running that prefix once. Dynamic programming over the
+    sorted prefixes, merging at most `REACH` of them.
     """
     if not cells:
         return [], 0.0
@@ -109,6 +117,8 @@ def stagger(
             tokens = length - prefixes[i]
             seconds = _chunk_cost(hist, per_batch, n_layers, cost)
             seconds += cost.token * tokens * rows_per_cell * blocks_run
+            if recompute and prefixes[i]:
+                seconds += cost.call + n_layers * (cost.block + cost.token * prefixes[i] * rows_per_cell)
             if best[i][0] + seconds < best[j][0]:
                 best[j] = (best[i][0] + seconds, i)
     bounds, j = [], n
