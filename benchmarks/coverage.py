@@ -123,8 +123,10 @@ def _blocks_match(lm: Any, ids: Any) -> str:
     """'' when block_input / block_output equal output_hidden_states, else what differs."""
     from ivx.model import components
 
-    if "block_output" not in lm.info.components:
-        return ""  # nothing to compare (DeepSeek-V4: several residual streams per position)
+    if any("block_output" not in names for names in lm.info.layers or [lm.info.components]):
+        # nothing to compare (DeepSeek-V4: several residual streams per position; Mllama: its
+        # cross-attention layers do not run without images and hidden_states leaves them out)
+        return ""
     hs = oracle.hidden_states(lm.model, ids)
     n = lm.info.n_layers
     if len(hs) != n + 1:

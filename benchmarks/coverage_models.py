@@ -69,6 +69,94 @@ EXTRA: dict[str, dict[str, Any]] = {
     "lfm2_moe": {"layer_types": ["conv", "full_attention"]},
     "reformer": {"is_decoder": True, "attn_layers": ["local", "lsh"]},
 }
+# Per-architecture fixes the generic shrinking cannot derive; each keeps what defines the architecture.
+QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "indexer_budget": 4}
+EXTRA |= {
+    # hybrid_layer_ids is derived from layers_block_type, but to_dict() keeps the 54-layer list
+    "zamba2": {**EXTRA["zamba2"], "hybrid_layer_ids": [1]},
+    # one block per kind (Mamba-2, MoE, attention, MLP); 8 SSM groups do not divide 4 heads
+    "nemotron_h": {"n_groups": 2},
+    # transformers' defaults lack the attention's rope_theta and set clip_qkv=None, which its
+    # forward clamps with; DBRX checkpoints state both
+    "dbrx": {
+        "attn_config": {"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+        "ffn_config": {"moe_top_k": 2},
+    },
+    "dots1": {"n_routed_experts": 4, "n_shared_experts": 1},  # None by default: the config has no experts
+    "glm4_moe_lite": {"num_key_value_heads": 4, "qk_head_dim": 24},  # MLA: one key per query head
+    "xlstm": {"embedding_dim": 64, "num_blocks": 2},  # the block width and count, besides hidden_size
+    # axial position embeddings factor max_position_embeddings and split the width; chunks of 8 and 4
+    # hash buckets so the prompts span several chunks; a fixed hash seed (None draws new rotations
+    # every forward)
+    "reformer": {
+        **EXTRA["reformer"],
+        **{"axial_pos_shape": [8, 16], "axial_pos_embds_dim": [16, 48], "attention_head_size": 16},
+        **{"feed_forward_size": 128, "local_attn_chunk_length": 8, "lsh_attn_chunk_length": 8},
+        **{"num_buckets": 4, "num_hashes": 2, "hash_seed": 0, "local_attention_probs_dropout_prob": 0.0},
+    },
+    # its QSA (indexed attention) layers need the indexer sizes, unset by default; the budget (4 of
+    # the compressed blocks' tokens) is below the prompt length, so the selection matters
+    "qwen4_exp": {**QSA, "indexer_compress_ratio": 2, "hc_lowrank": 16},
+    "qwen4_exp_text": {**QSA, "indexer_compress_ratio": 2, "hc_lowrank": 16},
+    "zaya": {"num_experts_per_tok": 1, "router_hidden_size": 32},  # ZAYA supports top-1 routing only
+    # the sliding-window layer's MLA sizes are per layer; DSA's top-k (4) below the prompt length
+    "dots3_note": {
+        "index_topk": 4,
+        "index_n_heads": 4,
+        "shared_experts_intermediate_size": 32,
+        "per_layer_config": {"1": {"num_attention_heads": 4, "num_key_value_heads": 4, "q_lora_rank": 16}},
+    },
+    # the assistants share every layer's keys and values with their target model
+    "gemma4_assistant": {"text_config": {"num_kv_shared_layers": 2}, "backbone_hidden_size": 64},
+    "gemma4_unified_assistant": {"text_config": {"num_kv_shared_layers": 2}, "backbone_hidden_size": 64},
+    # rope per layer type: sliding layers rotate (M-RoPE with text positions), full layers are NoPE
+    "cohere_compass_text": {
+        "layer_types": ["sliding_attention", "full_attention"],
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]},
+            "full_attention": None,
+        },
+    },
+    # the local encoder / decoder project from the global transformer's width; 6 hash tables of 512
+    "blt": {
+        "encoder_hash_byte_group_vocab": 512,
+        "encoder_config": {"hidden_size_global": 64},
+        "decoder_config": {"hidden_size_global": 64},
+    },
+    # one input, one recurrent (run twice), one output layer; config.json counts attention and MLP
+    # as separate entries
+    "dory": {
+        **{"num_hidden_layers": 6, "n_input_layers": 2, "n_recurrent_layers": 2, "n_output_layers": 2},
+        "layer_types": ["sliding_attention", "mlp", "full_attention", "mlp", "sliding_attention", "mlp"],
+    },
+    # four layers so the last two reuse the first two's keys and values (KV sharing); small per-layer
+    # embeddings and LAuReL rank
+    "gemma3n_text": {
+        "num_hidden_layers": 4,
+        "num_kv_shared_layers": 2,
+        "layer_types": ["sliding_attention", "full_attention"] * 2,
+        "intermediate_size": [128] * 4,
+        "activation_sparsity_pattern": [0.95, 0.95, 0.0, 0.0],
+        **{"vocab_size_per_layer_input": VOCAB, "hidden_size_per_layer_input": 16, "laurel_rank": 8},
+    },
+    "xmod": {"languages": ["en_XX", "de_DE"], "default_language": "en_XX"},  # adapters per language
+    "mllama": {"num_hidden_layers": 3, "cross_attention_layers": [1]},  # one cross-attention layer
+}
+EXTRA["dots3_note"]["per_layer_config"]["1"] |= {"kv_lora_rank": 16, "head_dim": 24, "qk_nope_head_dim": 16}
+EXTRA["dots3_note"]["per_layer_config"]["1"] |= {"qk_rope_head_dim": 8, "v_head_dim": 16}
+EXTRA["dots3_note_text"] = EXTRA["dots3_note"]
+# speculative-decoding drafters: their forward needs the target model's embeddings and shared KV
+DRAFTERS = ("gemma4_assistant", "gemma4_unified_assistant")
+# configs whose defaults do not validate: the values their constructor needs first
+BASE: dict[str, dict[str, Any]] = dict.fromkeys(
+    ("gemma4_assistant", "gemma4_unified_assistant"),
+    {
+        "text_config": {
+            **{"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0, "num_kv_shared_layers": 0},
+            **{"enable_moe_block": False, "use_double_wide_mlp": False},
+        }
+    },
+)
 
 
 def _layered(key: str, value: Any, old_layers: int | None) -> bool:
@@ -119,12 +207,21 @@ def _shrink(data: dict[str, Any], depth: int = 0) -> dict[str, Any]:
     return out
 
 
+def _merged(data: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`data` with `extra`'s values put in, sub-config by sub-config."""
+    out = dict(data)
+    for key, value in extra.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
 def tiny_config(model_type: str) -> Any:
     """The architecture's default config with every size field shrunk (ValueError if it cannot be made)."""
     from transformers import CONFIG_MAPPING
 
     cls = getattr(causal_lm_class(model_type), "config_class", None) or CONFIG_MAPPING[model_type]
-    data = {**_shrink(cls().to_dict()), **EXTRA.get(model_type, {})}
+    data = _merged(_shrink(cls(**BASE.get(model_type, {})).to_dict()), EXTRA.get(model_type, {}))
     if "is_decoder" in data:  # BERT-style models are causal LMs only as decoders
         data["is_decoder"] = True
     data.pop("transformers_version", None)
@@ -147,8 +244,10 @@ def build(model_type: str, out_dir: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = causal_lm_class(model_type)(config)
     model.eval()
-    with torch.no_grad():  # a model whose own forward fails has nothing for ivx to patch
-        model(input_ids=torch.tensor([[3, 4, 5, 6]]), use_cache=False)
+    if model_type not in DRAFTERS:
+        with torch.no_grad():  # a model whose own forward fails has nothing for ivx to patch
+            rows = getattr(config, "num_codebooks", 1) if model_type.startswith("musicgen") else 1
+            model(input_ids=torch.tensor([[3, 4, 5, 6]] * rows), use_cache=False)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     tokenizer().save_pretrained(out_dir)

@@ -6,6 +6,15 @@ then runs the base prompt with a second plain hook that writes that value at one
 head, if given) and returns the last position's logits. No KV cache, no batching, no ivx code on
 the forward path: only `torch` and the module tree. Independent facts about the blocks come from
 `output_hidden_states`.
+
+Mixture-of-experts components get hooks of their own, at other points than ivx's: `router_logits`
+is recomputed by hand from the router's input (`input @ W.T + b`, the router's matrix and bias
+read from its parameters) and written by moving the router's input `h` to `h + W⁺(target − Wh − b)`
+(W⁺ the pseudo-inverse; routers have fewer experts than the width, so every logit vector is
+reachable), which the router then routes with its own code. `experts_output` is the experts
+module's output, read and written with a plain hook like every other module output (the MoE
+block's output is not always experts + shared: Cohere2-MoE averages them, MiniMax-M3 scales the
+experts' sum first; tests/model/test_moe_components.py recomputes the experts by hand).
 """
 
 from __future__ import annotations
@@ -68,9 +77,35 @@ def _forward(model: Any, ids: Any) -> Any:
         return model(input_ids=ids, use_cache=False).logits[0, -1].float()  # [vocab]
 
 
+def _router(model: Any, site: Any) -> tuple[Any, Any, Any]:
+    """(router module, its [experts, d] matrix, its bias or None) of a router_logits site."""
+    router = model.get_submodule(site.module.rsplit(".", 1)[0])
+    params = list(router.parameters())
+    weight = next(p for p in params if p.dim() == 2)
+    bias = next((p for p in params if p.dim() == 1), None)
+    return router, weight, bias
+
+
+def _logits(hidden: Any, weight: Any, bias: Any) -> Any:
+    """Router logits computed by hand: hidden @ W.T (+ b), in float64."""
+    out = hidden.double() @ weight.double().T  # [..., experts]
+    return out + bias.double() if bias is not None else out
+
+
 def capture(model: Any, site: Any, ids: Any) -> Any:
     """The component `[s, groups, hi-lo]` of `site` over prompt `ids` [1, s]."""
     seen: dict[str, Any] = {}
+    if site.component == "router_logits":
+        router, weight, bias = _router(model, site)
+
+        def read_input(raw: Any) -> None:
+            if "value" not in seen:
+                hidden = _view(raw, ids.shape[1])[0]  # [s, d]
+                seen["value"] = _logits(hidden, weight, bias).float()[:, None, :]  # [s, 1, experts]
+
+        with _hook(router, "input", read_input):
+            _forward(model, ids)
+        return seen["value"]
 
     def read(raw: Any) -> None:
         if "value" not in seen:  # the first call: a module shared by several blocks runs again later
@@ -81,8 +116,38 @@ def capture(model: Any, site: Any, ids: Any) -> Any:
     return seen["value"]
 
 
+def _router_patched(model: Any, site: Any, base_ids: Any, source: Any, position: int) -> Any:
+    """Logits with the router's input moved so that its logits at `position` are `source`'s."""
+    import torch
+
+    router, weight, bias = _router(model, site)
+
+    def write(raw: Any) -> Any:
+        out = raw.clone()
+        hidden = _view(out, base_ids.shape[1])[0, position]  # [d] view
+        target = source[position].reshape(-1).double() - _logits(hidden, weight, bias)  # [experts]
+        hidden += (torch.linalg.pinv(weight.double()) @ target).to(hidden.dtype)
+        return out
+
+    with _hook(router, "input", _once(write)):
+        return _forward(model, base_ids)
+
+
+def _once(fn: Any) -> Any:
+    """`fn` on the first call only (a module shared by several blocks runs again later)."""
+    calls = {"n": 0}
+
+    def wrapped(raw: Any) -> Any:
+        calls["n"] += 1
+        return fn(raw) if calls["n"] == 1 else None
+
+    return wrapped
+
+
 def patched_logits(model: Any, site: Any, base_ids: Any, source: Any, position: int, head: int | None) -> Any:
     """Last-position logits of the base prompt with `site` at `position` (one head) set to `source`."""
+    if site.component == "router_logits":
+        return _router_patched(model, site, base_ids, source, position)
     calls = {"n": 0}
 
     def write(raw: Any) -> Any:

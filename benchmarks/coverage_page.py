@@ -40,18 +40,32 @@ multimodal wrapper).
 What the table does not list, and why:
 
 - **Mixture-of-experts**: `mlp_output` is the MoE block's output (every routed expert, weighted,
-  plus shared experts), exact with the routing of the patched run. Single experts' outputs and the
-  router logits are not components: transformers 5 runs all experts in one fused module (its
-  forward loops over experts and `index_add`s their outputs), and a router returns the routing it
-  computed from its logits in the same call, so neither is a tensor a hook can replace with effect.
-  `mlp_activation` is not listed for MoE blocks (there is no single down projection).
-- **DeepSeek-V4** keeps `hc_mult` residual streams per position (hyper-connections: `[batch, seq,
-  4, hidden]` between blocks), so `block_input` / `block_output` are not listed; its attention and
-  MLP components are.
+  plus shared experts), exact with the routing of the patched run. Where a block's feed-forward
+  has a fused `experts` module and a router (`gate` / `router`) whose only parameters are a
+  `[experts, width]` matrix and a bias, two more components are listed at the layers that have
+  them ([moe.md](moe.md)): `router_logits` (the router's linear output, before softmax / sigmoid /
+  correction bias / top-k; ivx intercepts the router's own `linear` call, so an edit re-routes the
+  token, and the oracle writes it by moving the router's input along the pseudo-inverse of its
+  matrix) and `experts_output` (the fused experts module's output: the routed experts' weighted
+  sum, before shared experts and any scaling the block applies). Not listed: single experts
+  (transformers runs an expert only on the tokens routed to it, inside one fused forward, so a
+  per-expert output has no value at the other positions), routers with more parameters than a
+  matrix and a bias (Inkling's global scale), MoEs whose experts are not one module (JetMoE), and
+  `mlp_activation` (there is no single down projection).
+- **Several residual streams per position**: DeepSeek-V4 and Qwen4-Exp (hyper-connections:
+  `[batch, seq, 4, hidden]` between blocks), Gemma 3n (AltUp: `[streams, batch, seq, hidden]`) and
+  Reformer (two reversible streams), so `block_input` / `block_output` are not listed (nor layer
+  reuse, which resumes from a block output); their attention and MLP components are.
+- **Layers that do not run**: Mllama's cross-attention layers run only with images; nothing is
+  listed there, and asking for them names the layers that have the component.
 - **Refused with the reason** (`model/discovery.py`): CPM-Ant and ProphetNet (their blocks' positions
-  are not the prompt's tokens: learned prompt positions, n-gram streams), HRM (blocks run several
-  times per forward), XLM (no blocks: per-layer lists of attentions and feed-forwards), XLNet
-  (two-stream attention over a permutation, not a causal stack).
+  are not the prompt's tokens: learned prompt positions, n-gram streams), HRM and Dory (blocks run
+  several times per forward), XLM (no blocks: per-layer lists of attentions and feed-forwards),
+  XLNet (two-stream attention over a permutation, not a causal stack), BLT (byte-level and
+  patch-level stacks), MusicGen and MusicGen Melody (parallel audio-code streams per position),
+  the Gemma 4 assistants (drafters that read the target model's KV cache).
+- **Text halves saved by their own class** (Emu3, Mllama): `AutoModelForCausalLM` refuses the
+  `*_text_model` config they save; ivx loads them with the causal-LM class the config names.
 - **Multimodal wrappers** (`*ForConditionalGeneration` in the causal-LM mapping: Gemma 3, Fuyu,
   GOT-OCR2, …) are patched in their language model's blocks.
 - **CUDA-only kernels**: none found — where transformers has a fused kernel (xIELU,

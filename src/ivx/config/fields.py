@@ -40,6 +40,8 @@ COMPONENT_NAMES: tuple[str, ...] = (
     "residual_mid",
     "mixer_input",  # state-space / linear-attention mixers (model/mixers.py)
     "mixer_output",
+    "router_logits",  # mixture-of-experts blocks (model/moe.py)
+    "experts_output",
 )
 
 # derived from the kind table (interventions.KINDS) and the metric table (metrics.METRICS)

@@ -48,6 +48,10 @@ REFUSED: dict[str, str] = {
     "(hook_resid_mid)",
     "hook_attn_in": "ivx's attention_input is after the norm; the residual before it is "
     "block_input (hook_resid_pre)",
+    "mlp.hook_expert_weights": "TransformerLens hooks the softmax over every expert; ivx's "
+    "router_logits is the router's output before it (an edit there re-routes the token)",
+    "mlp.hook_expert_indices": "ivx has no site for the chosen experts' indices (integers); edit "
+    "router_logits to change which experts a token goes to",
 }
 
 _PREFIX = re.compile(r"^blocks\.(-?[0-9]{1,6})\.(.+)$")

@@ -11,7 +11,8 @@ other, so every ivx patch still sees a full-length tensor with its positions whe
 
 Exact for the last position: the trimmed modules are per-position maps. It is a shortcut of its
 own (`batch.trim_final`), proven like the others by the pre-run probe, and used only in forwards
-whose last block has no patch inside the MLP (`mlp_activation`), which would see the cut tensor.
+whose last block has no patch inside the MLP (`mlp_activation`, a mixture of experts' `router_logits`
+and `experts_output`), which would see the cut tensor.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ivx.model import components, mixers, module_paths
+from ivx.model import components, mixers, module_paths, moe
 from ivx.model.hooks import _hidden_from_inputs
 
 if TYPE_CHECKING:
@@ -50,7 +51,9 @@ def regions(model: Any) -> list[tuple[str, str]] | None:
 def applicable(lm: LoadedModel, patches: Sequence[Patch]) -> bool:
     """Whether a forward with these patches may be trimmed: none hooks inside the last MLP."""
     top = lm.info.n_layers - 1
-    inside = ("mlp_activation",)  # and module paths: any module of the last block may be trimmed
+    # inside the trimmed MLP (a MoE's router and experts see only the last position) and module
+    # paths: any module of the last block may be trimmed
+    inside = ("mlp_activation", *moe.COMPONENTS)
     return not any(
         p.site.layer == top and (p.site.component in inside or module_paths.is_path(p.site.component))
         for p in patches

@@ -35,7 +35,7 @@ from ivx.core import interventions
 from ivx.core.errors import ConfigError, Problem, dotted
 from ivx.engine import loop
 from ivx.engine.loop import CellOutput
-from ivx.model import components, hooks
+from ivx.model import components, hooks, moe
 from ivx.plan import grid, positions
 from ivx.plan.grid import Cell
 
@@ -52,8 +52,9 @@ SENDERS: tuple[str, ...] = (
     "head_attention_value_output",
     "mlp_output",
 )
-# the components a path can end in: everything that reads the residual stream (not an output)
-RECEIVERS: tuple[str, ...] = tuple(c for c in COMPONENT_NAMES if c not in SENDERS)
+# the components a path can end in: everything that reads the residual stream (not an output);
+# not a mixture of experts' router or experts (their path through a frozen MoE is not modelled)
+RECEIVERS: tuple[str, ...] = tuple(c for c in COMPONENT_NAMES if c not in SENDERS and c not in moe.COMPONENTS)
 FROZEN: tuple[str, ...] = ("attention_value_output", "mlp_output")  # held at the run patched into
 # what a sender writes: another run's value, or a mean / resample ablation's (`engine.ablation`)
 SENDER_KINDS: tuple[str, ...] = ("vanilla", "VanillaIntervention", "mean", "resample")

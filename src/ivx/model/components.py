@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ivx.config.fields import COMPONENT_NAMES
 from ivx.core.errors import UserError
-from ivx.model import discovery, mixers, module_paths, patterns
+from ivx.model import discovery, mixers, module_paths, moe, patterns
 from ivx.model.layouts import LAYOUTS, Layout
 
 if TYPE_CHECKING:
@@ -77,7 +77,10 @@ class Site:
 
 def _cfg(config: Any, *names: str, default: Any = None) -> Any:
     for name in names:
-        value = getattr(config, name, None)
+        try:
+            value = getattr(config, name, None)
+        except Exception:  # noqa: BLE001 - a per-layer attribute of a heterogeneous config (Dots3): no one value
+            value = None
         if value is not None:
             return value
     return default
@@ -114,9 +117,11 @@ def describe(model: Any) -> ModelInfo:
     n_kv = _cfg(config, "num_key_value_heads", default=n_heads)
     head_dim = _cfg(config, "head_dim", default=d_model // n_heads if n_heads else 0)
     d_mlp = _cfg(config, "intermediate_size", "n_inner", "ffn_dim")
+    d_mlp = max(d_mlp) if isinstance(d_mlp, list) else d_mlp  # per layer (Gemma 3n): the widest
     if d_mlp is None and name in ("gpt2", "gptj"):
         d_mlp = 4 * d_model
-    hybrid = mixers.structure(list(model.get_submodule(blocks))) if row is None else None
+    stack = blocks_of(model, blocks)
+    hybrid = mixers.structure(stack) if row is None else None
     per_layer: tuple[tuple[str, ...], ...] = ()
     if hybrid is not None:
         components, per_layer = mixers.describe_layers(hybrid, COMPONENTS)
@@ -137,9 +142,14 @@ def describe(model: Any) -> ModelInfo:
             for c in COMPONENTS
             if (c != "residual_mid" or row.mid is not None)
             and c not in mixers.COMPONENTS
+            and c not in moe.COMPONENTS
             and (c != "head_attention_pattern" or interface)
             and (c != "mlp_activation" or _has(model, f"{blocks}.0.{row.mlp_down}"))  # not in an MoE
         )
+    found = [moe.find(block, _ffn(model, blocks, row, hybrid, i), d_model) for i, block in enumerate(stack)]
+    components, per_layer = moe.extend(components, per_layer, found, COMPONENTS)
+    if row is None:  # what the module tree alone does not say (no table row has either case)
+        components, per_layer = discovery.restrict(config, components, per_layer, n_layers)
     return ModelInfo(
         model_type=getattr(config, "model_type", "unknown"),
         layout=name,
@@ -205,6 +215,11 @@ def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
         hook: Literal["input", "output"] = "input" if component == "block_input" else "output"
         return Site(component, layer, block, hook, 1, d, 0, d, 1)
     hybrid = mixers.structure(blocks_of(model, blocks)) if row is None else None
+    if component in moe.COMPONENTS:
+        found = moe.find(model.get_submodule(block), _ffn(model, blocks, row, hybrid, layer), d)
+        assert found is not None  # describe lists them only where `moe.find` finds them
+        path, width = moe.site(found, component, d)
+        return Site(component, layer, f"{block}.{path}", "output", 1, width, 0, width, 1)
     if hybrid is not None:
         path, side, width, heads = mixers.site(
             hybrid[layer], component, info.n_heads, info.n_kv_heads, info.head_dim, d
@@ -218,6 +233,16 @@ def resolve(model: Any, info: ModelInfo, component: str, layer: int) -> Site:
         path = f"{block}.{pair[0] if hook == 'input' else pair[1]}"
         return Site(component, layer, path, hook, 1, d, 0, d, 1)
     return _row_site(info, row, component, layer, block)
+
+
+def _ffn(model: Any, blocks: str, row: Layout | None, hybrid: list[Any] | None, layer: int) -> str | None:
+    """The feed-forward module of block `layer`, relative to the block (None: not one module)."""
+    if row is not None:
+        return row.mlp
+    if hybrid is not None:
+        return hybrid[layer].mlp  # type: ignore[no-any-return]
+    pair = discovery.feed_forward(model, f"{blocks}.{layer}")
+    return pair[0] if pair is not None and pair[0] == pair[1] else None
 
 
 def _path_site(model: Any, info: ModelInfo, component: str, layer: int) -> Site:

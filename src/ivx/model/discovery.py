@@ -17,7 +17,8 @@ from typing import Any
 
 LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers", "decoder_layers")
 OTHER_MODALITIES = ("vision", "visual", "audio", "image", "vqmodel", "speech")
-ATTENTIONS = ("self_attn", "attn", "attention", "self_attention", "multi_head_attention")
+ATTENTIONS: tuple[str, ...] = ("self_attn", "attn", "attention", "self_attention", "multi_head_attention")
+ATTENTIONS += ("norm_attn_norm.attn",)  # DBRX: norm, attention, residual add and norm in one module
 # (module whose input is mlp_input, module whose output is mlp_output)
 FFNS = (
     ("mlp", "mlp"),
@@ -67,6 +68,20 @@ REFUSED = {
     "positions, not a causal stack of blocks",
     "hrm_text": "HRM runs its two stacks of blocks several times per forward (H_cycles × L_cycles), so a "
     "block has no single input or output to patch",
+    "dory": "Dory runs its recurrent section's blocks n_recurrent_loops times per forward, so those blocks "
+    "have no single input or output to patch",
+    "blt": "BLT runs three stacks: byte-level local encoder and decoder blocks and a global transformer "
+    "whose positions are entropy-defined patches, not the prompt's tokens; ivx does not pick one of "
+    "them as the model's blocks",
+    "musicgen_decoder": "MusicGen's decoder reads num_codebooks parallel streams of audio codes "
+    "(input_ids of [batch × num_codebooks, seq]), not one sequence of text tokens",
+    "musicgen_melody_decoder": "MusicGen Melody's decoder reads num_codebooks parallel streams of audio "
+    "codes (input_ids of [batch × num_codebooks, seq]), not one sequence of text tokens",
+    "gemma4_assistant": "Gemma 4's assistant (a speculative-decoding drafter) ignores input_ids: it reads "
+    "its target model's embeddings and shared key/value states, so it cannot run on a prompt alone",
+    "gemma4_unified_assistant": "Gemma 4's unified assistant (a speculative-decoding drafter) ignores "
+    "input_ids: it reads its target model's embeddings and shared key/value states, so it cannot run on "
+    "a prompt alone",
 }
 
 
@@ -75,11 +90,45 @@ def refusal(config: Any) -> str | None:
     return REFUSED.get(getattr(config, "model_type", ""))
 
 
+def skipped(config: Any) -> frozenset[int]:
+    """Blocks a text-only forward does not run: Mllama's cross-attention layers attend to image
+    features and are skipped without them, so they have no components (their hooks never fire)."""
+    text = getattr(config, "text_config", None) or config
+    layers = getattr(text, "cross_attention_layers", None)
+    return frozenset(i for i in layers or () if isinstance(i, int))
+
+
+Listing = tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]  # (components, per layer where they differ)
+
+
+def restrict(
+    config: Any, components: tuple[str, ...], per_layer: tuple[tuple[str, ...], ...], n: int
+) -> Listing:
+    """The listing without what this model lacks: no block input or output where several residual
+    streams run between blocks (`streams`), nothing at blocks a text-only forward skips (`skipped`)."""
+    if streams(config) > 1:
+        components = tuple(c for c in components if c not in ("block_input", "block_output"))
+        per_layer = tuple(tuple(c for c in names if c in components) for names in per_layer)
+    idle = skipped(config)
+    if idle:
+        every = per_layer or (tuple(c for c in components if c != "embedding"),) * n
+        per_layer = tuple(() if i in idle else names for i, names in enumerate(every))
+    return components, per_layer
+
+
+STREAMS = ("hc_mult", "hc_count", "altup_num_inputs")  # DeepSeek-V4 and Qwen4-Exp, Gemma 3n
+
+
 def streams(config: Any) -> int:
-    """Residual streams per position: DeepSeek-V4's hyper-connections keep `hc_mult` of them
-    (`[batch, seq, hc_mult, hidden]` between blocks, so no block input or output is one vector per
-    position and `block_input` / `block_output` are not listed); 1 for every other model."""
-    value = getattr(getattr(config, "text_config", None) or config, "hc_mult", 1)
+    """Residual streams per position: DeepSeek-V4's and Qwen4-Exp's hyper-connections keep `hc_mult`
+    / `hc_count` of them (`[batch, seq, streams, hidden]` between blocks), Gemma 3n's AltUp
+    `altup_num_inputs` (`[streams, batch, seq, hidden]`), Reformer's reversible layers two (`[x1, x2]`),
+    so no block input or output is one vector per position and `block_input` / `block_output` are
+    not listed; 1 for every other model."""
+    text = getattr(config, "text_config", None) or config
+    if getattr(text, "model_type", None) == "reformer":
+        return 2
+    value = next((getattr(text, name) for name in STREAMS if isinstance(getattr(text, name, None), int)), 1)
     return value if isinstance(value, int) and value > 1 else 1
 
 

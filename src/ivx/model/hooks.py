@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ivx.core.interventions import EditFn
-from ivx.model import patterns
+from ivx.model import moe, patterns
 
 if TYPE_CHECKING:
     import torch
@@ -110,7 +110,7 @@ def _edit(site: Site, patch: Patch, current: torch.Tensor, source: torch.Tensor 
 
 
 def _module(model: Any, path: str) -> Any:
-    return model.get_submodule(path)
+    return moe.module(model, path)  # a router's logits: the stand-in its linear output passes through
 
 
 def _hidden_from_inputs(args: tuple, kwargs: dict) -> tuple[Any, str | int]:
@@ -142,7 +142,7 @@ def patching(model: Any, patches: Sequence[Patch]) -> Iterator[None]:
                 handles.append(module.register_forward_hook(_output_hook(groups, shape)))
             elif hook == "input":
                 handles.append(module.register_forward_pre_hook(_input_hook(groups, shape), with_kwargs=True))
-        with patterns.intercepting(model, writers):
+        with patterns.intercepting(model, writers), moe.exposing(model, [m for m, _ in by_module]):
             yield
     finally:
         for handle in handles:
@@ -274,6 +274,7 @@ def capturing(model: Any, sites: Sequence[Site]) -> Iterator[dict[Site, torch.Te
     stack = ExitStack()
     try:
         stack.enter_context(patterns.intercepting(model, readers))
+        stack.enter_context(moe.exposing(model, [module for module, _ in by_module]))
         for (module_path, hook), group in by_module.items():
             module = _module(model, module_path)
             if hook == "pattern":
@@ -333,7 +334,8 @@ def tracking(model: Any, sites: Sequence[Site]) -> Iterator[dict[tuple[str, str]
                     return ((raw, *args[1:]), kwargs) if where == 0 else (args, {**kwargs, where: raw})
 
                 handles.append(module.register_forward_pre_hook(in_hook, with_kwargs=True))
-        yield store
+        with moe.exposing(model, [site.module for site in sites]):
+            yield store
     finally:
         for handle in handles:
             handle.remove()

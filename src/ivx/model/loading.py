@@ -282,7 +282,13 @@ def _weighted(
     with startup.timed("imports"):
         from transformers import AutoModelForCausalLM
     placed = _placement(device_map)
-    model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **placed, **kwargs)
+    try:
+        model = _from_pretrained(AutoModelForCausalLM, path, dtype=torch_dtype, **placed, **kwargs)
+    except ModelLoadError as refused:
+        mapped = _text_half(path, kwargs)
+        if mapped is None:
+            raise refused from None
+        model = _from_pretrained(mapped, path, dtype=torch_dtype, **placed, **kwargs)
     # eval mode; parameters keep requires_grad: ivx runs under inference_mode, and on CPU (torch
     # 2.13) a forward with frozen parameters measured ~35% slower. `ivx train` freezes them itself.
     if placed:
@@ -291,6 +297,34 @@ def _weighted(
         model.to(dev)
     model.eval()
     return model, dev
+
+
+def text_half_class(config: Any) -> Any | None:
+    """The causal-LM class for a config AutoModelForCausalLM does not map, or None: a multimodal
+    model's text half saved by its own causal-LM class (Emu3ForCausalLM saves `emu3_text_model`,
+    MllamaForCausalLM `mllama_text_model`, which transformers maps only as `emu3` / `mllama`)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING,
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    if type(config) in MODEL_FOR_CAUSAL_LM_MAPPING or getattr(config, "auto_map", None):
+        return None
+    mapped = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    for name in getattr(config, "architectures", None) or []:
+        cls = getattr(transformers, name, None) if name in mapped else None
+        if cls is not None and getattr(cls, "config_class", None) is type(config):
+            return cls
+    return None
+
+
+def _text_half(path: str, kwargs: dict[str, Any]) -> Any | None:
+    """`text_half_class` of the checkpoint at `path` (None when even its config does not load)."""
+    try:
+        return text_half_class(load_config(path, kwargs["revision"], kwargs["trust_remote_code"]))
+    except ModelLoadError:
+        return None
 
 
 def _meta_model(
@@ -304,7 +338,11 @@ def _meta_model(
     dev = torch.device("meta")
     try:
         with dev:
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            mapped = text_half_class(config)
+            if mapped is not None:
+                model = mapped._from_config(config)
+            else:
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - some custom inits touch tensor data
         raise MetaUnsupported(
             f"cannot build {name!r} from its config alone ({type(exc).__name__}: {exc}); "

@@ -47,16 +47,30 @@ def _child(block: Any, names: tuple[str, ...], common: set[int]) -> str | None:
     return None
 
 
+def _roles(block: Any, common: set[int]) -> tuple[str | None, str | None, str | None]:
+    """(recurrent mixer, attention, MLP) children of a block. A child named `mixer` is whatever its
+    class says: NemotronH's blocks each hold one `mixer` — a Mamba-2 mixer, an attention, an MLP or
+    a mixture of experts."""
+    mixer, attn, mlp = (_child(block, names, common) for names in (MIXERS, ATTENTIONS, MLPS))
+    kind = type(block.get_submodule(mixer)).__name__ if mixer else ""
+    if kind and not any(word in kind for word in RECURRENT):
+        if attn is None and "Attention" in kind:
+            return None, mixer, mlp
+        if mlp is None and any(word in kind for word in ("MLP", "MoE", "Experts", "FeedForward")):
+            return None, attn, mixer
+    return mixer, attn, mlp
+
+
 def per_position(block: Any, common: set[int]) -> list[tuple[str, str]]:
     """(module whose input is the start, module whose output is the end) of each per-position map in
     a block that runs after its sequence mixing: attention and mixer output projections, the MLP."""
     pairs = []
-    attn = _child(block, ATTENTIONS, common)
-    for parent in ([attn] if attn else []) + [m for m in MIXERS if _child(block, (m,), common)]:
+    _, attn, mlp = _roles(block, common)
+    mixers = [m for m in MIXERS if m not in (attn, mlp) and _child(block, (m,), common)]
+    for parent in ([attn] if attn else []) + mixers:
         out = _child(block.get_submodule(parent), (*O_PROJ, "c_proj"), common)
         if out:
             pairs.append((f"{parent}.{out}", f"{parent}.{out}"))
-    mlp = _child(block, MLPS, common)
     if mlp:
         pairs.append(_mlp_pair(block, mlp))
     elif _child(block, ("fc1",), common) and _child(block, ("fc2",), common):
@@ -101,11 +115,10 @@ def structure(blocks: list[Any]) -> list[Block] | None:
     common = shared(blocks)
     found = []
     for block in blocks:
-        attn = _child(block, ATTENTIONS, common)
+        mixer, attn, mlp = _roles(block, common)
         o_proj = _child(block.get_submodule(attn), O_PROJ, common) if attn else None
         qkv = attn is not None and all(_child(block.get_submodule(attn), (p,), common) for p in QKV.values())
         gated = qkv and _gated_query(block.get_submodule(attn))
-        mixer, mlp = _child(block, MIXERS, common), _child(block, MLPS, common)
         found.append(Block(mixer, attn, mlp, o_proj, qkv, gated))
     return found if any(b.mixer for b in found) else None
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from ivx.config import module_names
 from ivx.core.errors import UserError
+from ivx.model import moe
 
 PROBE = 4  # tokens of the probe forward
 _WIDTHS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], int]] = weakref.WeakKeyDictionary()
@@ -45,7 +46,7 @@ def concrete(component: str, layer: int) -> str:
 
 def problem(model: Any, blocks: str, n_layers: int, component: str, layer: int) -> str | None:
     """What is wrong with this path at `layer` on this model's module tree, or None."""
-    template, _ = parse(component)
+    template, hook = parse(component)
     if "{layer}" in template and not 0 <= layer < n_layers:
         return f"layer {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})"
     path = concrete(component, layer)
@@ -55,12 +56,24 @@ def problem(model: Any, blocks: str, n_layers: int, component: str, layer: int) 
         hint = f"; nearest: {', '.join(near)}" if near else ""
         model_type = getattr(model.config, "model_type", None) or type(model).__name__
         return f"module {path!r} does not exist in this {model_type} model{hint}"
+    if hook == "output" and _router(model, path):
+        return (
+            f"module {path!r} is a mixture-of-experts router: its output is the routing it already "
+            "computed from its logits, so an edit there would change nothing; use the router_logits "
+            "component (it re-routes; docs/moe.md)"
+        )
     if not path.startswith(f"{blocks}."):
         return (
             f"module {path!r} is not inside a decoder block ({blocks}.N.…): module paths reach the "
             "blocks' modules; use the named components (embedding, block_input, …) outside them"
         )
     return None
+
+
+def _router(model: Any, path: str) -> bool:
+    """Whether `path` is the router of a fused mixture of experts (a gate / router beside `experts`)."""
+    parent, _, name = path.rpartition(".")
+    return name in moe.ROUTERS and hasattr(model.get_submodule(parent), moe.EXPERTS) if parent else False
 
 
 def block_layer(blocks: str, path: str) -> int:

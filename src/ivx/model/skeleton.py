@@ -29,7 +29,7 @@ from ivx.model import patterns
 from ivx.model.layouts import LAYOUTS
 from ivx.store import fingerprint
 
-FORMAT = 4
+FORMAT = 5  # 5: MoE components (router_logits, experts_output) found from the recorded tree
 # config attributes ivx reads by name (components.describe, checks.max_positions, ...); every
 # other recorded value comes from config.to_dict() and the config class's aliases
 PROBES = (
