@@ -448,5 +448,8 @@ def test_a_router_by_module_path_is_refused(tiny_moe: Any) -> None:
     out = "module:model.layers.{layer}.mlp.gate@output"
     why = module_paths.problem(lm.model, blocks, lm.info.n_layers, out, 0)
     assert why is not None and "router_logits" in why and "change nothing" in why
-    for ok in ("module:model.layers.{layer}.mlp.gate@input", "module:model.layers.{layer}.mlp.experts@output"):
+    for ok in (
+        "module:model.layers.{layer}.mlp.gate@input",
+        "module:model.layers.{layer}.mlp.experts@output",
+    ):
         assert module_paths.problem(lm.model, blocks, lm.info.n_layers, ok, 0) is None

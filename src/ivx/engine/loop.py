@@ -215,7 +215,7 @@ def corrupted_pass(
                 hooks.patching(work.lm.model, patched.patches),
                 hooks.capturing(work.lm.model, sites) as store,
             ):
-                logits, cache = work.forward(ids, keep_cache=state.on("prefix_reuse"))
+                logits, cache = state.baseline_forward(ids)
             for i, cell in enumerate(chunk):
                 for key, site in wanted.items():
                     acts[key][cell.prompt] = store[site][i * S : (i + 1) * S]

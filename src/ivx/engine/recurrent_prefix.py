@@ -6,7 +6,9 @@ prefix as a KV cache can. A cell that edits nothing before position p still need
 p: the baseline's first p tokens run alone (with the baseline's corruption; patches past the
 prefix fall outside the shorter run) and the cell continues from that cache. Once per prompts ×
 prefix in a row of forwards (the schedule groups cells by prefix), never more tokens than the
-cells skip.
+cells skip. The same holds for any cache ivx cannot cut (`kvcache.layers` says why): a sliding
+window shorter than the prompt, DeepSeek-V4's compressed entries, MiniMax's lightning-attention
+state kept beside its cache layers.
 
 Whether a model continues a multi-token input from a cached recurrent state exactly is a
 property of its transformers implementation (Mamba 1's scan restarts from a zero state), so it
@@ -82,9 +84,8 @@ class RecomputedPrefix:
                 raise TypeError(f"{work.lm.info.model_type} returned no cache object to continue from")
             self._last = (key, cache)
         index = torch.cat([torch.arange(S) + prompts.index(c.prompt) * S for c in cells])
-        per_layer = [
-            stagger.active_rows(entries, layer) or len(entries) for layer in range(work.lm.info.n_layers)
-        ]
+        layers = max(len(self._last[1].layers), work.lm.info.n_layers)  # MiniMax's grow lazily
+        per_layer = stagger.cache_rows(entries, layers, work.lm.info.n_layers)
         return kvcache.select_rows(self._last[1], index, per_layer)
 
     def continues(self, builder: PatchBuilder) -> str | None:
@@ -122,6 +123,10 @@ class RecomputedPrefix:
         if [t.shape for t in got] != [t.shape for t in want]:
             return f"the continued cache holds other shapes than the full run's {version}"
         for a, b in zip(got, want, strict=True):
-            if float((a.float() - b.float()).abs().max()) > RELATIVE * float(b.float().abs().max()) + 1e-6:
+            if (
+                b.numel()
+                and float((a.float() - b.float()).abs().max())
+                > RELATIVE * float(b.float().abs().max()) + 1e-6
+            ):
                 return f"{not_continued(work.lm.info.model_type)} {version}"
         return None

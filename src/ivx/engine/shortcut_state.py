@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 NAMES = ("prefix_reuse", "layer_reuse", "skip_noop", "defer_head", "trim_final")
 PROBED = ("prefix_reuse", "layer_reuse", "defer_head", "trim_final")
-KV = list[tuple["torch.Tensor", "torch.Tensor"]]
+KV = list[tuple["torch.Tensor", ...]]  # per layer: keys, values[, indexer keys] (see `kvcache.layers`)
 
 
 def config_reasons(work: Workload) -> dict[str, str | None]:
@@ -48,6 +48,8 @@ def config_reasons(work: Workload) -> dict[str, str | None]:
             if not batch.prefix_reuse or all_logits
             else f"{info.model_type} has no single block_output per position to resume from"
             if "block_output" not in info.components
+            else f"{info.model_type} has layers that do not run (no block_output there) to resume from"
+            if any("block_output" not in names for names in info.layers)
             else f"baseline block outputs ({state_bytes / 2**20:.0f} MiB) exceed half of batch.memory_gb"
             if state_bytes >= budget
             else None
@@ -82,8 +84,9 @@ class ShortcutState:
         self.noop_cells = 0  # cells answered by the corrupted baseline without a forward pass
         self._divergences: dict[tuple[int, str], int] = {}
         self._replay_error: str | None = None  # why the last probe failed, if it raised
-        # recurrent layers: the state at a prefix's end is recomputed (the baseline's cache has only
-        # the final state), and layer reuse does not need prefix reuse
+        # recurrent layers (or any cache that cannot be cut, found when one is kept): the state at a
+        # prefix's end is recomputed (the baseline's cache has only the final state), and layer reuse
+        # does not need prefix reuse
         self.recurrent = kvcache.no_prefix_state(work.lm.model) is not None
         self.recomputed = RecomputedPrefix(work, base)
 
@@ -174,45 +177,60 @@ class ShortcutState:
             if stacked is not None:
                 self.states[cell.prompt] = stacked[:, rows].clone()  # [layers, rows, seq, d]
 
+    def baseline_forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The corrupted baseline's forward: logits and (prefix reuse on) its cache.
+
+        A model whose forward fails when asked for a cache (tiny RWKV configs; RecurrentGemma or
+        GraniteMoeHybrid without an attention layer, whose cache cannot tell its length) runs
+        without one, and prefix reuse is switched off with the reason.
+        """
+        if self.on("prefix_reuse"):
+            try:
+                return self.work.forward(ids, keep_cache=True)
+            except Exception as exc:  # noqa: BLE001 - transformers' own cache path fails on this model
+                self._no_cache(f"its forward with a cache failed with {type(exc).__name__}: {str(exc)[:100]}")
+        return self.work.forward(ids)
+
+    def _no_cache(self, why: str) -> None:
+        """Prefix reuse off for want of a cache; layer reuse reads block outputs, not the cache."""
+        self.why_off["prefix_reuse"] = why
+        self.caches.clear()
+        self.recomputed.prompts.clear()
+
     def _keep_cache(self, prompt: int, cache: Any, rows: slice) -> None:
-        """Keep one prompt's baseline KV cache, or (recurrent layers) mark its prefix states as
-        recomputed; a cache ivx can do neither with switches prefix reuse off with the reason."""
+        """Keep one prompt's baseline KV cache cut to its rows; a cache that cannot be cut to a
+        prefix (recurrent layers, a sliding window, compressed or other states) marks its prefix
+        states as recomputed instead (`recurrent_prefix`, checked by `verify`)."""
+        if cache is None:
+            self._no_cache(kvcache.no_cache(self.work.lm.model, self.work.lm.info.model_type))
+            return
         if self.recurrent:
             self.recomputed.keep(prompt, cache, rows)
             return
         try:
-            self.caches[prompt] = [(k[rows].clone(), v[rows].clone()) for k, v in kvcache.layers(cache)]
+            self.caches[prompt] = kvcache.rows(kvcache.layers(cache, self.work.prompts[prompt].length), rows)
         except Exception as exc:  # noqa: BLE001 - a cache ivx cannot cut
-            if cache is not None and kvcache.no_prefix_state(self.work.lm.model, cache) is not None:
-                self.recurrent = True  # recurrent layers the module scan missed: recompute instead
-                self.recomputed.prompts.update(self.caches)
-                self.caches.clear()
-                self._keep_cache(prompt, cache, rows)
+            if not hasattr(cache, "layers"):  # no cache ivx can select rows of
+                self._no_cache(f"cache check failed with {type(exc).__name__}: {str(exc)[:100]}")
                 return
-            self.why_off["prefix_reuse"] = f"cache check failed with {type(exc).__name__}: {str(exc)[:100]}"
-            if self.why_off["layer_reuse"] is None:
-                self.why_off["layer_reuse"] = "needs prefix reuse"
+            self.recurrent = True  # recompute instead, for every prompt
+            self.recomputed.prompts.update(self.caches)
             self.caches.clear()
+            self._keep_cache(prompt, cache, rows)
 
     def past(self, cells: list[Cell], prefix: int, entries: list[int], builder: PatchBuilder) -> Any:
         """The baseline KV cache of the first `prefix` tokens, as one batch; per layer only the rows
         that run it (`entries`: each row's entry block, ascending; see `stagger`)."""
-        import torch
-
         if self.recurrent:
             return self.recomputed.past(cells, prefix, entries, builder)
         S = self.work.samples
-        pairs = []
-        for layer in range(len(self.caches[cells[0].prompt])):
-            rows = stagger.active_rows(entries, layer) or len(entries)  # a skipped layer's cache is unused
-            caches = [self.caches[c.prompt][layer] for c in cells[: -(-rows // S)]]
-            pairs.append(
-                (
-                    torch.cat([keys[:, :, :prefix] for keys, _ in caches])[:rows],
-                    torch.cat([values[:, :, :prefix] for _, values in caches])[:rows],
-                )
+        kept = []
+        layers = len(self.caches[cells[0].prompt])
+        for layer, rows in enumerate(stagger.cache_rows(entries, layers, self.work.lm.info.n_layers)):
+            kept.append(
+                kvcache.cut([self.caches[c.prompt][layer] for c in cells[: -(-rows // S)]], prefix, rows)
             )
-        return kvcache.build(self.work.lm.model.config, pairs)
+        return kvcache.build(self.work.lm.model.config, kept)
 
     def entering(self, cells: list[Cell], prefix: int, entries: list[int]) -> Any:
         """Context: each row enters the blocks at its entry block, the rest from the baseline's states."""
@@ -269,7 +287,8 @@ class ShortcutState:
                     differ = recurrent_prefix.not_continued(self.work.lm.info.model_type)
                 self.why_off[name] = f"{self._replay_error or differ} (transformers {version}); switched off"
         if (
-            self.why_off["prefix_reuse"] is not None
+            "prefix_reuse" in wanted  # failed its probe: the cache API may have changed
+            and self.why_off["prefix_reuse"] is not None
             and self.why_off["layer_reuse"] is None
             and not self.recurrent
         ):
@@ -304,8 +323,9 @@ class ShortcutState:
         # layer reuse: two copies of the run, one entering at a late block (every block below it
         # returns the stored states, as most cells' do), one after the last block (staggered; cheap).
         # Even a 2-layer model skips a block, so how skipped blocks must return is always checked.
+        # Prefix reuse alone: two copies too, so a cache's rows are selected as in a batch of cells.
         top = work.lm.info.n_layers
-        entries = [min(top - 1, max(1, top - 2)), top] if "layer_reuse" in use else [0]
+        entries = [min(top - 1, max(1, top - 2)), top] if "layer_reuse" in use else [0, 0] if prefix else [0]
         cells = [Cell(-1 - prompt, prompt, (), ())] * len(entries)
         entries = [e for e in entries for _ in range(work.samples)]
         ids = torch.tensor([self.base.run_ids(work, prompt)] * len(cells))

@@ -38,6 +38,14 @@ def active_rows(entries: Sequence[int], block: int) -> int:
     return bisect.bisect_right(entries, block)
 
 
+def cache_rows(entries: Sequence[int], cache_layers: int, blocks: int) -> list[int]:
+    """Rows each cache layer holds for a staggered forward: those of the block that uses it (all
+    rows for a block no row runs: its cache is unused). A block may use several consecutive cache
+    layers (LongCat-Flash's two attentions per block use layers 2i and 2i + 1)."""
+    per_block = cache_layers // blocks if blocks and cache_layers % blocks == 0 else 1
+    return [active_rows(entries, layer // per_block) or len(entries) for layer in range(cache_layers)]
+
+
 def _head(value: Any, active: int, rows: int, tokens: int, folded: bool = False) -> Any:
     """The active rows of a block argument that has one entry per row; anything else unchanged.
 
@@ -60,11 +68,14 @@ def _wrapped(original: Callable, block: int, active: int, rows: int, states: Sta
         args = tuple(_head(a, active, rows, tokens) for a in args)
         kwargs = {k: _head(v, active, rows, tokens, k == "alibi") for k, v in kwargs.items()}
         out = original(hidden[:active], *args, **kwargs)
-        first = out[0] if isinstance(out, tuple) else out
+        many = isinstance(out, tuple | list)  # OpenAI GPT's blocks return a list
+        first = out[0] if many else out
         full = first.new_empty((rows, *first.shape[1:]))
         full[:active] = first
         states(block, active, full[active:])
-        return (full, *out[1:]) if isinstance(out, tuple) else full
+        if not many:
+            return full
+        return [full, *out[1:]] if isinstance(out, list) else (full, *out[1:])
 
     return forward
 
