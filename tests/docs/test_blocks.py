@@ -4,8 +4,9 @@ Each page runs in its own scratch directory whose entries link to the repository
 docs/, benchmarks/, ...), so `ivx run configs/x.yaml` works as written and its runs/ land in the
 scratch directory. Blocks of a page run in page order (a later block may read what an earlier one
 wrote); consecutive ```python blocks share one interpreter, like notebook cells. Cheap blocks run
-in the fast tier; `<!-- ivx-docs: slow -->` blocks (and, in the slow tier, the whole page again)
-run under `-m slow`.
+in the fast tier, forked from one server that imported torch and transformers once (zygote.py);
+`<!-- ivx-docs: slow -->` blocks, and in the slow tier every page again in fresh processes, run
+under `-m slow`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.docs import zygote
 from tests.docs.blocks import ROOT, Block, all_blocks, documents, parse
 
 PAGES = [p for p in documents() if any(b.runs for b in parse(p))]
 FAST_PAGES = [p for p in PAGES if any(b.runs and not b.slow for b in parse(p))]
-SLOW_PAGES = [p for p in PAGES if any(b.runs and b.slow for b in parse(p))]
 DRIVER = """
 import json, sys
 namespace = {"__name__": "__main__"}
@@ -66,16 +67,24 @@ def groups(blocks: list[Block]) -> list[list[Block]]:
     return out
 
 
-def execute(blocks: list[Block], tmp_path: Path) -> None:
-    """Run the blocks in page order in one scratch directory; fail naming the block's line."""
+def execute(blocks: list[Block], tmp_path: Path, fork: bool = False) -> None:
+    """Run the blocks in page order in one scratch directory; fail naming the block's line.
+
+    fork: `ivx` and the python groups run in children of the docs fork server (tests/docs/zygote.py:
+    torch and transformers imported once per session) instead of fresh interpreters."""
     work, env = scratch(tmp_path), environment(tmp_path)
+    python = [sys.executable, "-c"]
+    if fork:
+        shims = zygote.shims(env)
+        env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
+        python = [str(shims / "python-fork")]
     for group in groups(blocks):
         if group[0].language == "bash":
             command = ["bash", "-e", "-o", "pipefail", "-c", group[0].code]
         else:
             cells = tmp_path / "cells.json"
             cells.write_text(json.dumps([[b.where, b.code] for b in group]))
-            command = [sys.executable, "-c", DRIVER, str(cells)]
+            command = [*python, DRIVER, str(cells)]
         done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             where = ", ".join(b.where for b in group)
@@ -86,14 +95,16 @@ def execute(blocks: list[Block], tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("page", FAST_PAGES, ids=page_id)
 def test_fast_blocks_run(page: Path, tmp_path: Path) -> None:
-    """The page's cheap blocks (no slow marker) run and exit 0."""
-    execute([b for b in parse(page) if b.runs and not b.slow], tmp_path)
+    """The page's cheap blocks (no slow marker) run and exit 0 (forked from the docs fork server;
+    the slow tier runs them again in fresh processes)."""
+    execute([b for b in parse(page) if b.runs and not b.slow], tmp_path, fork=zygote.enabled())
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", SLOW_PAGES, ids=page_id)
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_every_block_runs(page: Path, tmp_path: Path) -> None:
-    """Every runnable block of the page, slow ones included, runs in page order and exits 0."""
+    """Every runnable block of the page, slow ones included, runs in page order and exits 0, each
+    command in a fresh process (the fast tier forks its cheap blocks from tests/docs/zygote.py)."""
     execute([b for b in parse(page) if b.runs], tmp_path)
 
 
