@@ -74,6 +74,10 @@ QSA = {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 16, "ind
 EXTRA |= {
     # hybrid_layer_ids is derived from layers_block_type, but to_dict() keeps the 54-layer list
     "zamba2": {**EXTRA["zamba2"], "hybrid_layer_ids": [1]},
+    # hybrids: their checkpoints interleave attention layers (Bamba-9B at 9, 18, 27; Granite 4.0-H
+    # every few layers); the defaults of 2 layers would keep only Mamba ones
+    "bamba": {"attn_layer_indices": [1]},
+    "granitemoehybrid": {"layer_types": ["mamba", "attention"]},
     # one block per kind (Mamba-2, MoE, attention, MLP); 8 SSM groups do not divide 4 heads
     "nemotron_h": {"n_groups": 2},
     # transformers' defaults lack the attention's rope_theta and set clip_qkv=None, which its

@@ -23,7 +23,7 @@ absolute logit difference is at most 1e-4 (ivx runs many cells per forward, the 
 `head_attention_pattern` is checked separately (`tests/model/test_attention_pattern.py`).
 
 Regenerate: `python benchmarks/coverage.py --json benchmarks/coverage_rows.json --write
-docs/coverage.md` (about twenty minutes on two busy cores); one architecture: `python
+docs/coverage.md` (about five minutes on one thread at load 3, 2026-12-03); one architecture: `python
 benchmarks/coverage.py --arch mamba`; re-check some and keep the other rows: add
 `--rows benchmarks/coverage_rows.json --arch mamba --arch bamba`. The tests run a fixed
 subset, one per family (`tests/model/test_coverage.py`), and the whole table in the slow tier.
