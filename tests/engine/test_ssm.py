@@ -177,7 +177,11 @@ def test_patching_equals_hand_hooks(arch: str, ssm_dir, tmp_path: Path) -> None:
     report = check_patching(arch, ssm_dir(arch), tmp_path)
     state = report["shortcuts"]
     # transformers' Mamba 1 scan restarts a multi-token input from a zero state: no prefix reuse
-    assert not state["prefix_reuse"]["on"] and "cached recurrent state" in state["prefix_reuse"]["why"]
+    # (before transformers 5.24, Mamba returns its state as `cache_params`, not a cache: no reuse either)
+    why = state["prefix_reuse"].get("why", "")
+    assert not state["prefix_reuse"]["on"] and (
+        "cached recurrent state" in why or "returns no KV cache" in why
+    )
     assert all(state[name]["on"] for name in ("layer_reuse", "skip_noop", "defer_head", "trim_final")), state
 
 
@@ -186,6 +190,13 @@ def test_patching_equals_hand_hooks(arch: str, ssm_dir, tmp_path: Path) -> None:
 def test_patching_equals_hand_hooks_more_families(arch: str, ssm_dir, tmp_path: Path) -> None:
     report = check_patching(arch, ssm_dir(arch), tmp_path)
     state = report["shortcuts"]
+    import transformers
+
+    if state["prefix_reuse"].get("why", "").endswith("returns no KV cache"):
+        # before transformers 5.24 Mamba-2 returns its state as `cache_params`, not a cache
+        assert tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 24), state
+        assert all(v["on"] for k, v in state.items() if k != "prefix_reuse"), state
+        return
     # the prefix's recurrent state is recomputed and continued from: every shortcut engaged
     assert all(v["on"] for v in state.values()), state
     assert sum(g["cells_after_prefix"] for g in report["groups"]) > 0
@@ -254,6 +265,10 @@ def test_causal_trace_equals_hand_written_rome(arch: str, ssm_dir, tmp_path: Pat
         )
         assert row["indirect_effect"] == pytest.approx(ie, abs=1e-5), row
     shortcuts = json.loads((run_dir / "manifest.json").read_text())["shortcuts"]
-    if arch == "mamba2":  # the restored cells continued from the noised run's recomputed prefix
+    import transformers
+
+    # before transformers 5.24 Mamba-2 returns its state as `cache_params`, not a cache
+    old = tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 24)
+    if arch == "mamba2" and not old:  # the restored cells continued from the noised run's recomputed prefix
         assert shortcuts["shortcuts"]["prefix_reuse"]["on"], shortcuts
         assert sum(g["cells_after_prefix"] for g in shortcuts["groups"]) > 0
