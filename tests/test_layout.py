@@ -245,6 +245,26 @@ def test_no_import_of_the_ivx_package_inside_it() -> None:
     _fail_if(found, "import the module you use (`from ivx.results import rundir`), not the ivx package:")
 
 
+def test_ivx_imports_are_at_the_top_of_the_file() -> None:
+    """An ivx import inside a function hides an edge of the import graph (and a cycle with it);
+    only the package's lazy exports (`ivx/__init__.py`: `ivx.run` imports `ivx.api` on first use,
+    so importing any ivx module stays light) may import inside a function."""
+    found = []
+    for path in _modules().values():
+        if path == PKG / "__init__.py":
+            continue
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                relative = isinstance(node, ast.ImportFrom) and node.level > 0
+                absolute = isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "ivx"
+                bare = isinstance(node, ast.Import) and any(a.name.split(".")[0] == "ivx" for a in node.names)
+                if relative or absolute or bare:
+                    found.append(f"  {_rel(path)}:{node.lineno}  {ast.unparse(node)}")
+    _fail_if(sorted(set(found)), "import ivx modules at the top of the file, not inside a function:")
+
+
 def _layer_order() -> list[str]:
     """Contract layers bottom first, short names (`ivx.core` → `core`)."""
     return [name.removeprefix("ivx.") for level in reversed(_contract()) for name in level]

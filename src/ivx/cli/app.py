@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-import importlib
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
 
+from ivx.api import Run
+from ivx.cli import generate, hub, report, runs, toy, train
+from ivx.cli import sae as sae_cli
 from ivx.cli.errors import USER_ERRORS, guard
 from ivx.cli.options import DEFAULT_MAX_CELLS, ConfigArg, ForceOpt, MaxCellsOpt, SetOpt, cap
+from ivx.config import docs, tl_names
+from ivx.core import startup, threads
 from ivx.core.version import VERSION as __version__
+from ivx.engine import shortcuts
+from ivx.methods import verification
+from ivx.model import components as comps
+from ivx.model import loading as models
+from ivx.plan import estimate
+from ivx.plan.edits import Mode
+from ivx.recipes import prepare
+from ivx.recipes import run as experiment
+from ivx.results import controls, rundir, sae, summary
 
 app = typer.Typer(
     name="ivx",
@@ -22,15 +35,7 @@ app = typer.Typer(
 )
 
 # Modules that add their own commands with `register(app)` (no torch at import time).
-_COMMAND_MODULES: tuple[str, ...] = (
-    "ivx.cli.generate",
-    "ivx.cli.train",
-    "ivx.cli.hub",
-    "ivx.cli.runs",
-    "ivx.cli.report",
-    "ivx.cli.toy",
-    "ivx.cli.sae",
-)
+_COMMAND_MODULES = (generate, train, hub, runs, report, toy, sae_cli)
 
 
 def _err(message: str) -> None:
@@ -123,9 +128,7 @@ def validate(
     plan size and estimates: what `ivx run|generate|train` would reject, validate rejects."""
 
     if command is Command.sae_train:  # `ivx sae train` trains on activations: no plan of cells (cli/sae.py)
-        return importlib.import_module("ivx.cli.sae").print_check(config, tuple(set_ or ()), weights)
-    from ivx.plan.edits import Mode
-    from ivx.recipes import prepare
+        return sae_cli.print_check(config, tuple(set_ or ()), weights)
 
     mode = cast(Mode, command.value)
     preps = prepare.prepare_all(
@@ -136,8 +139,6 @@ def validate(
 
 def _print_plan(config: Path, preps: list[Any], weights: bool) -> None:
     """`ivx validate`'s report: model, prompts, sweep, cells, tensors and estimates, warnings."""
-    from ivx.plan import estimate
-    from ivx.results import summary
 
     prep = preps[0]
     exp = prep.cfg.experiment
@@ -199,9 +200,6 @@ def run(
 ) -> None:
     """Run an experiment; the last line printed is the run directory."""
 
-    from ivx.recipes import run as experiment
-    from ivx.results import rundir
-
     if _nothing_to_run(config, set_, resume):
         return
     started: list[Path] = []
@@ -231,7 +229,6 @@ def run(
 
 def _nothing_to_run(config: Path | None, set_: list[str] | None, resume: Path | None) -> bool:
     """`ivx run`'s arguments: exit 2 unless CONFIG or --resume alone; True for a complete run."""
-    from ivx.results import rundir
 
     if config is None and resume is None:
         _err("error: give a CONFIG file, or --resume RUN_DIR")
@@ -252,11 +249,6 @@ def _nothing_to_run(config: Path | None, set_: list[str] | None, resume: Path | 
 
 def _print_summary(run_dir: Path) -> None:
     """The run's terminal tables, scored tokens, attribution checks, warnings and shortcuts, on stderr."""
-
-    from ivx.api import Run
-    from ivx.engine import shortcuts
-    from ivx.methods import verification
-    from ivx.results import controls, sae, summary
 
     run = Run(run_dir)
     _err(run.table())
@@ -304,9 +296,6 @@ def components(
     """List the components, layers and heads of a model, with shapes."""
     from rich.table import Table
 
-    from ivx.model import components as comps
-    from ivx.model import loading as models
-
     lm = models.load(model, revision, weights=False)  # structure only: no weights are read
     info = lm.info
     out: Any = console()
@@ -316,8 +305,6 @@ def components(
         f"{info.head_dim}, d_mlp {info.d_mlp}, vocab {info.vocab_size}"
     )
     from rich.markup import escape
-
-    from ivx.config import tl_names
 
     table = Table("component", "module (layer N)", "hook", "shape", "TransformerLens")
     for column in table.columns:
@@ -345,8 +332,6 @@ def schema(
     from rich.markup import escape
     from rich.table import Table
 
-    from ivx.config import docs
-
     if markdown:
         typer.echo(docs.markdown())
         return
@@ -371,13 +356,7 @@ def schema(
 
 
 def _register_all() -> None:
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue
-            raise
+    for module in _COMMAND_MODULES:
         module.register(app)
 
 
@@ -386,7 +365,6 @@ _register_all()
 
 def main() -> None:
     """Console-script entry point."""
-    from ivx.core import startup, threads
 
     try:  # before anything imports torch: OpenMP reads its wait policy once, when torch loads it
         threads.configure()

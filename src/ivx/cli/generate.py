@@ -9,6 +9,7 @@ import typer
 
 from ivx.cli.errors import guard
 from ivx.cli.options import DEFAULT_MAX_CELLS, ForceOpt, MaxCellsOpt, cap
+from ivx.recipes.generate import generate_run
 
 
 def register(app: typer.Typer) -> None:
@@ -32,7 +33,6 @@ def register(app: typer.Typer) -> None:
         force: ForceOpt = False,
     ) -> None:
         """Generate text with and without the intervention; print both side by side."""
-        from ivx.recipes.generate import generate_run
 
         quick = None
         if config is None:

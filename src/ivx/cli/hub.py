@@ -7,6 +7,11 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from ivx.results import train_report
+from ivx.store import bundle
+from ivx.store.bundle import BundleError
+from ivx.store.hub import HubError, HubPathError, parse_ref, pull, push
+
 
 def register(app: typer.Typer) -> None:
     """Add `save`, `push` and `pull`."""
@@ -17,8 +22,6 @@ def register(app: typer.Typer) -> None:
 
 def _fail(exc: Exception) -> NoReturn:
     """Exit 2 for a wrong input (not a bundle or run), 1 when the Hub or the network failed."""
-    from ivx.store.bundle import BundleError
-    from ivx.store.hub import HubPathError
 
     typer.echo(f"error: {exc}", err=True)
 
@@ -27,7 +30,6 @@ def _fail(exc: Exception) -> NoReturn:
 
 def _check(ref: str) -> None:
     """A malformed repository id is a user error (exit 2), for push and pull alike."""
-    from ivx.store.hub import HubError, parse_ref
 
     try:
         parse_ref(ref)
@@ -45,9 +47,6 @@ def save_command(
     ] = None,
 ) -> None:
     """Turn a run's vectors / trained parameters into an intervention bundle."""
-
-    from ivx.results import train_report
-    from ivx.store import bundle
 
     try:
         if point is not None:
@@ -70,7 +69,6 @@ def push_command(
     message: Annotated[str | None, typer.Option("--message", help="Commit message.")] = None,
 ) -> None:
     """Publish a bundle or a finished run to the Hugging Face Hub in one commit."""
-    from ivx.store.hub import HubError, push
 
     _check(repo)
     try:
@@ -92,7 +90,6 @@ def pull_command(
     out: Annotated[Path | None, typer.Option("--out", help="Copy the files into this directory.")] = None,
 ) -> None:
     """Download a bundle or run from the Hub (cached in the usual HF cache)."""
-    from ivx.store.hub import HubError, pull
 
     _check(ref)
     try:

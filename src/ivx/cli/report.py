@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from ivx.cli.errors import guard
+from ivx.results.report import page
+from ivx.results.report.index import write_index
+from ivx.results.runs import listing, resolve
 
 
 def register(app: typer.Typer) -> None:
@@ -25,9 +28,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rebuild RUN/report.html; for a directory of runs, write RUNS_DIR/index.html linking to each
         run's report (writing the reports that are missing)."""
-        from ivx.results.report import page
-        from ivx.results.report.index import write_index
-        from ivx.results.runs import listing, resolve
 
         run = resolve(target, runs_dir)
         if run is not None:

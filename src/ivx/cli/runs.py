@@ -7,7 +7,11 @@ from typing import Annotated, Any
 
 import typer
 
+from ivx.api import Run
 from ivx.cli.errors import guard
+from ivx.results import tables as report
+from ivx.results.report.index import write_compare
+from ivx.results.runs import CompareError, check_comparable, compare, listing, resolve
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Where a bare run name is looked up.")]
 
@@ -20,8 +24,6 @@ def register(app: typer.Typer) -> None:
         runs_dir: Annotated[Path, typer.Argument(help="Directory holding run directories.")] = Path("runs"),
     ) -> None:
         """List the runs in RUNS_DIR: name, status, cells, wall time, created."""
-        from ivx.results import tables as report
-        from ivx.results.runs import listing
 
         rows = listing(runs_dir)
         if not rows:
@@ -54,9 +56,6 @@ def register(app: typer.Typer) -> None:
         runs_dir: RunsDir = Path("runs"),
     ) -> None:
         """Metric means of two runs at every grid point, and their difference B − A (the grids must match)."""
-        from ivx.results import tables as report
-        from ivx.results.report.index import write_compare
-        from ivx.results.runs import check_comparable, compare
 
         a, b = open_run(run_a, runs_dir), open_run(run_b, runs_dir)
         check_comparable(a.summary, b.summary, f"A ({a.path.name})", f"B ({b.path.name})")
@@ -70,8 +69,6 @@ def register(app: typer.Typer) -> None:
 def open_run(path: Path, runs_dir: Path = Path("runs")) -> Any:
     """A run by directory, or by the name `ivx ls` prints (its directory under runs_dir, else the
     newest run of that experiment name)."""
-    from ivx.api import Run
-    from ivx.results.runs import CompareError, resolve
 
     found = resolve(path, runs_dir)
     if found is None:

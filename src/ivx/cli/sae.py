@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from ivx.cli.errors import guard
+from ivx.recipes import sae_train
+from ivx.results import rundir, sae_report
 
 sae_app = typer.Typer(help="Sparse autoencoders: train one on a site's activations.", no_args_is_help=True)
 
@@ -67,9 +69,6 @@ def train_command(
     """Train a sparse autoencoder; the run directory holds it in SAELens's layout, a model card and curves."""
     import json
 
-    from ivx.recipes.sae_train import train
-    from ivx.results import rundir, sae_report
-
     if (config is None) == (resume is None):
         typer.echo("error: give CONFIG or --resume RUN_DIR (not both)", err=True)
         raise typer.Exit(2)
@@ -78,7 +77,7 @@ def train_command(
     try:
         with rundir.signals_interrupt():
             where = str(out) if out else None
-            run_dir = train(config or Path(), tuple(set_ or ()), where, resume, bar, started.append)
+            run_dir = sae_train.train(config or Path(), tuple(set_ or ()), where, resume, bar, started.append)
     except KeyboardInterrupt as exc:
         bar.close()
         target = started[0] if started else "RUN_DIR"
@@ -93,7 +92,6 @@ def train_command(
 
 def print_check(config: Path, overrides: tuple[str, ...], weights: bool = False) -> None:
     """`ivx validate --for sae_train`: the checks of `ivx sae train` and the size of the training."""
-    from ivx.recipes import sae_train
 
     prep = sae_train.prepare(config, overrides, weights=weights)
     tokens = sum(p.length for p in prep.prompts)

@@ -7,6 +7,10 @@ from typing import Annotated
 
 import typer
 
+from ivx.model import loading as models
+from ivx.toy.export import export
+from ivx.toy.train import Settings, train
+
 toy_app = typer.Typer(
     help="The bundled ivx-toy model: retrain it, export its datasets.", no_args_is_help=True
 )
@@ -20,8 +24,6 @@ def train_command(
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
 ) -> None:
     """Train ivx-toy from scratch on CPU; fails (exit 1) below the accuracy bar."""
-
-    from ivx.toy.train import Settings, train
 
     try:
         report = train(
@@ -41,9 +43,6 @@ def export_command(
     model: Annotated[str, typer.Option(help="Keep only facts this model answers correctly.")] = "ivx-toy",
 ) -> None:
     """Write facts.jsonl, ioi.jsonl and city_swap.jsonl (prompt records for configs)."""
-
-    from ivx.model import loading as models
-    from ivx.toy.export import export
 
     lm = models.load(model)
     counts = export(out, seed, lm.model, lm.tokenizer)

@@ -10,6 +10,8 @@ import typer
 
 from ivx.cli.errors import guard
 from ivx.cli.options import DEFAULT_MAX_CELLS, ForceOpt, MaxCellsOpt, cap
+from ivx.recipes.train import train_run
+from ivx.results import train_report
 
 
 def register(app: typer.Typer) -> None:
@@ -30,8 +32,6 @@ def register(app: typer.Typer) -> None:
         force: ForceOpt = False,
     ) -> None:
         """Train a DAS intervention (IIT); writes metrics, plots and an intervention bundle."""
-        from ivx.recipes.train import train_run
-        from ivx.results import train_report
 
         if config is None and resume is None:
             typer.echo("error: give CONFIG or --resume RUN_DIR", err=True)
