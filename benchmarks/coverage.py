@@ -37,8 +37,16 @@ SOURCE = "When Tom and James went to the park , James gave a ball to"
 POSITIONS = (2, 9)
 HEAD = 1
 ATOL = 1e-4  # float32 logits of a width-64 model; ivx batches cells, the oracle runs one at a time
-OFF = {"prefix_reuse": False, "layer_reuse": False, "defer_head": False, "trim_final": False, "skip_noop": False}
-SKIPPED = ("head_attention_pattern",)  # probabilities, not a tensor a module returns: tests/model/test_attention_pattern.py
+OFF = {
+    "prefix_reuse": False,
+    "layer_reuse": False,
+    "defer_head": False,
+    "trim_final": False,
+    "skip_noop": False,
+}
+SKIPPED = (
+    "head_attention_pattern",
+)  # probabilities, not a tensor a module returns: tests/model/test_attention_pattern.py
 SHORTCUTS = ("prefix_reuse", "layer_reuse", "defer_head", "trim_final")
 
 
@@ -145,7 +153,9 @@ def _close(a: Any, b: Any) -> bool:
     return a.shape == b.shape and bool((a.float() - b.float()).abs().max() <= ATOL)
 
 
-def _setting(model: Any, lm: Any, lm_dir: Path, batch: dict[str, bool], out: str, ids: tuple) -> tuple[dict, dict]:
+def _setting(
+    model: Any, lm: Any, lm_dir: Path, batch: dict[str, bool], out: str, ids: tuple
+) -> tuple[dict, dict]:
     """Every component's verdict and the manifest's shortcuts for one batch setting."""
     verdicts: dict[str, str] = {}
     shortcuts: dict[str, Any] = {}
@@ -223,13 +233,21 @@ def _check(model_type: str, root: Path, with_plain: bool) -> Result:
     ids = tuple(torch.tensor([tok(t, add_special_tokens=False)["input_ids"]]) for t in (BASE, SOURCE))
     defaults, engaged = _setting(model, lm, lm_dir, {}, str(root / "runs"), ids)
     plain = _setting(model, lm, lm_dir, OFF, str(root / "runs"), ids)[0] if with_plain else defaults
-    result.components = {c: v if v == plain.get(c) else f"{v}; shortcuts off: {plain.get(c)}" for c, v in defaults.items()}
-    result.shortcuts = {n: "on" if s.get("on") else str(s.get("why") or s.get("reason") or "off") for n, s in engaged.items() if n in SHORTCUTS}
+    result.components = {
+        c: v if v == plain.get(c) else f"{v}; shortcuts off: {plain.get(c)}" for c, v in defaults.items()
+    }
+    result.shortcuts = {
+        n: "on" if s.get("on") else str(s.get("why") or s.get("reason") or "off")
+        for n, s in engaged.items()
+        if n in SHORTCUTS
+    }
     blocks = _blocks_match(lm, ids[0])
     if blocks:
         result.components["block_output"] = f"mismatch: {blocks}"
     bad = {c: v for c, v in result.components.items() if v != "exact"}
-    result.status = "exact" if not bad else ("error" if all(v.startswith("error") for v in bad.values()) else "mismatch")
+    result.status = (
+        "exact" if not bad else ("error" if all(v.startswith("error") for v in bad.values()) else "mismatch")
+    )
     result.seconds = time.perf_counter() - start
     return result
 
@@ -251,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rows", help="start from these JSON rows (a previous --json): re-check only --arch, keep the rest"
     )
     args = parser.parse_args(argv)
-    rows = {r["model_type"]: Result(**r) for r in json.loads(Path(args.rows).read_text())} if args.rows else {}
+    rows = (
+        {r["model_type"]: Result(**r) for r in json.loads(Path(args.rows).read_text())} if args.rows else {}
+    )
     todo = args.arch or ([] if rows else architectures())
     with tempfile.TemporaryDirectory(prefix="ivx-coverage-") as tmp:
         for model_type in todo:

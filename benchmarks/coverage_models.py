@@ -29,8 +29,12 @@ SHRINK: dict[str, Any] = {
     **dict.fromkeys(("head_dim", "kv_channels", "attention_head_dim", "qk_nope_head_dim", "v_head_dim"), 16),
     **dict.fromkeys(("qk_rope_head_dim", "qk_head_dim_rope"), 8),
     **dict.fromkeys(("intermediate_size", "ffn_dim", "n_inner", "decoder_ffn_dim", "ffn_hidden_size"), 128),
-    **dict.fromkeys(("moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size"), 32),
-    **dict.fromkeys(("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "n_experts"), 4),
+    **dict.fromkeys(
+        ("moe_intermediate_size", "expert_intermediate_size", "shared_expert_intermediate_size"), 32
+    ),
+    **dict.fromkeys(
+        ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts", "n_experts"), 4
+    ),
     **dict.fromkeys(("num_experts_per_tok", "moe_topk", "top_k", "moe_k", "num_selected_experts"), 2),
     **dict.fromkeys(("n_shared_experts", "num_shared_experts", "moe_num_shared_experts"), 1),
     **dict.fromkeys(("n_group", "topk_group", "first_k_dense_replace", "num_expert_group"), 1),
@@ -60,7 +64,11 @@ SHRINK: dict[str, Any] = {
     **dict.fromkeys(("tie_word_embeddings",), False),
     **dict.fromkeys(("use_cache",), True),
 }
-NULLABLE = ("head_dim", "num_key_value_heads", "num_experts_per_tok")  # None means "derive it"; a tiny value is the same
+NULLABLE = (
+    "head_dim",
+    "num_key_value_heads",
+    "num_experts_per_tok",
+)  # None means "derive it"; a tiny value is the same
 EXTRA: dict[str, dict[str, Any]] = {
     "gpt_neo": {"attention_types": [[["global", "local"], 1]]},
     "mamba2": {"num_heads": 8, "head_dim": 16},

@@ -115,7 +115,9 @@ def render(results: list[Any]) -> str:
         INTRO,
         f"Measured on transformers {version}, torch {metadata.version('torch')}, {today}: "
         f"{len(results)} architectures — "
-        + ", ".join(f"{counts[s]} {s}" for s in ("exact", "mismatch", "error", "refused", "unbuilt") if counts[s])
+        + ", ".join(
+            f"{counts[s]} {s}" for s in ("exact", "mismatch", "error", "refused", "unbuilt") if counts[s]
+        )
         + f". Of the {len(passing)} exact ones, {all_on} run with every exact shortcut engaged.",
         "",
         "| architecture | status | layout | components | shortcuts engaged (defaults) / reason |",
@@ -123,5 +125,7 @@ def render(results: list[Any]) -> str:
     ]
     for r in results:
         last = r.reason or _shortcuts(r)
-        lines.append(f"| `{r.model_type}` | {r.status} | {r.layout} | {_cell(_components(r))} | {_cell(last)} |")
+        lines.append(
+            f"| `{r.model_type}` | {r.status} | {r.layout} | {_cell(_components(r))} | {_cell(last)} |"
+        )
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""The benchmarks' model: GPT-2 small's shape (12 layers, d_model 768, vocab 50257), random weights."""
+"""The benchmarks' model: GPT-2 small's shape (12 layers, d_model 768, vocab 50257), random weights;
+and what the patching benchmarks share: ivx-toy's tokenizer, the clean / corrupted prompts."""
 
 from __future__ import annotations
 
@@ -6,13 +7,29 @@ import shutil
 import time
 from pathlib import Path
 
+from ivx.model.loading import BUNDLED
+from ivx.store import fingerprint
+
+
+def copy_tokenizer(out: Path) -> None:
+    """ivx-toy's word-level tokenizer files into the model directory `out`."""
+    for name in BUNDLED["ivx-toy"].iterdir():
+        if name.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy(name, out / name.name)
+
+
+def prompts(length: int) -> tuple[str, str]:
+    """(clean, corrupted) texts of `length` word-level tokens; the first 3 differ."""
+    words = "the city of Trelin is located near the old tower and the bridge by a river".split()
+    clean = [words[i % len(words)] for i in range(length)]
+    corrupted = ["Alice", "Bob", "Carl"] + clean[3:]
+    return " ".join(clean), " ".join(corrupted)
+
 
 def build_model(out: Path) -> Path:
     """Save the model with ivx-toy's word-level tokenizer into `out` (offline, a few seconds)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from ivx.model.loading import BUNDLED
 
     torch.manual_seed(0)
     config = GPT2Config(
@@ -26,17 +43,13 @@ def build_model(out: Path) -> Path:
         attn_pdrop=0.0,
     )
     GPT2LMHeadModel(config).save_pretrained(out)
-    for name in BUNDLED["ivx-toy"].iterdir():
-        if name.name.startswith(("tokenizer", "special_tokens", "vocab")):
-            shutil.copy(name, out / name.name)
+    copy_tokenizer(out)
     return out
 
 
 def store_digests(model_dir: Path) -> float:
     """Hash the model's files into ivx's digest store (every manifest records them), as any run
     after a model's first finds them; return the seconds this first hashing took."""
-    from ivx.store import fingerprint
-
     start = time.perf_counter()
     for f in sorted(model_dir.iterdir()):
         if f.is_file():

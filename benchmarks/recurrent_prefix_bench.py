@@ -2,7 +2,8 @@
 
 Workload: a Mamba-2-shaped model (d_model 768, 12 layers, 24 heads of 64, state 128, vocab 50,277,
 random weights, built offline — the shape of `state-spaces/mamba2-130m` with half its layers),
-one prompt of T word-level tokens whose first 3 differ from the clean prompt, `block_output`
+one prompt of T word-level tokens whose first 3 differ from the clean prompt (`gpt2_small.prompts`,
+as in `shortcut_bench.py`), `block_output`
 restored from the clean run at every layer × position, the target's probability.
 
 Variants, alternated over repeats in one process (fastest repeat reported):
@@ -21,13 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+import yaml
+from gpt2_small import copy_tokenizer, prompts
+
+from ivx.model import loading
+from ivx.recipes import run as experiment
 
 LAYERS = 12
 
@@ -36,26 +41,14 @@ def build(out: Path) -> Path:
     """The random Mamba-2 model with ivx-toy's tokenizer."""
     from transformers import Mamba2Config, Mamba2ForCausalLM
 
-    from ivx.model.loading import BUNDLED
-
     torch.manual_seed(0)
     config = Mamba2Config(
         hidden_size=768, num_hidden_layers=LAYERS, num_heads=24, head_dim=64, state_size=128,
         n_groups=1, expand=2, vocab_size=50277, chunk_size=256,
     )  # fmt: skip
     Mamba2ForCausalLM(config).save_pretrained(out)
-    for name in BUNDLED["ivx-toy"].iterdir():
-        if name.name.startswith(("tokenizer", "special_tokens", "vocab")):
-            shutil.copy(name, out / name.name)
+    copy_tokenizer(out)
     return out
-
-
-def prompts(length: int) -> tuple[str, str]:
-    """(clean, corrupted) texts of `length` word-level tokens; the first 3 differ."""
-    words = "the city of Trelin is located near the old tower and the bridge by a river".split()
-    clean = [words[i % len(words)] for i in range(length)]
-    corrupted = ["a", "bridge", "tower"] + clean[3:]
-    return " ".join(clean), " ".join(corrupted)
 
 
 def config(model_dir: Path, length: int, prefix_reuse: bool) -> dict:
@@ -75,10 +68,6 @@ def config(model_dir: Path, length: int, prefix_reuse: bool) -> dict:
 
 
 def run_ivx(model_dir: Path, length: int, prefix_reuse: bool, work: Path, lm: object) -> tuple[float, Path]:
-    import yaml
-
-    from ivx.recipes import run as experiment
-
     path = work / f"bench_{prefix_reuse}.yaml"
     path.write_text(yaml.safe_dump(config(model_dir, length, prefix_reuse)))
     start = time.perf_counter()
@@ -104,7 +93,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from ivx.model import loading
 
     best: dict[str, float] = {}
     loads: list[float] = []

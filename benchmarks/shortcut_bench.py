@@ -40,17 +40,9 @@ import time
 from pathlib import Path
 
 import torch
-from gpt2_small import build_model, store_digests
+from gpt2_small import build_model, prompts, store_digests
 
 N_LAYERS = 12
-
-
-def prompts(length: int) -> tuple[str, str]:
-    """(clean, corrupted) texts of `length` word-level tokens; the first 3 differ."""
-    words = "the city of Trelin is located near the old tower and the bridge by a river".split()
-    clean = [words[i % len(words)] for i in range(length)]
-    corrupted = ["Alice", "Bob", "Carl"] + clean[3:]
-    return " ".join(clean), " ".join(corrupted)
 
 
 def ivx_config(model_dir: Path, length: int, shortcuts: bool) -> dict:

@@ -19,9 +19,15 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from ivx.core import interventions
+from ivx.core.errors import ConfigError
+from ivx.engine import shortcuts
 from ivx.model import loading as models
+from ivx.plan import schedule
 from ivx.recipes import run as experiment
+from tests.engine.test_trace_oracle import PROMPT, SUBJECT, hand_trace
 from tests.tiny import tokenizer
+from tests.tokenizers import build_tokenizer
 
 BASE = "When Mary and John went to the store , John gave a drink to"
 SOURCE = "When Mary and John went to the store , Mary gave a drink to"
@@ -205,7 +211,6 @@ def test_patching_equals_hand_hooks_more_families(arch: str, ssm_dir, tmp_path: 
 def test_components_differ_by_layer_and_are_refused_where_absent(ssm_dir, tmp_path: Path) -> None:
     """Jamba: attention at odd layers, a Mamba mixer at even ones; asking for either elsewhere is a
     config problem at the intervention's line, before any forward pass."""
-    from ivx.core.errors import ConfigError
 
     lm = models.load(str(ssm_dir("jamba")), weights=False)
     assert lm.info.layers[0] != lm.info.layers[1]
@@ -224,10 +229,6 @@ def test_causal_trace_equals_hand_written_rome(arch: str, ssm_dir, tmp_path: Pat
     """Noise the subject, restore block and mixer outputs (a window of 3 for the mixer); every
     effect equals ROME written out with hand hooks and the same noise draws. Mamba 2 runs its
     cells from recomputed prefix states (the noised subject inside the prefix)."""
-    from ivx.core import interventions
-    from ivx.engine import shortcuts
-    from ivx.plan import schedule
-    from tests.engine.test_trace_oracle import PROMPT, SUBJECT, hand_trace
 
     # a tiny model's blocks cost their fixed overhead, and recomputing a prefix never pays: price
     # tokens only, so that cells continue after their own prefixes (the noised subject inside it)
@@ -264,11 +265,64 @@ def test_causal_trace_equals_hand_written_rome(arch: str, ssm_dir, tmp_path: Pat
             lm, names, row["component"], row["layer"], row["position"], window, noise, span, target
         )
         assert row["indirect_effect"] == pytest.approx(ie, abs=1e-5), row
-    shortcuts = json.loads((run_dir / "manifest.json").read_text())["shortcuts"]
+    record = json.loads((run_dir / "manifest.json").read_text())["shortcuts"]
     import transformers
 
     # before transformers 5.24 Mamba-2 returns its state as `cache_params`, not a cache
     old = tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 24)
     if arch == "mamba2" and not old:  # the restored cells continued from the noised run's recomputed prefix
-        assert shortcuts["shortcuts"]["prefix_reuse"]["on"], shortcuts
-        assert sum(g["cells_after_prefix"] for g in shortcuts["groups"]) > 0
+        assert record["shortcuts"]["prefix_reuse"]["on"], record
+        assert sum(g["cells_after_prefix"] for g in record["groups"]) > 0
+
+
+@pytest.mark.parametrize("style", [pytest.param("gpt2", marks=pytest.mark.slow), "llama"])
+def test_recomputed_prefixes_with_real_tokenizer_conventions(
+    style: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mamba-2 with a byte-level BPE (no BOS) and a SentencePiece-style tokenizer (BOS `<s>`,
+    byte fallback): a noised-subject trace over every position, with cells continuing from
+    recomputed prefix states, equals the same run with every shortcut off (the plain forward)."""
+    import transformers
+
+    if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 24):
+        pytest.skip("Mamba-2 returns its state as cache_params before transformers 5.24: no prefix reuse")
+    tok = build_tokenizer(style)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("mamba2", vocab_size=len(tok), hidden_size=32,
+                                  **CONFIGS["mamba2"] | {"num_hidden_layers": 2},
+                                  bos_token_id=tok.bos_token_id or 0, eos_token_id=tok.eos_token_id or 0,
+                                  pad_token_id=tok.eos_token_id or 0)  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    monkeypatch.setattr(shortcuts, "estimate", lambda lm: schedule.Cost(block=0.0, token=1e-6))
+    body = {
+        "seed": 1,
+        "prompts": [{"base": "The Space Needle is in downtown", "subject": "The Space Needle", "target": " Seattle"}],
+        "corrupt": {"kind": "noise", "positions": "subject", "scale": 3.0, "samples": 2},
+        "sweep": {"layer": "all", "position": "all"},
+        "interventions": [{"kind": "vanilla", "component": "block_output", "layer": "$layer", "position": "$position"}],
+        "metrics": ["target_prob"],
+        "output": {"plots": False, "logits": "none"},
+    }  # fmt: skip
+    off = {k: False for k in ("prefix_reuse", "layer_reuse", "skip_noop", "defer_head", "trim_final")}
+    fast = run(tmp_path, tmp_path / "m", body, "fast")
+    plain = run(tmp_path, tmp_path / "m", {**body, "batch": off}, "plain")
+    rows = [
+        sorted(
+            (json.loads(x) for x in (d / "results.jsonl").read_text().splitlines()), key=lambda r: r["cell"]
+        )
+        for d in (fast, plain)
+    ]
+    assert len(rows[0]) == len(rows[1]) > 0
+    for a, b in zip(*rows, strict=True):
+        assert (a["layer"], a["position"]) == (b["layer"], b["position"])
+        assert a["target_prob"] == pytest.approx(b["target_prob"], abs=1e-5), (a, b)
+    record = json.loads((fast / "manifest.json").read_text())["shortcuts"]
+    assert record["shortcuts"]["prefix_reuse"]["on"], record
+    assert sum(g["cells_after_prefix"] for g in record["groups"]) > 0
+    bos = tok("x")["input_ids"][0] == tok.bos_token_id  # the SentencePiece style adds <s>
+    assert bos == (style == "llama") and len(rows[0]) == 2 * len(
+        tok("The Space Needle is in downtown")["input_ids"]
+    )

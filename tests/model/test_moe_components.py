@@ -22,8 +22,13 @@ import yaml
 from typer.testing import CliRunner
 
 import ivx
+from ivx.cli.app import app
+from ivx.config.inputs import PromptRecord
+from ivx.config.schema import Experiment
 from ivx.core import interventions
-from ivx.model import components, hooks, moe
+from ivx.engine import decoding
+from ivx.model import components, hooks, module_paths, moe
+from ivx.recipes import generate
 from tests.tiny import tokenizer
 
 D, E, K, LAYERS = 32, 4, 2, 2
@@ -328,7 +333,6 @@ def test_runs_equal_a_hand_moe(kind: str, batch: dict, extra: dict, tiny_moe: An
 def test_components_are_listed_only_on_moe_blocks(tiny_moe: Any, tmp_path: Path) -> None:
     """DeepSeek-V3's first block is dense: the MoE components exist at layer 1 only, and asking
     for them at layer 0 is a config problem at file:line naming the layers that have them."""
-    from ivx.cli.app import app
 
     lm_dir, model = tiny_moe("deepseek_v3")
     info = model.lm.info
@@ -410,11 +414,6 @@ def test_generation_with_edited_routing_equals_a_hand_loop(tiny_moe: Any, tmp_pa
     """`ivx generate` (with the KV cache and without) routing every generated token to expert 2."""
     from safetensors.torch import save_file
 
-    from ivx.config.inputs import PromptRecord
-    from ivx.config.schema import Experiment
-    from ivx.engine import decoding
-    from ivx.recipes import generate
-
     lm_dir, model = tiny_moe("mixtral")
     lm = model.lm
     push = torch.tensor([-20.0, -20.0, 20.0, -20.0])
@@ -441,7 +440,6 @@ def test_a_router_by_module_path_is_refused(tiny_moe: Any) -> None:
     """The router module's output is the routing already computed from its logits: a module-path
     edit there would change nothing, so it is refused with a pointer to router_logits; its input
     (which does change the routing) and the experts module stay reachable."""
-    from ivx.model import module_paths
 
     lm = tiny_moe("mixtral")[1].lm
     blocks = "model.layers"
